@@ -1,0 +1,33 @@
+# `make train` and `make test` are the whole set-up: both create .venv/ first if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-fast bench clean-logs
+
+install: $(STAMP)
+
+# torch and torchvision resolve together from the registry (see pyproject.toml), then we prove
+# torchvision's compiled ops load against the torch that was picked.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) src/train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(PY) scripts/benchmark.py $(ARGS)
+
+clean-logs:
+	rm -rf logs/train logs/analyze logs/eval

@@ -1,0 +1,112 @@
+"""Encoders and decoders as plain ``nn.Module``s: no Lightning, no training concerns.
+
+Adding a backbone is an encoder class, a decoder class and a ``configs/model/*.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from aelab.errors import ConfigError
+
+IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SIZE = 28 * 28
+
+
+def check_latent_dim(latent_dim: object, *, optional: bool, backbone: str) -> None:
+    if latent_dim is None and optional:
+        return
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        allowed = "a positive integer" + (" or null" if optional else "")
+        raise ConfigError(
+            f"model.latent_dim={latent_dim!r} is invalid for model={backbone}: it must be {allowed}"
+        )
+
+
+def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class MLPEncoder(nn.Sequential):
+    """784 -> 128 -> 64 -> d with ReLU between, none on the latent (it may take any real value)."""
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int] = (128, 64)) -> None:
+        check_latent_dim(latent_dim, optional=False, backbone="mlp")
+        super().__init__(nn.Flatten(), *_mlp([IMAGE_SIZE, *hidden_dims, latent_dim]))
+
+
+class MLPDecoder(nn.Sequential):
+    """d -> 64 -> 128 -> 784, Tanh so outputs share the data's [-1, 1] range."""
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int] = (64, 128)) -> None:
+        check_latent_dim(latent_dim, optional=False, backbone="mlp")
+        super().__init__(
+            *_mlp([latent_dim, *hidden_dims, IMAGE_SIZE]),
+            nn.Tanh(),
+            nn.Unflatten(1, IMAGE_SHAPE),
+        )
+
+
+# The article's conv bottleneck: 64 channels x 2 x 2 = 256 values.
+CONV_LATENT_SHAPE = (64, 2, 2)
+CONV_LATENT_SIZE = 64 * 2 * 2
+
+
+class ConvEncoder(nn.Module):
+    """28x28 -> 10x10x32 -> 5x5x32 -> 3x3x64 -> 2x2x64, then optionally linear to ``latent_dim``."""
+
+    def __init__(self, latent_dim: int | None = None) -> None:
+        check_latent_dim(latent_dim, optional=True, backbone="conv")
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, stride=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, stride=2),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, stride=1),
+        )
+        self.project = (
+            nn.Identity()
+            if latent_dim is None
+            else nn.Sequential(nn.Flatten(), nn.Linear(CONV_LATENT_SIZE, latent_dim))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.features(x))
+
+
+class ConvDecoder(nn.Module):
+    """2x2x64 -> 5x5x32 -> 15x15x16 -> 28x28x1 with transposed convolutions, Tanh output."""
+
+    def __init__(self, latent_dim: int | None = None) -> None:
+        check_latent_dim(latent_dim, optional=True, backbone="conv")
+        super().__init__()
+        self.unproject = (
+            nn.Identity()
+            if latent_dim is None
+            else nn.Sequential(
+                nn.Linear(latent_dim, CONV_LATENT_SIZE),
+                # The conv decoder was designed for max-pooled ReLU maps, which are non-negative.
+                nn.ReLU(inplace=True),
+                nn.Unflatten(1, CONV_LATENT_SHAPE),
+            )
+        )
+        self.features = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(32, 16, 5, stride=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(16, 1, 2, stride=2, padding=1),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.features(self.unproject(z))

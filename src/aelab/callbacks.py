@@ -1,0 +1,87 @@
+"""Lightning callbacks: reconstruction grids and a curated hyperparameter record for TensorBoard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from aelab.backbones import IMAGE_SIZE
+
+
+def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
+    """A (3, H, W) image in [0, 1]: the inputs as one row over their reconstructions."""
+    from torchvision.utils import make_grid
+
+    rows = torch.cat([inputs, reconstructions]).float().clamp(-1, 1)
+    return make_grid(rows, nrow=len(inputs), padding=2, normalize=True, value_range=(-1, 1))
+
+
+def first_validation_images(trainer: L.Trainer, count: int) -> Tensor:
+    """The first ``count`` validation images: the val loader is unshuffled, so they are fixed."""
+    batches = []
+    seen = 0
+    for images, _ in trainer.val_dataloaders:
+        batches.append(images[: count - seen])
+        seen += len(batches[-1])
+        if seen >= count:
+            break
+    return torch.cat(batches)
+
+
+class ReconstructionGrid(L.Callback):
+    """Logs fixed validation images over their reconstructions every ``every_n_epochs`` epochs."""
+
+    def __init__(self, num_images: int = 16, every_n_epochs: int = 1) -> None:
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self._images: Tensor | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        if self._images is None:
+            self._images = first_validation_images(trainer, self.num_images)
+        images = self._images.to(pl_module.device)
+        with torch.no_grad():
+            grid = reconstruction_grid(images, pl_module(images)).cpu()
+        for logger in loggers:
+            logger.experiment.add_image("val/reconstructions", grid, trainer.global_step)
+
+
+def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """The flat, comparable description of a run that TensorBoard's HPARAMS tab shows."""
+    hp = pl_module.hparams
+    datamodule = trainer.datamodule
+    latent_size = pl_module.latent_size
+    return {
+        "backbone": hp.get("backbone", ""),
+        "latent_dim": latent_size if hp.latent_dim is None else hp.latent_dim,
+        "latent_size": latent_size,
+        "params": sum(p.numel() for p in pl_module.parameters()),
+        "compression": round(1 - latent_size / IMAGE_SIZE, 4),
+        "lr": hp.optimizer.get("lr", float("nan")),
+        "weight_decay": hp.optimizer.get("weight_decay", float("nan")),
+        "batch_size": datamodule.hparams.batch_size if datamodule is not None else -1,
+        "max_epochs": trainer.max_epochs,
+        "precision": str(trainer.precision),
+        "compile": str(hp.compile),
+    }
+
+
+class HyperparameterSummary(L.Callback):
+    """Logs ``run_hyperparameters`` once, declaring ``hp_metric`` (best val MSE) as their metric."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        params = run_hyperparameters(trainer, pl_module)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics={"hp_metric": float("nan")})
+            else:
+                logger.log_hyperparams(params)

@@ -1,0 +1,51 @@
+"""What every entry point shares: one-line errors for user mistakes, sweeps that survive failures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from aelab.errors import AelabError
+
+log = logging.getLogger("aelab")
+
+EXIT_USER_ERROR = 2
+
+
+def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
+    """Run ``task``; return the best val loss for Hydra sweepers.
+
+    A user mistake is one line on stderr and exit code 2 (``HYDRA_FULL_ERROR=1`` shows the
+    traceback). In a multirun any failure is recorded in the job's summary and the sweep goes on;
+    the sweep report then exits non-zero.
+    """
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        result = task(cfg)
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if multirun:
+            from aelab.training import write_summary
+
+            log.exception("job failed: %s", err)
+            write_summary(Path(cfg.paths.output_dir), {"status": "failed", "error": error_line(err)})
+            return None
+        if isinstance(err, AelabError):
+            print(f"aelab: error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    return result.get("val_loss_best")
+
+
+def error_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,16 @@
+"""Train an autoencoder: ``python src/train.py model=conv trainer=gpu``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from aelab.cli import run_task
+from aelab.training import train
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from aelab.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from aelab.errors import ConfigError
+from aelab.module import AutoEncoder
+
+ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+
+
+def mlp(latent_dim):
+    return AutoEncoder(
+        encoder={"_target_": "aelab.backbones.MLPEncoder", "latent_dim": latent_dim},
+        decoder={"_target_": "aelab.backbones.MLPDecoder", "latent_dim": latent_dim},
+        optimizer=ADAMW, latent_dim=latent_dim, backbone="mlp",
+    )
+
+
+def conv(latent_dim=None):
+    return AutoEncoder(
+        encoder={"_target_": "aelab.backbones.ConvEncoder", "latent_dim": latent_dim},
+        decoder={"_target_": "aelab.backbones.ConvDecoder", "latent_dim": latent_dim},
+        optimizer=ADAMW, latent_dim=latent_dim, backbone="conv",
+    )
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_mlp_has_218643_parameters_at_latent_3():
+    assert n_params(mlp(3)) == 218_643
+
+
+def test_mlp_has_224706_parameters_at_latent_50():
+    assert n_params(mlp(50)) == 224_706
+
+
+def test_conv_has_50161_parameters_with_the_64x2x2_bottleneck():
+    assert n_params(conv(None)) == 50_161
+
+
+def test_conv_projection_adds_two_linear_layers_around_the_256_map():
+    d = 5
+    assert n_params(conv(d)) == 50_161 + (256 * d + d) + (d * 256 + 256)
+
+
+def test_conv_latent_is_the_64x2x2_map_and_output_is_28x28():
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    z = ConvEncoder()(x)
+    assert z.shape == (4, 64, 2, 2)
+    assert ConvDecoder()(z).shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize("latent_dim", [2, 3, 5, 10, 50])
+def test_mlp_latent_has_latent_dim_numbers_and_output_is_in_tanh_range(latent_dim):
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    z = MLPEncoder(latent_dim)(x)
+    y = MLPDecoder(latent_dim)(z * 100)
+    assert z.shape == (8, latent_dim)
+    assert y.shape == (8, 1, 28, 28)
+    assert y.min() >= -1 and y.max() <= 1
+
+
+@pytest.mark.parametrize("latent_dim", [2, 50])
+def test_conv_with_integer_latent_dim_encodes_to_a_vector(latent_dim):
+    model = conv(latent_dim)
+    x = torch.zeros(3, 1, 28, 28)
+    assert model.encode(x).shape == (3, latent_dim)
+    assert model(x).shape == (3, 1, 28, 28)
+    assert model.latent_size == latent_dim
+
+
+def test_conv_compression_matches_the_article_67_3_percent():
+    assert round(conv(None).compression * 100, 1) == 67.3
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "three", True])
+def test_mlp_rejects_latent_dim_that_is_not_a_positive_integer(bad):
+    with pytest.raises(ConfigError, match=r"model.latent_dim=.* is invalid for model=mlp"):
+        MLPEncoder(bad)
+
+
+def test_mlp_rejects_null_latent_dim_but_conv_accepts_it():
+    with pytest.raises(ConfigError, match="must be a positive integer"):
+        MLPEncoder(None)
+    ConvEncoder(None)
+
+
+def test_module_rebuilds_from_plain_hparams():
+    model = mlp(3)
+    rebuilt = AutoEncoder(**model.hparams)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.zeros(2, 1, 28, 28)
+    assert torch.equal(model(x), rebuilt(x))
+
+
+def test_optimizer_is_the_configured_partial_adamw():
+    optimizer = mlp(3).configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["lr"] == 1e-3
+
+
+def test_scheduler_config_returns_an_epoch_scheduler():
+    model = AutoEncoder(
+        encoder={"_target_": "aelab.backbones.MLPEncoder", "latent_dim": 2},
+        decoder={"_target_": "aelab.backbones.MLPDecoder", "latent_dim": 2},
+        optimizer=ADAMW, latent_dim=2,
+        scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1},
+    )
+    config = model.configure_optimizers()
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+
+
+def test_instantiate_builds_encoders_from_config():
+    encoder = instantiate({"_target_": "aelab.backbones.MLPEncoder", "latent_dim": 4})
+    assert encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 4)
