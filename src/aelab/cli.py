@@ -36,7 +36,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         if multirun:
             from aelab.training import write_summary
 
-            log.exception("job failed: %s", err)
+            if isinstance(err, AelabError):
+                log.error("job failed: %s", err)
+            else:
+                log.exception("job failed: %s", err)
             write_summary(Path(cfg.paths.output_dir), {"status": "failed", "error": error_line(err)})
             return None
         if isinstance(err, AelabError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import time
 import warnings
@@ -33,12 +34,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")
 
     output_dir = Path(cfg.paths.output_dir)
+    previous = read_summary(output_dir)
+    if previous.get("status") == "ok":
+        # A sweep re-run into the same directory: this job already finished.
+        log.info("%s already finished; not training it again", output_dir)
+        return previous
+    ckpt_path = cfg.get("ckpt_path")
+    interrupted = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and interrupted.is_file():
+        log.info("resuming the interrupted job from %s", interrupted)
+        ckpt_path = str(interrupted)
+    limit_threads_for_parallel_jobs()
+
     model = instantiate(cfg.model, _recursive_=False, _convert_="all")
     datamodule = instantiate(cfg.data)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    ckpt_path = resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / cfg.task_name)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
@@ -56,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_loss_final": metrics.get("train/loss"),
         "wall_time_s": time.perf_counter() - started,
         "output_dir": str(output_dir),
+        "data_dir": str(Path(cfg.data.data_dir).resolve()),
         "best_checkpoint": _checkpoint_path(trainer, "best_model_path"),
         "last_checkpoint": _checkpoint_path(trainer, "last_model_path"),
     }
@@ -73,6 +87,26 @@ def quiet_known_warnings() -> None:
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
     callback = trainer.checkpoint_callback
     return getattr(callback, attribute, None) or None
+
+
+def read_summary(output_dir: Path) -> dict[str, Any]:
+    path = Path(output_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def limit_threads_for_parallel_jobs() -> None:
+    """Under ``hydra/launcher=joblib`` give each job its share of the cores, not all of them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // parallel))
 
 
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:

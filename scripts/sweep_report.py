@@ -1,0 +1,23 @@
+"""Re-create a sweep's report from its directory: python scripts/sweep_report.py logs/train/multiruns/<time>"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from aelab.sweep import job_dirs, write_report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args()
+    if not job_dirs(args.sweep_dir):
+        print(f"aelab: error: {args.sweep_dir} holds no sweep jobs (no */.hydra/config.yaml)", file=sys.stderr)
+        return 2
+    rows = write_report(args.sweep_dir)
+    print((args.sweep_dir / "summary.md").read_text())
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Multirun sweeps on tiny data: run naming, the report, failures, re-runs and resume."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from aelab.analysis import pca_reconstruction_mse
+from conftest import run_cli
+
+QUIET = "callbacks.progress_bar.refresh_rate=0"
+
+
+def sweep(tmp_path, data, *overrides):
+    return run_cli(
+        "train.py", "-m", *overrides, "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", QUIET, env={"AELAB_DATA_DIR": str(data)},
+    )
+
+
+def read_rows(sweep_dir):
+    with open(sweep_dir / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def failed_sweep(tmp_path, tiny_mnist):
+    result = sweep(tmp_path, tiny_mnist, "model.latent_dim=0,3")
+    return tmp_path / "sweep", result
+
+
+def test_jobs_are_named_by_their_overrides_not_numbers(failed_sweep):
+    sweep_dir, _ = failed_sweep
+    names = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert names == ["model.latent_dim=0,trainer.max_epochs=1", "model.latent_dim=3,trainer.max_epochs=1"]
+    assert (sweep_dir / names[1] / "tensorboard").is_dir()
+
+
+def test_a_failed_job_is_reported_the_rest_finish_and_the_sweep_exits_1(failed_sweep):
+    sweep_dir, result = failed_sweep
+    assert result.returncode == 1
+    assert "1 of 2 jobs failed" in result.stderr
+    bad, good = read_rows(sweep_dir)
+    assert bad["status"] == "failed"
+    assert bad["error"] == "ConfigError: model.latent_dim=0 is invalid: it must be a positive integer"
+    assert good["status"] == "ok" and good["epochs"] == "1"
+
+
+def test_summary_has_every_column_and_both_figures(failed_sweep):
+    sweep_dir, _ = failed_sweep
+    good = read_rows(sweep_dir)[1]
+    assert good["backbone"] == "mlp" and good["latent_dim"] == "3" and good["params"] == "218643"
+    assert float(good["compression"]) == pytest.approx(1 - 3 / 784, abs=1e-4)
+    assert 0 < float(good["pca_val_mse"]) < 2 and 0 < float(good["val_mse_best"]) < 2
+    assert float(good["wall_time_s"]) > 0
+    assert "| mlp | 3 | 218643 |" in (sweep_dir / "summary.md").read_text()
+    for figure in ("mse_vs_latent_dim.png", "reconstructions_by_latent_dim.png"):
+        assert (sweep_dir / figure).read_bytes()[:4] == b"\x89PNG"
+    assert list((sweep_dir / "sweep").glob("events.out.tfevents.*"))
+
+
+def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_path, tiny_mnist):
+    first = sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep_dir = tmp_path / "sweep"
+    before = (sweep_dir / "summary.csv").read_text()
+    job = sweep_dir / "model.latent_dim=2,trainer.max_epochs=1"
+    checkpoint_mtime = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    second = sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
+    assert second.returncode == 0
+    assert "already finished; not training it again" in second.stdout + second.stderr
+    assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == checkpoint_mtime
+    assert (sweep_dir / "summary.csv").read_text() == before
+
+
+def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnist):
+    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
+    job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
+    (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
+    result = sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
+    assert result.returncode == 0
+    assert "resuming the interrupted job" in result.stdout + result.stderr
+    assert json.loads((job / "run_summary.json").read_text())["epochs"] == 1
+
+
+def test_report_script_recreates_the_summary(failed_sweep):
+    sweep_dir, _ = failed_sweep
+    before = (sweep_dir / "summary.csv").read_text()
+    (sweep_dir / "summary.csv").unlink()
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1  # one job failed
+    assert (sweep_dir / "summary.csv").read_text() == before
+
+
+def test_pca_mse_is_zero_when_d_spans_the_data_and_falls_with_d():
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(3, 20))
+    train = rng.normal(size=(200, 3)) @ basis
+    test = rng.normal(size=(50, 3)) @ basis
+    mse = pca_reconstruction_mse(train, test, [1, 2, 3])
+    assert mse[1] > mse[2] > mse[3]
+    assert mse[3] == pytest.approx(0, abs=1e-20)
