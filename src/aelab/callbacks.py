@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import lightning as L
@@ -85,3 +87,38 @@ class HyperparameterSummary(L.Callback):
                 logger.log_hyperparams(params, metrics={"hp_metric": float("nan")})
             else:
                 logger.log_hyperparams(params)
+
+
+class EpochTimer(L.Callback):
+    """Wall seconds per epoch, training plus validation, into ``epoch_times_s``.
+
+    Synchronises the device only at epoch boundaries, so it costs nothing per step.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_times_s: list[float] = []
+        self._start = 0.0
+
+    def _now(self, pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._now(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_times_s.append(self._now(pl_module) - self._start)
+
+
+class FirstStepTimer(L.Callback):
+    """Prints the seconds from ``AELAB_T0`` (set by whoever launched the process) to the first step."""
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._done and "AELAB_T0" in os.environ:
+            self._done = True
+            print(f"aelab: first training step {time.time() - float(os.environ['AELAB_T0']):.2f} s "
+                  "after launch", flush=True)

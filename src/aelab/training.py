@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from aelab.callbacks import EpochTimer
 from aelab.config import GPU_ACCELERATORS, resolve_ckpt_path, validate
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_loss_final": metrics.get("val/loss"),
         "train_loss_final": metrics.get("train/loss"),
         "wall_time_s": time.perf_counter() - started,
+        "epoch_times_s": next((c.epoch_times_s for c in callbacks if isinstance(c, EpochTimer)), None),
         "output_dir": str(output_dir),
         "data_dir": str(Path(cfg.data.data_dir).resolve()),
         "best_checkpoint": _checkpoint_path(trainer, "best_model_path"),

@@ -1,0 +1,240 @@
+"""Seconds per epoch, side by side, on the same data, model, batch size and epochs:
+
+  (a) the article's pipeline: torchvision MNIST + ToTensor/Normalize/per-image .to(device),
+      DataLoader(batch_size=256, shuffle=True), a plain loop that reads each step's loss;
+  (b) a plain PyTorch loop on device-resident tensors: the floor without Lightning;
+  (c) aelab's own training: train(cfg), the real Trainer path with its loggers and callbacks.
+
+Each epoch is a training pass plus a validation pass. Median over the timed epochs after one
+warm-up epoch. Example:
+
+  python scripts/benchmark.py --models mlp conv --device cpu --epochs 3
+  python scripts/benchmark.py --device cuda --tile-to 60000   # timing stand-in at full MNIST size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aelab.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from aelab.data import MNISTDataModule, normalize
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 42
+BATCH = 256
+
+
+def build(model: str) -> nn.Module:
+    torch.manual_seed(SEED)
+    if model == "mlp":
+        return nn.Sequential(MLPEncoder(3), MLPDecoder(3))
+    return nn.Sequential(ConvEncoder(None), ConvDecoder(None))
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def tiled_raw_dir(data_dir: Path, tile_to: int | None, workdir: Path) -> Path:
+    """``data_dir`` itself, or a copy whose training split repeats to ``tile_to`` images."""
+    if not tile_to:
+        return data_dir
+    from aelab.idx import read_mnist_split, write_idx
+
+    raw = data_dir / "MNIST" / "raw"
+    images, labels = read_mnist_split(raw, "train")
+    reps = -(-tile_to // len(images))
+    out = workdir / "tiled"
+    write_idx(out / "MNIST/raw/train-images-idx3-ubyte", np.tile(images, (reps, 1, 1))[:tile_to])
+    write_idx(out / "MNIST/raw/train-labels-idx1-ubyte", np.tile(labels, reps)[:tile_to])
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        test = read_mnist_split(raw, "t10k")
+        write_idx(out / "MNIST/raw" / name, test[0] if "images" in name else test[1])
+    return out
+
+
+def article_pipeline(model_name: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    transform = transforms.Compose([
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+        transforms.Lambda(lambda x: x.to(device)),
+    ])
+    train_dl = DataLoader(MNIST(str(data_dir), train=True, transform=transform), batch_size=BATCH, shuffle=True)
+    val_dl = DataLoader(MNIST(str(data_dir), train=False, transform=transform), batch_size=BATCH, shuffle=False)
+    model = build(model_name).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    times, val = [], float("nan")
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        model.train()
+        for x, _ in train_dl:
+            optimizer.zero_grad()
+            loss = F.mse_loss(model(x), x)
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the article records every step's loss (torch_snippets Report.record)
+        val = evaluate(model, ((x, None) for x, _ in val_dl))
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times, val
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches) -> float:
+    model.eval()
+    sse, count = 0.0, 0
+    total = None
+    for x, _ in batches:
+        part = F.mse_loss(model(x), x, reduction="sum")
+        total = part if total is None else total + part
+        count += x.numel()
+    sse = float(total)
+    return sse / count
+
+
+def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
+    dm = MNISTDataModule(str(data_dir), download=False)
+    dm.setup()
+    train_images = dm.splits["train"][0].to(device)
+    test_images = dm.splits["test"][0].to(device)
+    model = build(model_name).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)
+    generator = torch.Generator().manual_seed(SEED)
+    times, val = [], float("nan")
+    n = len(train_images)
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        for i in range(0, n, BATCH):
+            x = normalize(train_images[order[i : i + BATCH]])
+            optimizer.zero_grad(set_to_none=True)
+            F.mse_loss(model(x), x).backward()
+            optimizer.step()
+        val = evaluate(model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH)))
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times, val
+
+
+def aelab_training(model_name: str, data_dir: Path, device: str, epochs: int, workdir: Path,
+                   extra: list[str]) -> tuple[list[float], float]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from aelab.training import train
+
+    overrides = [
+        f"model={model_name}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
+        f"trainer.max_epochs={epochs}", f"seed={SEED}", *extra,
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(workdir)
+        cfg.paths.output_dir = str(workdir / f"aelab-{model_name}-{time.time_ns()}")
+        cfg.data.data_dir = str(data_dir)
+    summary = train(cfg)
+    return summary["epoch_times_s"], summary["val_loss_final"]
+
+
+def time_to_first_step(data_dir: Path) -> float:
+    env = {**os.environ, "AELAB_T0": repr(time.time()), "AELAB_DATA_DIR": str(data_dir)}
+    with tempfile.TemporaryDirectory() as logs:
+        env["AELAB_T0"] = repr(time.time())
+        out = subprocess.run(
+            [sys.executable, str(REPO / "src/train.py"), "trainer.max_epochs=1", f"paths.log_dir={logs}",
+             "+callbacks.first_step._target_=aelab.callbacks.FirstStepTimer"],
+            env=env, capture_output=True, text=True, cwd=REPO, check=True,
+        ).stdout
+    line = next(l for l in out.splitlines() if l.startswith("aelab: first training step"))
+    return float(line.split()[4])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up epoch")
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("AELAB_DATA_DIR"))
+    parser.add_argument("--tile-to", type=int, default=None, help="repeat the training split to this many images")
+    parser.add_argument("--variants", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    parser.add_argument("--aelab-args", nargs="*", default=[], help="extra overrides for (c), e.g. model.compile=true")
+    parser.add_argument("--startup", action="store_true", help="also time python src/train.py to its first step")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    args = parser.parse_args()
+    if args.data_dir is None or not (Path(args.data_dir) / "MNIST" / "raw").is_dir():
+        parser.error("--data-dir (or AELAB_DATA_DIR) must name a folder holding MNIST/raw")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch finds no CUDA GPU on this machine")
+
+    total = args.epochs + 1
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
+        "device": args.device, "data": f"{Path(args.data_dir).name}" + (f" tiled to {args.tile_to} (timing stand-in)" if args.tile_to else ""),
+        "epochs_timed": args.epochs, "batch_size": BATCH, "aelab_args": args.aelab_args, "models": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        data_dir = tiled_raw_dir(Path(args.data_dir), args.tile_to, workdir)
+        runners = {
+            "a": lambda m: article_pipeline(m, data_dir, args.device, total),
+            "b": lambda m: resident_loop(m, data_dir, args.device, total),
+            "c": lambda m: aelab_training(m, data_dir, args.device, total, workdir, args.aelab_args),
+        }
+        for model in args.models:
+            row = {}
+            for variant in args.variants:
+                times, val = runners[variant](model)
+                row[variant] = {"median_s_per_epoch": statistics.median(times[1:]),
+                                "epoch_times_s": [round(t, 4) for t in times], "val_mse": val}
+                print(f"{model} ({variant}) {row[variant]['median_s_per_epoch']:.3f} s/epoch  val MSE {val:.4f}",
+                      flush=True)
+            med = {k: v["median_s_per_epoch"] for k, v in row.items()}
+            if "a" in med and "c" in med:
+                row["a_over_c"] = med["a"] / med["c"]
+            if "b" in med and "c" in med:
+                row["c_over_b"] = med["c"] / med["b"]
+            results["models"][model] = row
+        if args.startup:
+            results["time_to_first_step_s"] = time_to_first_step(Path(args.data_dir))
+
+    print(f"\n{results['machine']}; device {args.device}; data {results['data']}; "
+          f"median of {args.epochs} epochs after 1 warm-up; batch {BATCH}")
+    print(f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(c) aelab':>10} {'(a)/(c)':>8} {'(c)/(b)':>8}   val MSE a/b/c")
+    for model, row in results["models"].items():
+        cell = lambda v: f"{row[v]['median_s_per_epoch']:.3f}" if v in row else "-"
+        ratio = lambda k: f"{row[k]:.2f}" if k in row else "-"
+        vals = "/".join(f"{row[v]['val_mse']:.4f}" for v in "abc" if v in row)
+        print(f"{model:6} {cell('a'):>12} {cell('b'):>10} {cell('c'):>10} {ratio('a_over_c'):>8} {ratio('c_over_b'):>8}   {vals}")
+    if "time_to_first_step_s" in results:
+        print(f"time from `python src/train.py` to the first training step: {results['time_to_first_step_s']:.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
