@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -168,8 +169,8 @@ def time_to_first_step(data_dir: Path) -> float:
              "+callbacks.first_step._target_=aelab.callbacks.FirstStepTimer"],
             env=env, capture_output=True, text=True, cwd=REPO, check=True,
         ).stdout
-    line = next(l for l in out.splitlines() if l.startswith("aelab: first training step"))
-    return float(line.split()[4])
+    match = re.search(r"aelab: first training step ([0-9.]+) s", out)
+    return float(match.group(1))
 
 
 def main() -> int:
