@@ -113,7 +113,7 @@ def evaluate(model: nn.Module, batches) -> float:
     return sse / count
 
 
-def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
+def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int, precision: str) -> tuple[list[float], float]:
     dm = MNISTDataModule(str(data_dir), download=False)
     dm.setup()
     train_images = dm.splits["train"][0].to(device)
@@ -131,7 +131,9 @@ def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int) -> 
         for i in range(0, n, BATCH):
             x = normalize(train_images[order[i : i + BATCH]])
             optimizer.zero_grad(set_to_none=True)
-            F.mse_loss(model(x), x).backward()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                loss = F.mse_loss(model(x), x)
+            loss.backward()
             optimizer.step()
         val = evaluate(model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH)))
         sync(device)
@@ -140,7 +142,7 @@ def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int) -> 
 
 
 def aelab_training(model_name: str, data_dir: Path, device: str, epochs: int, workdir: Path,
-                   extra: list[str]) -> tuple[list[float], float]:
+                   precision: str, extra: list[str]) -> tuple[list[float], float]:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
@@ -148,7 +150,7 @@ def aelab_training(model_name: str, data_dir: Path, device: str, epochs: int, wo
 
     overrides = [
         f"model={model_name}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
-        f"trainer.max_epochs={epochs}", f"seed={SEED}", *extra,
+        f"trainer.precision={precision}", f"trainer.max_epochs={epochs}", f"seed={SEED}", *extra,
     ]
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
         cfg = compose(config_name="train", overrides=overrides)
@@ -180,6 +182,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up epoch")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("AELAB_DATA_DIR"))
     parser.add_argument("--tile-to", type=int, default=None, help="repeat the training split to this many images")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                        help="for (b) (autocast) and (c) (trainer.precision); (a) is always fp32 like the article")
     parser.add_argument("--variants", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     parser.add_argument("--aelab-args", nargs="*", default=[], help="extra overrides for (c), e.g. model.compile=true")
     parser.add_argument("--startup", action="store_true", help="also time python src/train.py to its first step")
@@ -195,15 +199,15 @@ def main() -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
         "device": args.device, "data": f"{Path(args.data_dir).name}" + (f" tiled to {args.tile_to} (timing stand-in)" if args.tile_to else ""),
-        "epochs_timed": args.epochs, "batch_size": BATCH, "aelab_args": args.aelab_args, "models": {},
+        "precision_b_c": args.precision, "epochs_timed": args.epochs, "batch_size": BATCH, "aelab_args": args.aelab_args, "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data_dir = tiled_raw_dir(Path(args.data_dir), args.tile_to, workdir)
         runners = {
             "a": lambda m: article_pipeline(m, data_dir, args.device, total),
-            "b": lambda m: resident_loop(m, data_dir, args.device, total),
-            "c": lambda m: aelab_training(m, data_dir, args.device, total, workdir, args.aelab_args),
+            "b": lambda m: resident_loop(m, data_dir, args.device, total, args.precision),
+            "c": lambda m: aelab_training(m, data_dir, args.device, total, workdir, args.precision, args.aelab_args),
         }
         for model in args.models:
             row = {}
@@ -222,7 +226,7 @@ def main() -> int:
         if args.startup:
             results["time_to_first_step_s"] = time_to_first_step(Path(args.data_dir))
 
-    print(f"\n{results['machine']}; device {args.device}; data {results['data']}; "
+    print(f"\n{results['machine']}; device {args.device}; data {results['data']}; precision (b),(c) {args.precision}; "
           f"median of {args.epochs} epochs after 1 warm-up; batch {BATCH}")
     print(f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(c) aelab':>10} {'(a)/(c)':>8} {'(c)/(b)':>8}   val MSE a/b/c")
     for model, row in results["models"].items():
