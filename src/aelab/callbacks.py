@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -52,7 +53,10 @@ class ReconstructionGrid(L.Callback):
             self._images = first_validation_images(trainer, self.num_images)
         images = self._images.to(pl_module.device)
         with torch.no_grad():
-            grid = reconstruction_grid(images, pl_module(images)).cpu()
+            reconstructions = pl_module(images)
+        if not torch.isfinite(reconstructions).all():
+            return  # the module stops the run with a clear message; no garbage image first
+        grid = reconstruction_grid(images, reconstructions).cpu()
         for logger in loggers:
             logger.experiment.add_image("val/reconstructions", grid, trainer.global_step)
 
@@ -122,3 +126,25 @@ class FirstStepTimer(L.Callback):
             self._done = True
             print(f"aelab: first training step {time.time() - float(os.environ['AELAB_T0']):.2f} s "
                   "after launch", flush=True)
+
+
+class InterruptCheckpoint(L.Callback):
+    """On Ctrl-C or SIGTERM, save ``interrupted.ckpt`` and say how to resume from it.
+
+    Other exceptions (a non-finite loss, a bug) save nothing: their weights are not worth keeping,
+    and ``last.ckpt`` from the end of the previous epoch stays the one to resume from. (Not
+    Lightning's ``OnExceptionCheckpoint``: its presence makes ``fit(ckpt_path=None)`` resume
+    from "last" implicitly.)
+    """
+
+    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+        self.ckpt_path = os.path.join(dirpath, f"{filename}.ckpt")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        print(f"\naelab: interrupted; saved {self.ckpt_path}. Resume with ckpt_path={self.ckpt_path}",
+              file=sys.stderr, flush=True)

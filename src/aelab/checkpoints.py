@@ -18,13 +18,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
+        # The weights-only unpickler reports a forbidden import as an unsupported or blocked
+        # GLOBAL; any other complaint means the bytes are not a pickle it can follow at all.
+        culprit = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), "")
+        if culprit:
+            raise CheckpointError(
+                f"checkpoint {path} is refused: it holds objects other than tensors and plain values "
+                f"and could run code when loaded ({culprit})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint") from None
+    except Exception as err:  # noqa: BLE001 - random bytes fail in many ways (IndexError, ValueError, ...)
         raise CheckpointError(
-            f"checkpoint {path} is refused: it holds objects other than tensors and plain values "
-            f"and could run code when loaded ({first})"
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint ({err})") from None
 
 
 def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu"):
@@ -41,3 +47,25 @@ def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu")
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
     return model.to(map_location).eval()
+
+
+def check_compatible(path: str | Path, model_hparams: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint into a different network than the config describes."""
+    hparams = load_checkpoint(path).get("hyper_parameters") or {}
+    if "encoder" not in hparams:
+        raise CheckpointError(f"checkpoint {path} was not written by aelab (no model hyperparameters)")
+    for key in ("encoder", "decoder"):
+        saved, wanted = hparams[key], model_hparams[key]
+        if saved != wanted:
+            raise CheckpointError(
+                f"checkpoint {path} holds a different network than the config: its {key} is "
+                f"{_describe(saved)}, the config asks for {_describe(wanted)}. Pass the model "
+                f"overrides it was trained with (e.g. model={hparams.get('backbone') or '?'} "
+                f"model.latent_dim={hparams.get('latent_dim')})"
+            )
+
+
+def _describe(part: dict[str, Any]) -> str:
+    name = str(part.get("_target_", "?")).rsplit(".", 1)[-1]
+    args = ", ".join(f"{k}={v}" for k, v in part.items() if k != "_target_")
+    return f"{name}({args})"

@@ -18,6 +18,7 @@ from aelab.errors import AelabError
 log = logging.getLogger("aelab")
 
 EXIT_USER_ERROR = 2
+EXIT_TERMINATED = 128 + 15  # the shell's convention for "ended by SIGTERM"
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
@@ -30,9 +31,15 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = task(cfg)
-    except Exception as err:
+    except SystemExit as exit_request:
+        # Lightning turns SIGTERM into a bare SystemExit, which would exit 0 as if all went well.
+        if exit_request.code is None:
+            sys.exit(EXIT_TERMINATED)
+        raise
+    except Exception as raised:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        err = user_error(raised) or raised
         if multirun:
             from aelab.training import write_summary
 
@@ -47,6 +54,15 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             sys.exit(EXIT_USER_ERROR)
         raise
     return result.get("val_loss_best")
+
+
+def user_error(err: BaseException) -> AelabError | None:
+    """The ``AelabError`` behind ``err``: Hydra's ``instantiate`` wraps what constructors raise."""
+    while err is not None:
+        if isinstance(err, AelabError):
+            return err
+        err = err.__cause__
+    return None
 
 
 def error_line(err: BaseException) -> str:

@@ -125,17 +125,22 @@ class AutoEncoder(L.LightningModule):
         train_sum = getattr(self, "_train_sum", None)
         values = torch.stack([val_loss, train_sum if train_sum is not None else val_loss])
         if not torch.isfinite(values).all():
-            raise NonFiniteLossError(
-                f"the loss became non-finite in epoch {self.current_epoch} "
-                f"(train sum {float(values[1])}, val {float(values[0])}); training stopped and "
-                "the last good checkpoint is kept. Lower model.optimizer.lr or use "
-                "trainer.precision=32-true"
-            )
+            raise NonFiniteLossError(self._non_finite_message(float(values[1]), float(values[0])))
         self.best_val_loss = min(self.best_val_loss, float(val_loss))
         self.log("val/loss", val_loss)
         self.log("val/loss_best", self.best_val_loss)
         # TensorBoard's HPARAMS tab reads the newest value of this scalar.
         self.log("hp_metric", self.best_val_loss)
+
+    def _non_finite_message(self, train_sum: float, val_loss: float) -> str:
+        callback = self.trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+        lr = self.hparams.optimizer.get("lr")
+        return (
+            f"the loss became non-finite in epoch {self.current_epoch} (train {train_sum}, val "
+            f"{val_loss}); training stopped and {kept}. Lower model.optimizer.lr (now {lr})"
+        )
 
     def on_test_epoch_start(self) -> None:
         self.on_validation_epoch_start()

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.callbacks import EpochTimer
+from aelab.checkpoints import check_compatible
 from aelab.config import GPU_ACCELERATORS, resolve_ckpt_path, validate
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ckpt_path = resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / cfg.task_name)
+    if ckpt_path is not None:
+        check_compatible(ckpt_path, dict(model.hparams))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
@@ -84,6 +87,15 @@ def quiet_known_warnings() -> None:
     # does not use (it logs once per epoch): neither is actionable for a user.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+    # an advertisement for a cloud logger, printed on every run
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvert) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdvert())
+
+
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
 
 
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:

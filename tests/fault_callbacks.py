@@ -1,0 +1,31 @@
+"""Callbacks that inject real faults at a chosen step, for the tests of what survives them."""
+
+import os
+import signal
+
+import lightning as L
+import torch
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process: a real ``kill -9`` at a known point."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonAt(L.Callback):
+    """Writes NaN into the first weight at the start of ``epoch``, as a diverging run would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
