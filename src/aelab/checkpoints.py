@@ -35,6 +35,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu"):
     """An ``AutoEncoder`` rebuilt from the plain hyperparameters and weights in ``path``."""
+    return load_run(path, map_location)[0]
+
+
+def load_run(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The rebuilt ``AutoEncoder`` (in eval mode) and the raw checkpoint dict it came from."""
     from aelab.module import AutoEncoder
 
     checkpoint = load_checkpoint(path, map_location)
@@ -46,7 +51,7 @@ def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu")
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
-    return model.to(map_location).eval()
+    return model.to(map_location).eval(), checkpoint
 
 
 def check_compatible(path: str | Path, model_hparams: dict[str, Any]) -> None:

@@ -1,0 +1,16 @@
+"""Measure a trained run's latent space: ``python src/analyze.py ckpt_path=.../last.ckpt``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from aelab.analyze import analyze
+from aelab.cli import run_task
+
+
+@hydra.main(config_path="../configs", config_name="analyze", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_task(analyze, cfg)
+
+
+if __name__ == "__main__":
+    main()

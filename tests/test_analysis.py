@@ -1,0 +1,173 @@
+"""Latent-space metrics on synthetic data with known answers, and analyze.py end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from aelab import analysis
+from conftest import make_tiny_mnist, run_cli
+
+QUIET = "callbacks.progress_bar.refresh_rate=0"
+
+
+def blobs(n_per: int = 30, k: int = 10, dims: int = 5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(k, dims * 2)[:, :dims] * 0 + rng.normal(size=(k, dims)) * 50
+    labels = np.repeat(np.arange(k), n_per)
+    return centres[labels] + rng.normal(size=(len(labels), dims)), labels
+
+
+def test_perfectly_separated_clusters_score_acc_nmi_ari_1():
+    labels = np.repeat(np.arange(10), 5)
+    scores = analysis.clustering_scores(labels, labels)
+    assert scores == {"acc": 1.0, "nmi": 1.0, "ari": 1.0}
+
+
+def test_cluster_ids_permuted_give_the_same_acc():
+    labels = np.repeat(np.arange(10), 5)
+    permutation = np.random.default_rng(3).permutation(10)
+    assert analysis.cluster_accuracy(labels, permutation[labels]) == 1.0
+    noisy = labels.copy()
+    noisy[:7] = 9
+    assert analysis.cluster_accuracy(labels, permutation[noisy]) == analysis.cluster_accuracy(labels, noisy)
+
+
+def test_cluster_accuracy_of_a_known_confusion():
+    # clusters {0,1,2} -> label 0 matches 2 of 3, cluster 3 -> label 1 matches 1; best map gives 3/4... of 4
+    assert analysis.cluster_accuracy(np.array([0, 0, 1, 1]), np.array([1, 1, 1, 0])) == 0.75
+
+
+def test_knn_and_linear_probe_are_perfect_on_separated_blobs():
+    z, y = blobs()
+    assert analysis.knn_accuracy(z[::2], y[::2], z[1::2], y[1::2], k=5) == 1.0
+    assert analysis.linear_probe_accuracy(z[::2], y[::2], z[1::2], y[1::2]) == 1.0
+
+
+def test_knn_is_at_chance_on_noise():
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(2000, 4)), rng.integers(0, 10, 2000)
+    assert analysis.knn_accuracy(z[:1000], y[:1000], z[1000:], y[1000:]) < 0.2
+
+
+def test_kmeans_recovers_separated_blobs():
+    z, y = blobs()
+    assert analysis.clustering_scores(y, analysis.kmeans_clusters(z, 10))["acc"] == 1.0
+
+
+def test_anomaly_auroc_is_1_when_errors_separate_and_half_when_random():
+    labels = np.repeat(np.arange(10), 10)
+    errors = np.where(labels == 3, 0.01, 0.5)
+    assert analysis.anomaly_auroc(errors, labels, [3]) == 1.0
+    random_errors = np.random.default_rng(0).random(len(labels))
+    assert abs(analysis.anomaly_auroc(random_errors, labels, [3]) - 0.5) < 0.2
+
+
+def test_trustworthiness_of_a_faithful_map_is_1():
+    z = np.random.default_rng(0).normal(size=(200, 2))
+    assert analysis.trustworthiness(z, z * 3 + 1) == pytest.approx(1.0)
+
+
+def test_two_dimensional_latents_are_their_own_map():
+    z = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    assert np.array_equal(analysis.embed_2d(z, "tsne"), z)
+    one = z[:, :1]
+    assert np.array_equal(analysis.embed_2d(one, "umap"), np.hstack([one, np.zeros_like(one)]))
+
+
+def test_per_digit_mean():
+    assert analysis.per_digit_mean(np.array([1.0, 3.0, 10.0]), np.array([0, 0, 7])) == {0: 2.0, 7: 10.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis")
+    data = make_tiny_mnist(root / "data", n_train=200, n_test=60)
+    result = run_cli("train.py", "model=conv", "model.latent_dim=8", "data.keep_digits=[1]",
+                     "trainer.max_epochs=2", f"paths.log_dir={root / 'logs'}", QUIET,
+                     env={"AELAB_DATA_DIR": str(data)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (root / "logs" / "train" / "runs").iterdir()
+    return root, run
+
+
+def test_analyze_writes_json_figures_and_projector(tiny_run):
+    root, run = tiny_run
+    result = run_cli("analyze.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "map=pca",
+                     "umap_gmm=false", f"paths.log_dir={root / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert report["latent_size"] == 8 and report["n_test"] == 60 and report["n_train"] == 200
+    for key in ("test_mse", "pca_test_mse", "knn_accuracy", "linear_probe_accuracy"):
+        assert 0 <= report[key] < 2
+    assert set(report["kmeans"]) == {"acc", "nmi", "ari"}
+    assert 0 < report["trustworthiness"]["pca"] <= 1
+    assert sorted(report["per_digit_mse"]) == [str(d) for d in range(10)]
+    assert report["anomaly"]["normal_digits"] == [1] and 0 <= report["anomaly"]["auroc"] <= 1
+    for name in ("map_pca", "per_digit_errors", "interpolation", "gaussian_samples"):
+        assert (run / "analysis" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "test_latents' in projector and "sprite" in projector
+    assert "encoding 200 train and 60 test images" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ckpt_path=/no/such/last.ckpt"], "checkpoint /no/such/last.ckpt does not exist"),
+        ([], "give exactly one of ckpt_path="),
+        (["map=sne", "ckpt_path=x"], "map=sne is not one of tsne, umap, pca, all"),
+        (["run_dir=/tmp"], "holds no sweep jobs with checkpoints"),
+    ],
+)
+def test_analyze_bad_inputs_exit_2_with_a_clear_message(tmp_path, args, message):
+    result = run_cli("analyze.py", *args, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_analyze_refuses_a_checkpoint_that_is_not_aelabs(tmp_path):
+    import torch
+
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    result = run_cli("analyze.py", f"ckpt_path={path}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "was not written by aelab" in result.stderr
+
+
+def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
+    sweep_dir = tmp_path / "sweep"
+    trained = run_cli("train.py", "-m", "model.latent_dim=2,4", "trainer.max_epochs=1",
+                      f"hydra.sweep.dir={sweep_dir}", QUIET, env={"AELAB_DATA_DIR": str(tiny_mnist)})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = run_cli("analyze.py", f"run_dir={sweep_dir}", "map=pca", "umap_gmm=false",
+                     f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import csv
+
+    with open(sweep_dir / "analysis_summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["latent_size"] for r in rows] == ["2", "4"]
+    assert rows[0]["overrides"] == "model.latent_dim=2,trainer.max_epochs=1"
+    assert all(0 <= float(r["knn_accuracy"]) <= 1 and float(r["test_mse"]) > 0 for r in rows)
+    assert (sweep_dir / "analysis_vs_latent_dim.png").is_file()
+    assert "| mlp | 2 |" in (sweep_dir / "analysis_summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_analyze_a_conv_run_on_mnist10k_with_every_map(tmp_path, mnist10k):
+    trained = run_cli("train.py", "model=conv", "trainer.max_epochs=3", f"paths.log_dir={tmp_path}", QUIET,
+                      env={"AELAB_DATA_DIR": str(mnist10k)})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    result = run_cli("analyze.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert report["n_test"] == 2000 and report["latent_size"] == 256
+    assert set(report["trustworthiness"]) == {"tsne", "umap", "pca"}
+    assert set(report["umap_gmm"]) == {"acc", "nmi", "ari"}
+    # even 3 epochs give a latent space where neighbours share digits far above chance (0.1)
+    assert report["knn_accuracy"] > 0.8
+    for method in ("tsne", "umap", "pca"):
+        assert (run / "analysis" / f"map_{method}.png").is_file()
