@@ -121,3 +121,12 @@ def test_gpu_trainer_on_a_machine_without_gpu_exits_2(tmp_path, tiny_mnist):
     result = run_cli("train.py", "trainer=gpu", f"paths.log_dir={tmp_path}", env={"AELAB_DATA_DIR": str(tiny_mnist)})
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_reports_the_test_mse_of_a_checkpoint(tmp_path, tiny_mnist):
+    summary = train_tiny(tmp_path, tiny_mnist)
+    result = run_cli("eval.py", f"ckpt_path={summary['last_checkpoint']}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["n_test"] == 40
+    assert report["test_mse"] == pytest.approx(summary["val_loss_final"], rel=1e-5)

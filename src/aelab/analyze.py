@@ -240,6 +240,7 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         trust = result["trustworthiness"]
         rows.append({
             **numbers, "overrides": job.name, "backbone": result["backbone"], "latent_size": result["latent_size"],
+            "data_dir": result["data_dir"],
             "trustworthiness": next(iter(trust.values()), None),
         })
     rows.sort(key=lambda r: (r["backbone"] or "", r["latent_size"]))
@@ -255,8 +256,7 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         "Clustering of test latents into 10 clusters, scored against the digits (ACC with Hungarian "
         "matching). Trustworthiness of the first 2-D map.\n\n" + "\n".join(lines) + "\n"
     )
-    data_name = Path(str(cfg.data_dir or json.loads((run_dir_of(jobs[0][1]) / "analysis" / "analysis.json")
-                                                      .read_text())["data_dir"])).name
+    data_name = ", ".join(sorted({Path(r["data_dir"]).name for r in rows}))
     fig = _plots().metrics_vs_latent_dim(rows, data_name)
     fig.savefig(sweep_dir / "analysis_vs_latent_dim.png", dpi=100)
     return {"jobs": rows}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     traceback). In a multirun any failure is recorded in the job's summary and the sweep goes on;
     the sweep report then exits non-zero.
     """
+    quiet_known_warnings()
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = task(cfg)
@@ -68,3 +70,23 @@ def user_error(err: BaseException) -> AelabError | None:
 def error_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def quiet_known_warnings() -> None:
+    # Lightning's own pytree call under torch >= 2.10, and a hint about step logging, which aelab
+    # does not use (it logs once per epoch): neither is actionable for a user.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+    # umap-learn: a fixed random_state (which aelab always sets, for reproducibility) means one thread
+    warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden to 1 by setting random_state")
+    # openTSNE announces at INFO that it was given an initialisation it was given
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)
+    # an advertisement for a cloud logger, printed on every run
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvert) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdvert())
+
+
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()

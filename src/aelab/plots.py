@@ -68,7 +68,7 @@ def metrics_vs_latent_dim(rows: list[dict], data_name: str):
     """kNN accuracy, clustering ACC and test MSE against latent dim, one line per backbone."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [("knn_accuracy", "kNN accuracy (k=5)"), ("kmeans_acc", "k-means ACC"), ("test_mse", "test MSE")]
+    panels = [("knn_accuracy", "kNN accuracy (k=5)"), ("kmeans_acc", "clustering ACC (k-means; UMAP+GMM dashed)"), ("test_mse", "test MSE")]
     for ax, (key, label) in zip(axes, panels):
         for backbone in sorted({r["backbone"] for r in rows}):
             points = sorted((r["latent_size"], r[key]) for r in rows if r["backbone"] == backbone)

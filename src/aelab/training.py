@@ -6,7 +6,6 @@ import json
 import os
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.callbacks import EpochTimer
+from aelab.cli import quiet_known_warnings
 from aelab.checkpoints import check_compatible
 from aelab.config import GPU_ACCELERATORS, resolve_ckpt_path, validate
 
@@ -80,22 +80,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     write_summary(output_dir, summary)
     return summary
-
-
-def quiet_known_warnings() -> None:
-    # Lightning's own pytree call under torch >= 2.10, and a hint about step logging, which aelab
-    # does not use (it logs once per epoch): neither is actionable for a user.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
-    # an advertisement for a cloud logger, printed on every run
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropAdvert) for f in rank_zero_log.filters):
-        rank_zero_log.addFilter(_DropAdvert())
-
-
-class _DropAdvert(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage().lower()
 
 
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:

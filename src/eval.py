@@ -1,0 +1,16 @@
+"""Test-split MSE of a checkpoint: ``python src/eval.py ckpt_path=.../last.ckpt``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from aelab.cli import run_task
+from aelab.evaluation import evaluate
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_task(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()
