@@ -12,7 +12,6 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from aelab.backbones import IMAGE_SIZE
 
 
 def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
@@ -71,7 +70,7 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dic
         "latent_dim": latent_size if hp.latent_dim is None else hp.latent_dim,
         "latent_size": latent_size,
         "params": sum(p.numel() for p in pl_module.parameters()),
-        "compression": round(1 - latent_size / IMAGE_SIZE, 4),
+        "compression": round(pl_module.compression, 4),
         "lr": hp.optimizer.get("lr", float("nan")),
         "weight_decay": hp.optimizer.get("weight_decay", float("nan")),
         "batch_size": datamodule.hparams.batch_size if datamodule is not None else -1,

@@ -20,7 +20,6 @@ from aelab.training import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 28 * 28
 COLUMNS = [
     "overrides", "backbone", "latent_dim", "params", "compression", "val_mse_best",
     "val_mse_final", "pca_val_mse", "epochs", "wall_time_s", "status", "error",
@@ -52,7 +51,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "latent_dim": cfg.model.get("latent_dim"),
             "latent_size": latent_size,
             "params": summary.get("params"),
-            "compression": None if latent_size is None else round(1 - latent_size / IMAGE_SIZE, 4),
+            "compression": None if summary.get("compression") is None else round(summary["compression"], 4),
             "val_mse_best": summary.get("val_loss_best"),
             "val_mse_final": summary.get("val_loss_final"),
             "pca_val_mse": None,

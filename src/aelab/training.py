@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s already finished; not training it again", output_dir)
         return previous
     ckpt_path = cfg.get("ckpt_path")
-    interrupted = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and interrupted.is_file():
-        log.info("resuming the interrupted job from %s", interrupted)
-        ckpt_path = str(interrupted)
+    unfinished = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and unfinished.is_file():
+        # the same directory holds a job that stopped before its summary: a re-run sweep
+        log.info("resuming the interrupted job from %s", unfinished)
+        ckpt_path = str(unfinished)
     limit_threads_for_parallel_jobs()
 
     model = instantiate(cfg.model, _recursive_=False, _convert_="all")
@@ -66,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "latent_dim": cfg.model.get("latent_dim"),
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
-        "compression": 1 - model.latent_size / 784,
+        "compression": model.compression,
         "epochs": trainer.current_epoch,
         "val_loss_best": model.best_val_loss,
         "val_loss_final": metrics.get("val/loss"),
