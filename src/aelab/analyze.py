@@ -6,7 +6,6 @@ the numbers as scalars and a projector embedding into the run's TensorBoard fold
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -226,7 +225,7 @@ def find_checkpoint(job_dir: Path) -> Path | None:
 
 
 def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
-    from aelab.sweep import job_dirs
+    from aelab.sweep import data_name, job_dirs, write_table
 
     jobs = [(job, find_checkpoint(job)) for job in job_dirs(sweep_dir)]
     jobs = [(job, ckpt) for job, ckpt in jobs if ckpt is not None]
@@ -244,27 +243,9 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
             "trustworthiness": next(iter(trust.values()), None),
         })
     rows.sort(key=lambda r: (r["backbone"] or "", r["latent_size"]))
-    with open(sweep_dir / "analysis_summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in SUMMARY_COLUMNS) + " |")
-    (sweep_dir / "analysis_summary.md").write_text(
-        f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test latents. "
-        "Clustering of test latents into 10 clusters, scored against the digits (ACC with Hungarian "
-        "matching). Trustworthiness of the first 2-D map.\n\n" + "\n".join(lines) + "\n"
-    )
-    data_name = ", ".join(sorted({Path(r["data_dir"]).name for r in rows}))
-    fig = _plots().metrics_vs_latent_dim(rows, data_name)
-    fig.savefig(sweep_dir / "analysis_vs_latent_dim.png", dpi=100)
+    write_table(rows, SUMMARY_COLUMNS, sweep_dir / "analysis_summary",
+                f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "
+                "latents. Clustering of test latents into 10 clusters, scored against the digits (ACC with "
+                "Hungarian matching). Trustworthiness of the first 2-D map.")
+    _plots().metrics_vs_latent_dim(rows, data_name(rows)).savefig(sweep_dir / "analysis_vs_latent_dim.png", dpi=100)
     return {"jobs": rows}
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from aelab.errors import ConfigError
+from aelab.errors import ConfigError, is_positive_int
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28
@@ -18,7 +18,7 @@ IMAGE_SIZE = 28 * 28
 def check_latent_dim(latent_dim: object, *, optional: bool, backbone: str) -> None:
     if latent_dim is None and optional:
         return
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+    if not is_positive_int(latent_dim):
         allowed = "a positive integer" + (" or null" if optional else "")
         raise ConfigError(
             f"model.latent_dim={latent_dim!r} is invalid for model={backbone}: it must be {allowed}"

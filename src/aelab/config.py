@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from aelab.errors import CheckpointError, ConfigError
+from aelab.errors import CheckpointError, ConfigError, is_positive_int
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -31,15 +31,13 @@ def validate(cfg: DictConfig) -> None:
             "trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32-true"
         )
     latent_dim = cfg.model.get("latent_dim")
-    if latent_dim is not None and (
-        isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1
-    ):
+    if latent_dim is not None and not is_positive_int(latent_dim):
         raise ConfigError(f"model.latent_dim={latent_dim!r} is invalid: it must be a positive integer")
     batch_size = cfg.data.get("batch_size")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_positive_int(batch_size):
         raise ConfigError(f"data.batch_size={batch_size!r} is invalid: it must be a positive integer")
     max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 1):
+    if max_epochs is not None and not is_positive_int(max_epochs):
         raise ConfigError(f"trainer.max_epochs={max_epochs!r} is invalid: it must be a positive integer")
 
 

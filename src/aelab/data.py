@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aelab.errors import ConfigError, DataError
+from aelab.errors import ConfigError, DataError, is_positive_int
 from aelab.idx import find_idx, read_mnist_split
 
 MNIST_FILES = (
@@ -132,7 +132,7 @@ class MNISTDataModule(L.LightningDataModule):
         super().__init__()
         if loader not in LOADERS:
             raise ConfigError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        if not is_positive_int(batch_size):
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if keep_digits is not None:
             keep_digits = [int(d) for d in keep_digits]

@@ -19,3 +19,8 @@ class DataError(AelabError):
 
 class CheckpointError(AelabError):
     pass
+
+
+def is_positive_int(value: object) -> bool:
+    """True for 1, 2, ...; False for 0, negatives, floats, text and booleans (``True == 1``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -92,21 +92,16 @@ def _as_float(images):
     return normalize(images).flatten(1).numpy()
 
 
-def write_tables(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
-    with open(sweep_dir / "summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+def write_table(rows: list[dict[str, Any]], columns: list[str], path_stem: Path, intro: str) -> None:
+    """``<stem>.csv`` and ``<stem>.md`` with one row per job."""
+    with open(path_stem.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
-    (sweep_dir / "summary.md").write_text(
-        f"# Sweep {sweep_dir.name}\n\nval MSE on the [-1, 1] scale; PCA: the best linear code of the "
-        f"same size, fit on the same training data.\n\n" + "\n".join(lines) + "\n"
-    )
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    path_stem.with_suffix(".md").write_text(intro + "\n\n" + "\n".join(lines) + "\n")
 
 
 def _cell(value: Any) -> str:
@@ -117,7 +112,7 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "/")
 
 
-def _data_name(rows: list[dict[str, Any]]) -> str:
+def data_name(rows: list[dict[str, Any]]) -> str:
     """The data folder's name (e.g. mnist-10k), so a figure says what it was measured on."""
     names = sorted({Path(r["data_dir"]).name for r in rows if r["data_dir"]})
     return ", ".join(names) or "unknown data"
@@ -143,7 +138,7 @@ def plot_mse_vs_latent_dim(rows: list[dict[str, Any]]):
     ax.minorticks_off()
     ax.set_xlabel("latent dim")
     ax.set_ylabel("best val MSE ([-1, 1] scale)")
-    ax.set_title(f"Reconstruction error against bottleneck size ({_data_name(ok)})")
+    ax.set_title(f"Reconstruction error against bottleneck size ({data_name(ok)})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -182,7 +177,7 @@ def plot_reconstructions(rows: list[dict[str, Any]], num_images: int = 8):
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"Reconstructions of fixed validation images by latent dim ({_data_name(ok)})")
+    fig.suptitle(f"Reconstructions of fixed validation images by latent dim ({data_name(ok)})")
     fig.tight_layout()
     return fig
 
@@ -192,7 +187,8 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     add_pca_baseline(rows)
-    write_tables(rows, sweep_dir)
+    write_table(rows, COLUMNS, sweep_dir / "summary", f"# Sweep {sweep_dir.name}\n\nval MSE on the "
+                "[-1, 1] scale; PCA: the best linear code of the same size, fit on the same training data.")
     figures = {FIGURE_MSE: plot_mse_vs_latent_dim(rows), FIGURE_RECONSTRUCTIONS: plot_reconstructions(rows)}
     from torch.utils.tensorboard import SummaryWriter
 
