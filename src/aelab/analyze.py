@@ -82,19 +82,16 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def analyze_checkpoint(ckpt_path: Path, cfg: DictConfig) -> dict[str, Any]:
-    from aelab.checkpoints import load_run
-    from aelab.data import MNISTDataModule, normalize
+    from aelab.checkpoints import load_run, trained_data_dir
+    from aelab.data import MNISTDataModule, normalized_rows
 
     device = device_for(str(cfg.accelerator))
     model, checkpoint = load_run(ckpt_path, device)
     run_dir = run_dir_of(ckpt_path)
     out = run_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_dir = cfg.data_dir or data_hparams.get("data_dir")
-    if not data_dir:
-        raise ConfigError(f"{ckpt_path} does not say which data it was trained on; pass data_dir=/path")
-    datamodule = MNISTDataModule(str(data_dir), download=False)
+    data_dir = trained_data_dir(checkpoint, ckpt_path, cfg.data_dir)
+    datamodule = MNISTDataModule(data_dir, download=False)
     datamodule.setup()
     train_images, train_labels = datamodule.splits["train"]
     test_images, test_labels = datamodule.splits["test"]
@@ -113,9 +110,8 @@ def analyze_checkpoint(ckpt_path: Path, cfg: DictConfig) -> dict[str, Any]:
         "test_mse": float(test_errors.mean()),
     }
     with stage("PCA baseline"):
-        flat = lambda images: normalize(images).flatten(1).numpy()  # noqa: E731
         result["pca_test_mse"] = analysis.pca_reconstruction_mse(
-            flat(train_images), flat(test_images), [result["latent_size"]]
+            normalized_rows(train_images), normalized_rows(test_images), [result["latent_size"]]
         )[result["latent_size"]]
     with stage(f"kNN (k={cfg.knn_k}) and linear probe"):
         result["knn_accuracy"] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k)
@@ -142,7 +138,7 @@ def analyze_checkpoint(ckpt_path: Path, cfg: DictConfig) -> dict[str, Any]:
 
     result["per_digit_mse"] = analysis.per_digit_mean(test_errors, test_y)
     figures["per_digit_errors"] = _plots().per_digit_errors(test_errors, test_y, f"reconstruction error by digit, {title}")
-    keep = data_hparams.get("keep_digits")
+    keep = (checkpoint.get("datamodule_hyper_parameters") or {}).get("keep_digits")
     if keep:
         result["anomaly"] = {"normal_digits": list(keep),
                              "auroc": analysis.anomaly_auroc(test_errors, test_y, keep)}

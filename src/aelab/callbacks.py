@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 
-
 def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
     """A (3, H, W) image in [0, 1]: the inputs as one row over their reconstructions."""
     from torchvision.utils import make_grid

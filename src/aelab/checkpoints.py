@@ -43,10 +43,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu"):
     from aelab.module import AutoEncoder
 
     checkpoint = load_checkpoint(path, map_location)
-    hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "encoder" not in hparams:
-        raise CheckpointError(f"checkpoint {path} was not written by aelab (no model hyperparameters)")
-    model = AutoEncoder(**hparams)
+    model = AutoEncoder(**model_hparams(checkpoint, path))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
@@ -54,13 +51,27 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu"):
     return model.to(map_location).eval(), checkpoint
 
 
-def check_compatible(path: str | Path, model_hparams: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint into a different network than the config describes."""
-    hparams = load_checkpoint(path).get("hyper_parameters") or {}
-    if "encoder" not in hparams:
+def model_hparams(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``AutoEncoder`` arguments saved in an aelab checkpoint."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "encoder" not in hparams:
         raise CheckpointError(f"checkpoint {path} was not written by aelab (no model hyperparameters)")
+    return hparams
+
+
+def trained_data_dir(checkpoint: dict[str, Any], path: str | Path, override: str | None) -> str:
+    """``override``, or the data directory the checkpoint's run was trained on."""
+    data_dir = override or (checkpoint.get("datamodule_hyper_parameters") or {}).get("data_dir")
+    if not data_dir:
+        raise CheckpointError(f"{path} does not say which data it was trained on; pass data_dir=/path")
+    return str(data_dir)
+
+
+def check_compatible(path: str | Path, wanted_hparams: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint into a different network than the config describes."""
+    hparams = model_hparams(load_checkpoint(path), path)
     for key in ("encoder", "decoder"):
-        saved, wanted = hparams[key], model_hparams[key]
+        saved, wanted = hparams[key], wanted_hparams[key]
         if saved != wanted:
             raise CheckpointError(
                 f"checkpoint {path} holds a different network than the config: its {key} is "

@@ -36,6 +36,11 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)
 
 
+def normalized_rows(images: torch.Tensor) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 (N, 784) in [-1, 1]: the flat form linear baselines take."""
+    return normalize(images).flatten(1).numpy()
+
+
 class DeviceBatchLoader:
     """Batches sliced from uint8 tensors that already live on the training device.
 

@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from aelab.analyze import run_dir_of
-from aelab.checkpoints import load_run
+from aelab.checkpoints import load_run, trained_data_dir
 from aelab.config import resolve_ckpt_path
 from aelab.data import MNISTDataModule
 from aelab.errors import ConfigError
@@ -24,11 +24,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last)")
     ckpt_path = Path(resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.log_dir) / "train"))
     model, checkpoint = load_run(ckpt_path)
-    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_dir = cfg.data_dir or data_hparams.get("data_dir")
-    if not data_dir:
-        raise ConfigError(f"{ckpt_path} does not say which data it was trained on; pass data_dir=/path")
-    datamodule = MNISTDataModule(str(data_dir), batch_size=cfg.batch_size, download=False)
+    data_dir = trained_data_dir(checkpoint, ckpt_path, cfg.data_dir)
+    datamodule = MNISTDataModule(data_dir, batch_size=cfg.batch_size, download=False)
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)

@@ -70,7 +70,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 def add_pca_baseline(rows: list[dict[str, Any]]) -> None:
     """PCA val MSE at each job's latent size, on that job's data."""
     from aelab.analysis import pca_reconstruction_mse
-    from aelab.data import MNISTDataModule
+    from aelab.data import MNISTDataModule, normalized_rows
 
     by_data: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -79,17 +79,11 @@ def add_pca_baseline(rows: list[dict[str, Any]]) -> None:
     for data_dir, group in by_data.items():
         datamodule = MNISTDataModule(data_dir, download=False)
         datamodule.setup()
-        train = _as_float(datamodule.splits["train"][0])
-        test = _as_float(datamodule.splits["test"][0])
+        train = normalized_rows(datamodule.splits["train"][0])
+        test = normalized_rows(datamodule.splits["test"][0])
         mse = pca_reconstruction_mse(train, test, [r["latent_size"] for r in group])
         for row in group:
             row["pca_val_mse"] = round(mse[row["latent_size"]], 5)
-
-
-def _as_float(images):
-    from aelab.data import normalize
-
-    return normalize(images).flatten(1).numpy()
 
 
 def write_table(rows: list[dict[str, Any]], columns: list[str], path_stem: Path, intro: str) -> None:
