@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aelab.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from aelab.data import MNISTDataModule, normalize
+from aelab.data import normalize
+from aelab.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from aelab.names import VAL_MSE
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 42
@@ -51,36 +52,57 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def tiled_raw_dir(data_dir: Path, tile_to: int | None, workdir: Path) -> Path:
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+        return compose(config_name="train", overrides=overrides)
+
+
+def datamodule_for(data: str, data_dir: Path):
+    """The datamodule ``data=<data> data.data_dir=<data_dir>`` gives, set up."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(compose_train([f"data={data}", f"data.data_dir={data_dir}", "data.download=false"]).data)
+    datamodule.setup()
+    return datamodule
+
+
+def tiled_data_dir(data: str, data_dir: Path, tile_to: int | None, workdir: Path) -> Path:
     """``data_dir`` itself, or a copy whose training split repeats to ``tile_to`` images."""
     if not tile_to:
         return data_dir
-    from aelab.idx import read_mnist_split, write_idx
+    from aelab.data.datasets import SPLIT_FILES
+    from aelab.data.idx import write_idx
 
-    raw = data_dir / "MNIST" / "raw"
-    images, labels = read_mnist_split(raw, "train")
-    reps = -(-tile_to // len(images))
-    out = workdir / "tiled"
-    write_idx(out / "MNIST/raw/train-images-idx3-ubyte", np.tile(images, (reps, 1, 1))[:tile_to])
-    write_idx(out / "MNIST/raw/train-labels-idx1-ubyte", np.tile(labels, reps)[:tile_to])
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        test = read_mnist_split(raw, "t10k")
-        write_idx(out / "MNIST/raw" / name, test[0] if "images" in name else test[1])
-    return out
+    datamodule = datamodule_for(data, data_dir)
+    raw = workdir / "tiled" / datamodule.raw_dir.relative_to(datamodule.data_dir)
+    for split, (images_file, labels_file) in SPLIT_FILES.items():
+        images, labels = (t.numpy() for t in datamodule.split(split))
+        if split == "train":
+            reps = -(-tile_to // len(images))
+            images, labels = np.tile(images, (reps, 1, 1))[:tile_to], np.tile(labels, reps)[:tile_to]
+        write_idx(raw / images_file, images)
+        write_idx(raw / labels_file, labels)
+    return workdir / "tiled"
 
 
-def article_pipeline(model_name: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
+def article_pipeline(model_name: str, data: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
+    import torchvision.datasets
     from torch.utils.data import DataLoader
     from torchvision import transforms
-    from torchvision.datasets import MNIST
+
+    from aelab.data import DATASETS
+
+    dataset = getattr(torchvision.datasets, DATASETS[data].torchvision_class)
 
     transform = transforms.Compose([
         transforms.ToTensor(),
         transforms.Normalize([0.5], [0.5]),
         transforms.Lambda(lambda x: x.to(device)),
     ])
-    train_dl = DataLoader(MNIST(str(data_dir), train=True, transform=transform), batch_size=BATCH, shuffle=True)
-    val_dl = DataLoader(MNIST(str(data_dir), train=False, transform=transform), batch_size=BATCH, shuffle=False)
+    train_dl = DataLoader(dataset(str(data_dir), train=True, transform=transform), batch_size=BATCH, shuffle=True)
+    val_dl = DataLoader(dataset(str(data_dir), train=False, transform=transform), batch_size=BATCH, shuffle=False)
     model = build(model_name).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     times, val = [], float("nan")
@@ -113,11 +135,11 @@ def evaluate(model: nn.Module, batches) -> float:
     return sse / count
 
 
-def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int, precision: str) -> tuple[list[float], float]:
-    dm = MNISTDataModule(str(data_dir), download=False)
-    dm.setup()
-    train_images = dm.splits["train"][0].to(device)
-    test_images = dm.splits["test"][0].to(device)
+def resident_loop(model_name: str, data: str, data_dir: Path, device: str, epochs: int,
+                  precision: str) -> tuple[list[float], float]:
+    dm = datamodule_for(data, data_dir)
+    train_images = dm.split("train", device)[0]
+    test_images = dm.split("test", device)[0]
     model = build(model_name).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)
     generator = torch.Generator().manual_seed(SEED)
@@ -141,25 +163,22 @@ def resident_loop(model_name: str, data_dir: Path, device: str, epochs: int, pre
     return times, val
 
 
-def aelab_training(model_name: str, data_dir: Path, device: str, epochs: int, workdir: Path,
+def aelab_training(model_name: str, data: str, data_dir: Path, device: str, epochs: int, workdir: Path,
                    precision: str, extra: list[str]) -> tuple[list[float], float]:
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from aelab.training import train
+    from aelab.tasks.train import train
 
-    overrides = [
-        f"model={model_name}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
+    cfg = compose_train([
+        f"model={model_name}", f"data={data}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
         f"trainer.precision={precision}", f"trainer.max_epochs={epochs}", f"seed={SEED}", *extra,
-    ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
-        cfg = compose(config_name="train", overrides=overrides)
+    ])
     with open_dict(cfg):
         cfg.paths.root_dir = str(workdir)
         cfg.paths.output_dir = str(workdir / f"aelab-{model_name}-{time.time_ns()}")
         cfg.data.data_dir = str(data_dir)
     summary = train(cfg)
-    return summary["epoch_times_s"], summary["val_loss_final"]
+    return summary["epoch_times_s"], summary[VAL_MSE]
 
 
 def time_to_first_step(data_dir: Path) -> float:
@@ -180,6 +199,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up epoch")
+    parser.add_argument("--data", default="mnist", help="a configs/data option: mnist, fashion_mnist, kmnist")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("AELAB_DATA_DIR"))
     parser.add_argument("--tile-to", type=int, default=None, help="repeat the training split to this many images")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
@@ -189,8 +209,8 @@ def main() -> int:
     parser.add_argument("--startup", action="store_true", help="also time python src/train.py to its first step")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
-    if args.data_dir is None or not (Path(args.data_dir) / "MNIST" / "raw").is_dir():
-        parser.error("--data-dir (or AELAB_DATA_DIR) must name a folder holding MNIST/raw")
+    if args.data_dir is None:
+        parser.error("--data-dir (or AELAB_DATA_DIR) must name the folder that holds the dataset")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch finds no CUDA GPU on this machine")
 
@@ -203,11 +223,12 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        data_dir = tiled_raw_dir(Path(args.data_dir), args.tile_to, workdir)
+        data_dir = tiled_data_dir(args.data, Path(args.data_dir), args.tile_to, workdir)
         runners = {
-            "a": lambda m: article_pipeline(m, data_dir, args.device, total),
-            "b": lambda m: resident_loop(m, data_dir, args.device, total, args.precision),
-            "c": lambda m: aelab_training(m, data_dir, args.device, total, workdir, args.precision, args.aelab_args),
+            "a": lambda m: article_pipeline(m, args.data, data_dir, args.device, total),
+            "b": lambda m: resident_loop(m, args.data, data_dir, args.device, total, args.precision),
+            "c": lambda m: aelab_training(m, args.data, data_dir, args.device, total, workdir, args.precision,
+                                          args.aelab_args),
         }
         for model in args.models:
             row = {}

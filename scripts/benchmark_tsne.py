@@ -2,7 +2,7 @@
 
   python scripts/benchmark_tsne.py --ckpt logs/train/runs/<conv run>/checkpoints/last.ckpt
 
-Encodes every train and test image (10,000 on mnist-10k; 256 numbers each for the conv AE's
+Encodes every train and test image (70,000 on MNIST; 256 numbers each for the conv AE's
 64x2x2 bottleneck) and runs both with perplexity 30 and 1,000 iterations in all (250 of them
 early exaggeration), on all cores, openTSNE with aelab's settings (aelab.analysis.TSNE_SETTINGS).
 Prints seconds and the trustworthiness of both maps (on the same 5,000-point subset).
@@ -20,27 +20,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.analysis import TSNE_SETTINGS, trustworthiness
-from aelab.analyze import encode
-from aelab.checkpoints import load_run
-from aelab.data import MNISTDataModule
+from aelab.models.inference import encode_images
+from aelab.report.metrics import TSNE_SETTINGS, trustworthiness
+from aelab.runs import load_run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR"))
+    parser.add_argument("--data-dir", default=None, help="default: the data the checkpoint was trained on")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    model, checkpoint = load_run(args.ckpt)
-    data_dir = args.data_dir or checkpoint["datamodule_hyper_parameters"]["data_dir"]
-    datamodule = MNISTDataModule(str(data_dir), download=False)
+    loaded = load_run(args.ckpt, data_overrides={"data_dir": args.data_dir},
+                      fallback_data_dir=os.environ.get("AELAB_DATA_DIR"))
+    datamodule = loaded.datamodule
     datamodule.setup()
-    images = torch.cat([datamodule.splits["train"][0], datamodule.splits["test"][0]])
-    z, _ = encode(model, images, torch.device("cpu"), 1024)
-    print(f"latents: {z.shape[0]} x {z.shape[1]} ({Path(str(data_dir)).name}), {os.cpu_count()} cores", flush=True)
+    images = torch.cat([datamodule.split("train")[0], datamodule.split("test")[0]])
+    z, _ = encode_images(loaded.model, images, torch.device("cpu"), 1024)
+    print(f"latents: {z.shape[0]} x {z.shape[1]} ({datamodule.name}), {os.cpu_count()} cores", flush=True)
 
     from openTSNE import TSNE as OpenTSNE
     from sklearn.manifold import TSNE as SkTSNE

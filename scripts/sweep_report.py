@@ -4,7 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from aelab.sweep import job_dirs, write_report
+from aelab.report.sweep import write_report
+from aelab.runs import job_dirs
 
 
 def main() -> int:

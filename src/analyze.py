@@ -1,9 +1,9 @@
-"""Measure a trained run's latent space: ``python src/analyze.py ckpt_path=.../last.ckpt``."""
+"""Measure a trained run's latent space: ``python src/analyze.py ckpt_path=last``."""
 
 import hydra
 from omegaconf import DictConfig
 
-from aelab.analyze import analyze
+from aelab.tasks.analyze import analyze
 from aelab.cli import run_task
 
 

@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.cli import run_task
-from aelab.evaluation import evaluate
+from aelab.tasks.evaluate import evaluate
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")

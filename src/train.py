@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.cli import run_task
-from aelab.training import train
+from aelab.tasks.train import train
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

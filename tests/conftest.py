@@ -1,4 +1,4 @@
-"""Fixtures: tiny generated MNIST in IDX format, the real mnist-10k copy, composed configs."""
+"""Fixtures: tiny generated datasets in IDX format, the real datasets, composed configs."""
 
 from __future__ import annotations
 
@@ -12,52 +12,72 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from aelab.idx import write_idx
+from aelab.data import DATASETS
+from aelab.data.datasets import SPLIT_FILES
+from aelab.data.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# A progress bar in captured output is noise: every test that trains turns it off.
+QUIET = "callbacks.progress_bar.refresh_rate=0"
 
 
-def make_tiny_mnist(root: Path, n_train: int = 96, n_test: int = 40, seed: int = 0) -> Path:
-    """Write ``root/MNIST/raw`` with random-but-structured digits: each label draws a bar."""
+def make_tiny_dataset(root: Path, dataset: str = "mnist", n_train: int = 96, n_test: int = 40,
+                      seed: int = 0) -> Path:
+    """Write ``root/<Class>/raw`` with random-but-structured images: each label draws a bar."""
     rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
+    raw = DATASETS[dataset].raw_dir(root)
+    for split, n in (("train", n_train), ("test", n_test)):
         labels = np.arange(n, dtype=np.uint8) % 10
         images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
         for i, label in enumerate(labels):
             images[i, 4:24, 2 + 2 * label : 4 + 2 * label] = 255
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        images_file, labels_file = SPLIT_FILES[split]
+        write_idx(raw / images_file, images)
+        write_idx(raw / labels_file, labels)
     return root
 
 
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
-    return make_tiny_mnist(tmp_path / "data")
+    return make_tiny_dataset(tmp_path / "data")
 
 
-@pytest.fixture(scope="session")
-def mnist10k() -> Path:
-    """The real mnist-10k copy. In CI its absence is a failure, never a skip."""
-    value = os.environ.get("AELAB_DATA_DIR")
-    if value and (Path(value) / "MNIST" / "raw").is_dir():
+def real_data(variable: str, what: str) -> Path:
+    """A real dataset folder named by an environment variable. In CI its absence is a failure,
+    never a skip."""
+    value = os.environ.get(variable)
+    if value and Path(value).is_dir():
         return Path(value)
-    message = "AELAB_DATA_DIR must point at mnist-10k (a folder holding MNIST/raw)"
+    message = f"{variable} must point at {what}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
 
 
+@pytest.fixture(scope="session")
+def mnist() -> Path:
+    """The official MNIST (60k/10k): AELAB_DATA_DIR, as .ci/run sets it."""
+    return real_data("AELAB_DATA_DIR", "the official MNIST (a folder holding MNIST/raw), e.g. ../shared/data/mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    return real_data("AELAB_FASHION_MNIST_DIR", "the official Fashion-MNIST, e.g. ../shared/data/fashion-mnist")
+
+
+def compose_config(name: str, tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
+    """A task's config as its entry point would compose it, logging under ``tmp_path``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose(config_name=name, overrides=[f"paths.log_dir={tmp_path / 'logs'}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
 def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> DictConfig:
     """The train config as ``src/train.py`` would compose it, writing under ``tmp_path``."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.data.data_dir = str(data_dir)
-    return cfg
+    return compose_config("train", tmp_path, [f"data.data_dir={data_dir}", QUIET, *overrides])
 
 
 def run_cli(script: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO,

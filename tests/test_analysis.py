@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from aelab import analysis
-from conftest import make_tiny_mnist, run_cli
-
-QUIET = "callbacks.progress_bar.refresh_rate=0"
+from aelab.data import DATASETS
+from aelab.report import metrics as analysis
+from conftest import QUIET, make_tiny_dataset, run_cli
 
 
 def blobs(n_per: int = 30, k: int = 10, dims: int = 5, seed: int = 0):
@@ -75,15 +74,16 @@ def test_two_dimensional_latents_are_their_own_map():
     assert np.array_equal(analysis.embed_2d(one, "umap"), np.hstack([one, np.zeros_like(one)]))
 
 
-def test_per_digit_mean():
-    assert analysis.per_digit_mean(np.array([1.0, 3.0, 10.0]), np.array([0, 0, 7])) == {0: 2.0, 7: 10.0}
+def test_per_class_mean_is_keyed_by_class_name():
+    classes = [str(d) for d in range(7)] + ["seven"]
+    assert analysis.per_class_mean(np.array([1.0, 3.0, 10.0]), np.array([0, 0, 7]), classes) == {"0": 2.0, "seven": 10.0}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
-    data = make_tiny_mnist(root / "data", n_train=200, n_test=60)
-    result = run_cli("train.py", "model=conv", "model.latent_dim=8", "data.keep_digits=[1]",
+    data = make_tiny_dataset(root / "data", n_train=200, n_test=60)
+    result = run_cli("train.py", "model=conv", "model.latent_dim=8", "data.keep_classes=[1]",
                      "trainer.max_epochs=2", f"paths.log_dir={root / 'logs'}", QUIET,
                      env={"AELAB_DATA_DIR": str(data)})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -98,13 +98,13 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "analysis" / "analysis.json").read_text())
     assert report["latent_size"] == 8 and report["n_test"] == 60 and report["n_train"] == 200
-    for key in ("test_mse", "pca_test_mse", "knn_accuracy", "linear_probe_accuracy"):
+    for key in ("test/mse", "test/pca_mse", "latent/knn_accuracy", "latent/linear_probe_accuracy",
+                "latent/kmeans_acc", "latent/kmeans_nmi", "latent/kmeans_ari"):
         assert 0 <= report[key] < 2
-    assert set(report["kmeans"]) == {"acc", "nmi", "ari"}
-    assert 0 < report["trustworthiness"]["pca"] <= 1
-    assert sorted(report["per_digit_mse"]) == [str(d) for d in range(10)]
-    assert report["anomaly"]["normal_digits"] == [1] and 0 <= report["anomaly"]["auroc"] <= 1
-    for name in ("map_pca", "per_digit_errors", "interpolation", "gaussian_samples"):
+    assert 0 < report["latent/trustworthiness_pca"] <= 1
+    assert list(report["test/mse_per_class"]) == [str(d) for d in range(10)]
+    assert report["normal_classes"] == ["1"] and 0 <= report["test/anomaly_auroc"] <= 1
+    for name in ("map_pca", "per_class_errors", "interpolation", "gaussian_samples"):
         assert (run / "analysis" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "test_latents' in projector and "sprite" in projector
@@ -114,10 +114,12 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ckpt_path=/no/such/last.ckpt"], "checkpoint /no/such/last.ckpt does not exist"),
+        (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist; pass an existing .ckpt file"),
         ([], "give exactly one of ckpt_path="),
         (["map=sne", "ckpt_path=x"], "map=sne is not one of tsne, umap, pca, all"),
-        (["run_dir=/tmp"], "holds no sweep jobs with checkpoints"),
+        (["sweep_dir=/tmp"], "sweep_dir=/tmp holds no sweep jobs with checkpoints"),
+        (["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt under"),
+        (["ckpt_path=x", "trainer.precision=16"], "trainer.precision=16 is not supported"),
     ],
 )
 def test_analyze_bad_inputs_exit_2_with_a_clear_message(tmp_path, args, message):
@@ -141,7 +143,7 @@ def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     trained = run_cli("train.py", "-m", "model.latent_dim=2,4", "trainer.max_epochs=1",
                       f"hydra.sweep.dir={sweep_dir}", QUIET, env={"AELAB_DATA_DIR": str(tiny_mnist)})
     assert trained.returncode == 0, trained.stderr[-2000:]
-    result = run_cli("analyze.py", f"run_dir={sweep_dir}", "map=pca", "umap_gmm=false",
+    result = run_cli("analyze.py", f"sweep_dir={sweep_dir}", "map=pca", "umap_gmm=false",
                      f"paths.log_dir={tmp_path / 'logs'}")
     assert result.returncode == 0, result.stderr[-3000:]
     import csv
@@ -149,25 +151,49 @@ def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     with open(sweep_dir / "analysis_summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["latent_size"] for r in rows] == ["2", "4"]
-    assert rows[0]["overrides"] == "model.latent_dim=2,trainer.max_epochs=1"
-    assert all(0 <= float(r["knn_accuracy"]) <= 1 and float(r["test_mse"]) > 0 for r in rows)
-    assert (sweep_dir / "analysis_vs_latent_dim.png").is_file()
+    assert rows[0]["job"] == "model.latent_dim=2,trainer.max_epochs=1"
+    assert all(0 <= float(r["latent/knn_accuracy"]) <= 1 and float(r["test/mse"]) > 0 for r in rows)
+    assert (sweep_dir / "analysis_vs_latent_size.png").is_file()
     assert "| mlp | 2 |" in (sweep_dir / "analysis_summary.md").read_text()
 
 
+def test_every_map_and_the_n2d_clustering_on_a_tiny_run(tmp_path):
+    data = make_tiny_dataset(tmp_path / "data", n_train=200, n_test=120)
+    trained = run_cli("train.py", "model.latent_dim=4", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}", QUIET,
+                      env={"AELAB_DATA_DIR": str(data)})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = run_cli("analyze.py", "ckpt_path=last", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    report = json.loads((run / "analysis" / "analysis.json").read_text())
+    for method in ("tsne", "umap", "pca"):
+        assert 0 < report[f"latent/trustworthiness_{method}"] <= 1
+        assert (run / "analysis" / f"map_{method}.png").is_file()
+    assert {"latent/umap_gmm_acc", "latent/umap_gmm_nmi", "latent/umap_gmm_ari"} <= set(report)
+
+
 @pytest.mark.slow
-def test_analyze_a_conv_run_on_mnist10k_with_every_map(tmp_path, mnist10k):
-    trained = run_cli("train.py", "model=conv", "trainer.max_epochs=3", f"paths.log_dir={tmp_path}", QUIET,
-                      env={"AELAB_DATA_DIR": str(mnist10k)})
+def test_fashion_mnist_trains_and_eval_and_analyze_use_its_checkpoint_and_class_names(tmp_path, fashion_mnist):
+    """The issue's first must-show: no data override after training."""
+    trained = run_cli("train.py", "data=fashion_mnist", "model=conv", f"data.data_dir={fashion_mnist}",
+                      "trainer.max_epochs=1", f"paths.log_dir={tmp_path}", QUIET)
     assert trained.returncode == 0, trained.stderr[-2000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()
-    result = run_cli("analyze.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((run / "analysis" / "analysis.json").read_text())
-    assert report["n_test"] == 2000 and report["latent_size"] == 256
-    assert set(report["trustworthiness"]) == {"tsne", "umap", "pca"}
-    assert set(report["umap_gmm"]) == {"acc", "nmi", "ari"}
-    # even 3 epochs give a latent space where neighbours share digits far above chance (0.1)
-    assert report["knn_accuracy"] > 0.8
-    for method in ("tsne", "umap", "pca"):
-        assert (run / "analysis" / f"map_{method}.png").is_file()
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["dataset"] == "fashion_mnist" and summary["data"] == "Fashion-MNIST"
+    # AELAB_DATA_DIR (MNIST in CI) must not pull eval to the wrong dataset
+    evaluated = run_cli("eval.py", "ckpt_path=last", f"paths.log_dir={tmp_path}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((run / "eval.json").read_text())
+    assert report["n_test"] == 10000 and report["data"] == "Fashion-MNIST"
+    assert report["test/mse"] == pytest.approx(summary["val/mse"], rel=1e-5)
+    assert list(report["test/mse_per_class"])[:2] == ["T-shirt/top", "Trouser"]
+    analyzed = run_cli("analyze.py", "ckpt_path=last", "map=pca", "umap_gmm=false", f"paths.log_dir={tmp_path}")
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert analysis["n_train"] == 60000 and analysis["latent_size"] == 256
+    assert "Ankle boot" in analysis["test/mse_per_class"]
+    # one epoch already gives a latent space where neighbours share a class far above chance (0.1)
+    assert analysis["latent/knn_accuracy"] > 0.7
+    metadata = next(run.glob("tensorboard/**/metadata.tsv")).read_text().splitlines()
+    assert len(metadata) == 10000 and set(metadata) == set(DATASETS["fashion_mnist"].classes)

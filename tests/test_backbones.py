@@ -2,26 +2,25 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from aelab.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aelab.errors import ConfigError
-from aelab.module import AutoEncoder
+from aelab.models import AutoEncoder, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
 def mlp(latent_dim):
     return AutoEncoder(
-        encoder={"_target_": "aelab.backbones.MLPEncoder", "latent_dim": latent_dim},
-        decoder={"_target_": "aelab.backbones.MLPDecoder", "latent_dim": latent_dim},
-        optimizer=ADAMW, latent_dim=latent_dim, backbone="mlp",
+        encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": latent_dim},
+        decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": latent_dim},
+        optimizer=ADAMW, latent_dim=latent_dim,
     )
 
 
 def conv(latent_dim=None):
     return AutoEncoder(
-        encoder={"_target_": "aelab.backbones.ConvEncoder", "latent_dim": latent_dim},
-        decoder={"_target_": "aelab.backbones.ConvDecoder", "latent_dim": latent_dim},
-        optimizer=ADAMW, latent_dim=latent_dim, backbone="conv",
+        encoder={"_target_": "aelab.models.backbones.ConvEncoder", "latent_dim": latent_dim},
+        decoder={"_target_": "aelab.models.backbones.ConvDecoder", "latent_dim": latent_dim},
+        optimizer=ADAMW, latent_dim=latent_dim,
     )
 
 
@@ -104,8 +103,8 @@ def test_optimizer_is_the_configured_partial_adamw():
 
 def test_scheduler_config_returns_an_epoch_scheduler():
     model = AutoEncoder(
-        encoder={"_target_": "aelab.backbones.MLPEncoder", "latent_dim": 2},
-        decoder={"_target_": "aelab.backbones.MLPDecoder", "latent_dim": 2},
+        encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 2},
+        decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": 2},
         optimizer=ADAMW, latent_dim=2,
         scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1},
     )
@@ -114,5 +113,18 @@ def test_scheduler_config_returns_an_epoch_scheduler():
 
 
 def test_instantiate_builds_encoders_from_config():
-    encoder = instantiate({"_target_": "aelab.backbones.MLPEncoder", "latent_dim": 4})
+    encoder = instantiate({"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 4})
     assert encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 4)
+
+
+def test_the_backbone_label_is_derived_from_the_encoder_class():
+    assert mlp(3).backbone == "mlp"
+    assert conv().backbone == "conv"
+
+
+def test_loss_terms_are_the_named_mse_of_the_reconstruction():
+    model = mlp(3)
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    terms = model.loss_terms(x)
+    assert list(terms) == ["mse"]
+    assert torch.equal(terms["mse"], torch.nn.functional.mse_loss(model(x), x))

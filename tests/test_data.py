@@ -1,14 +1,18 @@
+import functools
 import hashlib
-import os
+import threading
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from aelab.data import DeviceBatchLoader, MNISTDataModule, normalize
+from aelab.data import DATASETS, DeviceBatchLoader, MNISTLikeDataModule, normalize
+from aelab.data.idx import parse_idx, read_idx, read_split, write_idx
 from aelab.errors import ConfigError, DataError
-from aelab.idx import parse_idx, read_idx, read_mnist_split, write_idx
+from conftest import make_tiny_dataset
 
 
 def test_normalize_is_bit_identical_to_totensor_then_normalize():
@@ -29,7 +33,7 @@ def test_normalize_maps_0_to_minus_1_and_255_to_plus_1():
 
 
 def test_datamodule_reads_both_splits_with_their_sizes(tiny_mnist):
-    dm = MNISTDataModule(str(tiny_mnist), batch_size=32)
+    dm = MNISTLikeDataModule(str(tiny_mnist), batch_size=32)
     dm.setup()
     assert dm.splits["train"][0].shape == (96, 28, 28)
     assert dm.splits["test"][0].shape == (40, 28, 28)
@@ -37,9 +41,9 @@ def test_datamodule_reads_both_splits_with_their_sizes(tiny_mnist):
 
 
 def test_validation_is_the_official_test_split_and_never_in_training(tiny_mnist):
-    dm = MNISTDataModule(str(tiny_mnist), batch_size=32)
+    dm = MNISTLikeDataModule(str(tiny_mnist), batch_size=32)
     dm.setup()
-    test_images, _ = read_mnist_split(tiny_mnist / "MNIST" / "raw", "t10k")
+    test_images, _ = read_split(tiny_mnist / "MNIST" / "raw", "test")
     val = torch.cat([x for x, _ in dm.val_dataloader()])
     assert torch.equal(val, normalize(torch.from_numpy(np.array(test_images))))
     train = torch.cat([x for x, _ in dm.train_dataloader()])
@@ -49,7 +53,7 @@ def test_validation_is_the_official_test_split_and_never_in_training(tiny_mnist)
 
 
 def test_train_batches_cover_every_image_once_and_keep_the_last_partial_batch(tiny_mnist):
-    dm = MNISTDataModule(str(tiny_mnist), batch_size=40)
+    dm = MNISTLikeDataModule(str(tiny_mnist), batch_size=40)
     dm.setup()
     loader = dm.train_dataloader()
     sizes = [len(x) for x, _ in loader]
@@ -75,8 +79,8 @@ def test_shuffle_depends_only_on_seed_and_epoch():
 
 
 def test_standard_dataloader_path_yields_the_same_validation_data(tiny_mnist):
-    device = MNISTDataModule(str(tiny_mnist), batch_size=16)
-    standard = MNISTDataModule(str(tiny_mnist), batch_size=16, loader="dataloader")
+    device = MNISTLikeDataModule(str(tiny_mnist), batch_size=16)
+    standard = MNISTLikeDataModule(str(tiny_mnist), batch_size=16, loader="dataloader")
     device.setup()
     standard.setup()
     a = torch.cat([x for x, _ in device.val_dataloader()])
@@ -85,32 +89,75 @@ def test_standard_dataloader_path_yields_the_same_validation_data(tiny_mnist):
     assert isinstance(standard.train_dataloader(), torch.utils.data.DataLoader)
 
 
-def test_keep_digits_filters_training_but_not_validation(tiny_mnist):
-    dm = MNISTDataModule(str(tiny_mnist), keep_digits=[3])
+def test_keep_classes_filters_training_but_not_validation(tiny_mnist):
+    dm = MNISTLikeDataModule(str(tiny_mnist), keep_classes=[3])
     dm.setup()
     assert set(dm.splits["train"][1].tolist()) == {3}
-    assert len(dm.splits["test"][1]) == 40
+    assert len(dm.splits["val"][1]) == 40 and len(dm.splits["test"][1]) == 40
+
+
+def test_val_size_carves_a_seeded_validation_set_out_of_training(tiny_mnist):
+    dm = MNISTLikeDataModule(str(tiny_mnist), val_size=16, seed=3)
+    dm.setup()
+    train, val, test = (dm.splits[s][0] for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (80, 16, 40)
+    all_train, _ = read_split(tiny_mnist / "MNIST" / "raw", "train")
+    rows = {image.tobytes() for image in all_train}
+    # train and val partition the official training split; the test split is untouched
+    assert {im.numpy().tobytes() for im in torch.cat([train, val])} == rows
+    assert torch.equal(test, torch.from_numpy(np.array(read_split(tiny_mnist / "MNIST" / "raw", "test")[0])))
+    again = MNISTLikeDataModule(str(tiny_mnist), val_size=16, seed=3)
+    again.setup()
+    assert torch.equal(again.splits["val"][0], val)
+    other = MNISTLikeDataModule(str(tiny_mnist), val_size=16, seed=4)
+    other.setup()
+    assert not torch.equal(other.splits["val"][0], val)
+    val_batches = torch.cat([x for x, _ in dm.val_dataloader()])
+    assert torch.equal(val_batches, normalize(val))
+
+
+def test_val_size_that_leaves_no_training_data_is_refused(tiny_mnist):
+    dm = MNISTLikeDataModule(str(tiny_mnist), val_size=96)
+    with pytest.raises(ConfigError, match="data.val_size=96 leaves no training images: the training split holds 96"):
+        dm.setup()
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_each_dataset_reads_its_own_folder_and_names_its_classes(tmp_path, dataset):
+    make_tiny_dataset(tmp_path, dataset)
+    dm = MNISTLikeDataModule(str(tmp_path), dataset=dataset)
+    dm.setup()
+    assert dm.raw_dir == tmp_path / DATASETS[dataset].torchvision_class / "raw"
+    assert len(dm.splits["train"][0]) == 96
+    assert len(dm.classes) == 10
+
+
+def test_fashion_mnist_classes_are_the_clothing_names():
+    assert DATASETS["fashion_mnist"].classes[0] == "T-shirt/top"
+    assert DATASETS["fashion_mnist"].classes[9] == "Ankle boot"
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 0}, "data.batch_size must be a positive integer, got 0"),
+        ({"batch_size": 0}, "data.batch_size=0 is invalid: it must be a positive integer"),
         ({"loader": "fast"}, "data.loader='fast' is not one of device, dataloader"),
-        ({"keep_digits": [11]}, "data.keep_digits must list digits 0-9"),
+        ({"keep_classes": [11]}, r"data.keep_classes=\[11\] is invalid: list class indices 0-9 of MNIST"),
+        ({"dataset": "cifar"}, "data.dataset='cifar' is not one of mnist, fashion_mnist, kmnist"),
+        ({"val_size": 0}, "data.val_size=0 is invalid: it must be a positive integer or null"),
     ],
 )
 def test_datamodule_rejects_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        MNISTDataModule(str(tmp_path), **kwargs)
+        MNISTLikeDataModule(str(tmp_path), **kwargs)
 
 
 def test_missing_data_without_download_says_where_the_files_go(tmp_path):
-    dm = MNISTDataModule(str(tmp_path / "nowhere"), download=False)
+    dm = MNISTLikeDataModule(str(tmp_path / "nowhere"), dataset="fashion_mnist", download=False)
     with pytest.raises(DataError) as info:
         dm.prepare_data()
     message = str(info.value)
-    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    assert message.startswith(f"Fashion-MNIST not found in {tmp_path / 'nowhere' / 'FashionMNIST' / 'raw'}")
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
     assert "data.data_dir=" in message
 
@@ -142,7 +189,7 @@ def test_image_label_count_mismatch_is_named(tmp_path):
     write_idx(raw / "train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros(2, np.uint8))
     with pytest.raises(DataError, match="holds 3 images but .* holds 2 labels"):
-        read_mnist_split(raw, "train")
+        read_split(raw, "train")
 
 
 def test_labels_out_of_range_are_named(tmp_path):
@@ -150,35 +197,75 @@ def test_labels_out_of_range_are_named(tmp_path):
     write_idx(raw / "train-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
     write_idx(raw / "train-labels-idx1-ubyte", np.array([1, 12], np.uint8))
     with pytest.raises(DataError, match="label 12 is out of range 0-9"):
-        read_mnist_split(raw, "train")
+        read_split(raw, "train")
 
 
 @pytest.mark.slow
-def test_mnist10k_has_8000_train_and_2000_test_images(mnist10k):
-    dm = MNISTDataModule(str(mnist10k))
+def test_the_official_mnist_has_60000_train_and_10000_test_images(mnist):
+    dm = MNISTLikeDataModule(str(mnist), download=False)
     dm.setup()
-    assert dm.splits["train"][0].shape == (8000, 28, 28)
-    assert dm.splits["test"][0].shape == (2000, 28, 28)
-    assert sorted(set(dm.splits["train"][1].tolist())) == list(range(10))
+    assert dm.splits["train"][0].shape == (60000, 28, 28)
+    assert dm.splits["test"][0].shape == (10000, 28, 28)
+    assert torch.bincount(dm.splits["test"][1]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     x, _ = next(iter(dm.val_dataloader()))
     assert x.min() == -1.0 and x.max() == 1.0
 
 
-@pytest.mark.slow
-def test_official_gz_files_match_torchvision_md5_and_parse():
-    from torchvision.datasets import MNIST
+@contextmanager
+def mirror_of(source_raw: Path, target: Path, corrupt: str | None = None):
+    """The four official .gz files served over HTTP on 127.0.0.1, as a download mirror; one may be
+    broken. (torchvision's downloader reads ``response.length``, which ``file://`` responses lack.)"""
+    target.mkdir(parents=True)
+    for path in source_raw.glob("*.gz"):
+        data = path.read_bytes()
+        if path.name == corrupt:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        (target / path.name).write_bytes(data)
+    handler = functools.partial(QuietHandler, directory=str(target))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
-    folder = os.environ.get("AELAB_MNIST_OFFICIAL_DIR")
-    if not folder or not Path(folder).is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("AELAB_MNIST_OFFICIAL_DIR must point at mnist-official in CI")
-        pytest.skip("AELAB_MNIST_OFFICIAL_DIR not set")
-    expected = dict(MNIST.resources)
-    checked = 0
-    for path in sorted(Path(folder).glob("*.gz")):
-        assert hashlib.md5(path.read_bytes()).hexdigest() == expected[path.name]
-        checked += 1
-    assert checked == 3
-    labels = read_idx(Path(folder) / "t10k-labels-idx1-ubyte.gz", ndim=1)
-    images = read_idx(Path(folder) / "t10k-images-idx3-ubyte.gz", ndim=3)
-    assert labels.shape == (10000,) and images.shape == (10000, 28, 28)
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_download_through_torchvision_from_a_mirror_accepts_the_official_files(tmp_path, dataset, request):
+    root = request.getfixturevalue(dataset)
+    spec = DATASETS[dataset]
+    with mirror_of(spec.raw_dir(root), tmp_path / "mirror") as mirror:
+        dm = MNISTLikeDataModule(str(tmp_path / "data"), dataset=dataset, mirrors=[mirror])
+        dm.setup()
+    assert len(dm.splits["train"][0]) == 60000 and len(dm.splits["test"][0]) == 10000
+    import torchvision.datasets
+
+    expected = dict(getattr(torchvision.datasets, spec.torchvision_class).resources)
+    for name, md5 in expected.items():
+        assert hashlib.md5((dm.raw_dir / name).read_bytes()).hexdigest() == md5
+    # nothing but the dataset is left beside it: the staging folder is gone
+    assert sorted(p.name for p in dm.raw_dir.parent.iterdir()) == ["raw"]
+
+
+@pytest.mark.slow
+def test_a_corrupted_download_is_refused_with_one_line_naming_the_file(tmp_path, mnist):
+    from conftest import run_cli
+
+    with mirror_of(mnist / "MNIST" / "raw", tmp_path / "mirror", corrupt="train-labels-idx1-ubyte.gz") as mirror:
+        result = run_cli("train.py", f"data.data_dir={tmp_path / 'data'}", f"data.mirrors=[{mirror}]",
+                         f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("aelab: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "train-labels-idx1-ubyte.gz failed its md5 check against the published sum" in errors[0]
+    assert mirror in errors[0] and "Traceback" not in result.stderr
+    # nothing half-downloaded is left to be mistaken for data later
+    assert not any(p.is_file() for p in (tmp_path / "data").rglob("*"))

@@ -14,18 +14,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aelab.checkpoints import load_checkpoint
+from aelab.data.idx import parse_idx, write_idx
 from aelab.errors import CheckpointError, ConfigError, DataError
-from aelab.idx import parse_idx, write_idx
-from conftest import REPO, compose_train, make_tiny_mnist, run_cli
+from aelab.runs import load_checkpoint, load_run
+from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli
 
-QUIET = "callbacks.progress_bar.refresh_rate=0"
 TESTS = Path(__file__).parent
 
 
 def corrupt(root: Path, kind: str) -> Path:
     """tiny MNIST under ``root`` broken in one way."""
-    make_tiny_mnist(root)
+    make_tiny_dataset(root)
     raw = root / "MNIST" / "raw"
     images = raw / "train-images-idx3-ubyte"
     labels = raw / "train-labels-idx1-ubyte"
@@ -63,7 +62,7 @@ class Evil:
 def trained(tmp_path_factory):
     """One finished tiny MLP run (latent_dim=3) whose checkpoints the table reuses."""
     root = tmp_path_factory.mktemp("trained")
-    data = make_tiny_mnist(root / "data")
+    data = make_tiny_dataset(root / "data")
     result = run_cli("train.py", "trainer.max_epochs=1", f"paths.log_dir={root / 'logs'}", QUIET,
                      env={"AELAB_DATA_DIR": str(data)})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -106,7 +105,12 @@ CASES = {
     "batch size text": (["data.batch_size=big"], 2, ["data.batch_size='big' is invalid"]),
     "max_epochs zero": (["trainer.max_epochs=0"], 2, ["trainer.max_epochs=0 is invalid"]),
     "unknown loader": (["data.loader=fast"], 2, ["data.loader='fast' is not one of device, dataloader"]),
-    "keep_digits out of range": (["data.keep_digits=[12]"], 2, ["data.keep_digits must list digits 0-9"]),
+    "keep_classes out of range": (["data.keep_classes=[12]"], 2, ["data.keep_classes=[12] is invalid",
+                                                                   "class indices 0-9 of MNIST"]),
+    "unknown dataset name": (["data.dataset=cifar"], 2, ["data.dataset='cifar' is not one of mnist, fashion_mnist"]),
+    "unknown data option": (["data=cifar"], 1, ["Could not find 'data/cifar'", "fashion_mnist", "kmnist"]),
+    "val_size as large as training": (["data.val_size=96"], 2, ["data.val_size=96 leaves no training images"]),
+    "val_size negative": (["data.val_size=-1"], 2, ["data.val_size=-1 is invalid"]),
     "unknown compile mode": (["model.compile=sometimes"], 2, ["model.compile='sometimes' is not one of"]),
     "data dir missing, download off": (["data.data_dir=/nonexistent/mnist", "data.download=false"], 2,
                                        ["MNIST not found in /nonexistent/mnist/MNIST/raw", "data.data_dir="]),
@@ -137,7 +141,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_non_zero_with_one_clear_message(case, tmp_path, trained):
     args, code, words = CASES[case]
-    data = make_tiny_mnist(tmp_path / "data")
+    data = make_tiny_dataset(tmp_path / "data")
     cli_args = []
     for arg in args:
         if arg.startswith("@"):
@@ -169,6 +173,58 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, tiny_mnist):
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
+# A checkpoint that passes torch.load(weights_only=True) is plain data, but the configs inside it
+# name classes: each of these would run a shell command if aelab built what the file says.
+def payloads(marker: Path) -> dict[str, tuple[str, object]]:
+    command = {"_target_": "os.system", "command": f"touch {marker}"}
+    return {
+        "model class": ("aelab_model_class", "os.system"),
+        "data class": ("aelab_data_class", "subprocess.getoutput"),
+        "encoder": ("hyper_parameters.encoder", command),
+        "optimizer": ("hyper_parameters.optimizer", {**command, "_partial_": True}),
+        "nested in an encoder argument": ("hyper_parameters.encoder.hidden_dims", [command]),
+        "datamodule argument": ("datamodule_hyper_parameters.mirrors", command),
+    }
+
+
+def poisoned(trained: Path, tmp: Path, where: str, payload: object) -> Path:
+    checkpoint = torch.load(trained, weights_only=True)
+    *parents, key = where.split(".")
+    node = checkpoint
+    for part in parents:
+        node = node[part]
+    node[key] = payload
+    path = tmp / "poisoned.ckpt"
+    torch.save(checkpoint, path)
+    torch.load(path, weights_only=True)  # still plain data: the unpickler has nothing to refuse
+    return path
+
+
+@pytest.mark.parametrize("case", list(payloads(Path("x"))))
+def test_a_checkpoint_naming_a_non_project_target_is_refused_and_never_runs_it(tmp_path, trained, case):
+    marker = tmp_path / "pwned"
+    where, payload = payloads(marker)[case]
+    path = poisoned(trained, tmp_path, where, payload)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is refused: its .* names .*, which is not "
+                                              "one of aelab's registered classes"):
+        load_run(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("script", ["eval.py", "analyze.py", "train.py"])
+def test_every_entry_point_refuses_a_poisoned_checkpoint_with_one_line(tmp_path, trained, script):
+    marker = tmp_path / "pwned"
+    path = poisoned(trained, tmp_path, "hyper_parameters.encoder", payloads(marker)["encoder"][1])
+    result = run_cli(script, f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'logs'}",
+                     *([QUIET] if script == "train.py" else []),
+                     env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error:")]
+    assert f"checkpoint {path} is refused: its hyper_parameters.encoder._target_ names os.system" in line
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
 def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
@@ -194,11 +250,11 @@ def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, tiny_mnist):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist10k, signum):
+def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum):
     process = subprocess.Popen(
         [sys.executable, str(REPO / "src/train.py"), "model=conv", "trainer.max_epochs=50",
          f"paths.log_dir={tmp_path}", QUIET],
-        cwd=REPO, env={**os.environ, "AELAB_DATA_DIR": str(mnist10k)},
+        cwd=REPO, env={**os.environ, "AELAB_DATA_DIR": str(mnist)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 120
@@ -209,7 +265,7 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist10k, sign
     assert process.returncode == (143 if signum == signal.SIGTERM else 1)
     (interrupted,) = tmp_path.glob("train/runs/*/checkpoints/interrupted.ckpt")
     assert f"Resume with ckpt_path={interrupted}" in stderr
-    assert torch.load(interrupted, weights_only=True)["hyper_parameters"]["backbone"] == "conv"
+    assert torch.load(interrupted, weights_only=True)["hyper_parameters"]["encoder"]["_target_"].endswith("ConvEncoder")
 
 
 def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_mnist):
@@ -236,8 +292,8 @@ def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tin
 
     a, b = summary(tmp_path / "straight"), summary(tmp_path / "killed")
     assert b["epochs"] == 5
-    assert b["val_loss_final"] == pytest.approx(a["val_loss_final"], rel=1e-6, abs=1e-7)
-    assert b["val_loss_best"] == pytest.approx(a["val_loss_best"], rel=1e-6, abs=1e-7)
+    assert b["val/mse"] == pytest.approx(a["val/mse"], rel=1e-6, abs=1e-7)
+    assert b["val/mse_best"] == pytest.approx(a["val/mse_best"], rel=1e-6, abs=1e-7)
 
 
 # --- fuzzing: only the project's own clear errors may come out --------------------------------

@@ -6,10 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from aelab.analysis import pca_reconstruction_mse
-from conftest import run_cli
-
-QUIET = "callbacks.progress_bar.refresh_rate=0"
+from aelab.report.metrics import pca_reconstruction_mse
+from conftest import QUIET, run_cli
 
 
 def sweep(tmp_path, data, *overrides):
@@ -43,7 +41,7 @@ def test_a_failed_job_is_reported_the_rest_finish_and_the_sweep_exits_1(failed_s
     assert "1 of 2 jobs failed" in result.stderr
     bad, good = read_rows(sweep_dir)
     assert bad["status"] == "failed"
-    assert bad["error"] == "ConfigError: model.latent_dim=0 is invalid: it must be a positive integer"
+    assert bad["error"] == "ConfigError: model.latent_dim=0 is invalid for model=mlp: it must be a positive integer"
     assert good["status"] == "ok" and good["epochs"] == "1"
 
 
@@ -51,11 +49,12 @@ def test_summary_has_every_column_and_both_figures(failed_sweep):
     sweep_dir, _ = failed_sweep
     good = read_rows(sweep_dir)[1]
     assert good["backbone"] == "mlp" and good["latent_dim"] == "3" and good["params"] == "218643"
+    assert good["data"] == "MNIST" and good["latent_size"] == "3"
     assert float(good["compression"]) == pytest.approx(1 - 3 / 784, abs=1e-4)
-    assert 0 < float(good["pca_val_mse"]) < 2 and 0 < float(good["val_mse_best"]) < 2
+    assert 0 < float(good["val/pca_mse"]) < 2 and 0 < float(good["val/mse_best"]) < 2
     assert float(good["wall_time_s"]) > 0
-    assert "| mlp | 3 | 218643 |" in (sweep_dir / "summary.md").read_text()
-    for figure in ("mse_vs_latent_dim.png", "reconstructions_by_latent_dim.png"):
+    assert "| mlp | 3 | 3 | 218643 |" in (sweep_dir / "summary.md").read_text()
+    for figure in ("mse_vs_latent_size.png", "reconstructions_by_latent_size.png"):
         assert (sweep_dir / figure).read_bytes()[:4] == b"\x89PNG"
     assert list((sweep_dir / "sweep").glob("events.out.tfevents.*"))
 
@@ -107,3 +106,15 @@ def test_pca_mse_is_zero_when_d_spans_the_data_and_falls_with_d():
     mse = pca_reconstruction_mse(train, test, [1, 2, 3])
     assert mse[1] > mse[2] > mse[3]
     assert mse[3] == pytest.approx(0, abs=1e-20)
+
+
+def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mnist):
+    from aelab.data import MNISTLikeDataModule, normalized_rows
+
+    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2,5").returncode == 0
+    dm = MNISTLikeDataModule(str(tiny_mnist))
+    dm.setup()
+    expected = pca_reconstruction_mse(normalized_rows(dm.splits["train"][0]), normalized_rows(dm.splits["val"][0]),
+                                      [2, 5])
+    rows = read_rows(tmp_path / "sweep")
+    assert [float(r["val/pca_mse"]) for r in rows] == [round(expected[2], 5), round(expected[5], 5)]

@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from aelab.names import VAL_MSE_BEST
+
 
 def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
     """A (3, H, W) image in [0, 1]: the inputs as one row over their reconstructions."""
@@ -65,7 +67,8 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dic
     datamodule = trainer.datamodule
     latent_size = pl_module.latent_size
     return {
-        "backbone": hp.get("backbone", ""),
+        "dataset": datamodule.spec.name if datamodule is not None else "",
+        "backbone": pl_module.backbone,
         "latent_dim": latent_size if hp.latent_dim is None else hp.latent_dim,
         "latent_size": latent_size,
         "params": sum(p.numel() for p in pl_module.parameters()),
@@ -80,13 +83,14 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dic
 
 
 class HyperparameterSummary(L.Callback):
-    """Logs ``run_hyperparameters`` once, declaring ``hp_metric`` (best val MSE) as their metric."""
+    """Logs ``run_hyperparameters`` once, declaring ``val/mse_best`` as the metric that TensorBoard's
+    HPARAMS tab shows against them (it reads the newest value of that scalar)."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = run_hyperparameters(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics={"hp_metric": float("nan")})
+                logger.log_hyperparams(params, metrics={VAL_MSE_BEST: float("nan")})
             else:
                 logger.log_hyperparams(params)
 

@@ -15,6 +15,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aelab.errors import AelabError
+from aelab.names import VAL_MSE_BEST
+from aelab.runs import write_summary
 
 log = logging.getLogger("aelab")
 
@@ -23,7 +25,7 @@ EXIT_TERMINATED = 128 + 15  # the shell's convention for "ended by SIGTERM"
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
-    """Run ``task``; return the best val loss for Hydra sweepers.
+    """Run ``task``; return the best val MSE for Hydra sweepers (``None`` for other tasks).
 
     A user mistake is one line on stderr and exit code 2 (``HYDRA_FULL_ERROR=1`` shows the
     traceback). In a multirun any failure is recorded in the job's summary and the sweep goes on;
@@ -43,8 +45,6 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             raise
         err = user_error(raised) or raised
         if multirun:
-            from aelab.training import write_summary
-
             if isinstance(err, AelabError):
                 log.error("job failed: %s", err)
             else:
@@ -55,7 +55,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             print(f"aelab: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
-    return result.get("val_loss_best")
+    return result.get(VAL_MSE_BEST)
 
 
 def user_error(err: BaseException) -> AelabError | None:
@@ -81,7 +81,7 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden to 1 by setting random_state")
     # openTSNE announces at INFO that it was given an initialisation it was given
     logging.getLogger("openTSNE").setLevel(logging.WARNING)
-    # an advertisement for a cloud logger, printed on every run
+    # advertisements for Lightning's cloud services, printed on every run
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvert) for f in rank_zero_log.filters):
         rank_zero_log.addFilter(_DropAdvert())
@@ -89,4 +89,5 @@ def quiet_known_warnings() -> None:
 
 class _DropAdvert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage().lower()
+        message = record.getMessage().lower()
+        return "litlogger" not in message and "litmodels" not in message

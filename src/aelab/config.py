@@ -1,16 +1,24 @@
-"""Checks on the composed config that must fail before any data is read or a model built."""
+"""Checks on the composed config that must fail before any data is read or a model built.
+
+Every task (train, eval, analyze) runs ``validate``: the keys mean the same in each.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from aelab.errors import CheckpointError, ConfigError, is_positive_int
+from aelab.errors import ConfigError, check_positive_int
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 GPU_ACCELERATORS = ("gpu", "cuda")
+# key -> may it be null? (model.latent_dim is the backbone's to check: null suits conv, not mlp)
+# (eval and analyze take data.batch_size=null: "as the checkpoint says")
+POSITIVE_INTS = {
+    "data.batch_size": True,
+    "data.val_size": True,
+    "trainer.max_epochs": True,
+}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -30,32 +38,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32-true"
         )
-    latent_dim = cfg.model.get("latent_dim")
-    if latent_dim is not None and not is_positive_int(latent_dim):
-        raise ConfigError(f"model.latent_dim={latent_dim!r} is invalid: it must be a positive integer")
-    batch_size = cfg.data.get("batch_size")
-    if not is_positive_int(batch_size):
-        raise ConfigError(f"data.batch_size={batch_size!r} is invalid: it must be a positive integer")
-    max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and not is_positive_int(max_epochs):
-        raise ConfigError(f"trainer.max_epochs={max_epochs!r} is invalid: it must be a positive integer")
+    for key, optional in POSITIVE_INTS.items():
+        group, _, name = key.partition(".")
+        if group in cfg and cfg[group] is not None:
+            check_positive_int(key, cfg[group].get(name), optional=optional)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, task_log_dir: Path) -> str | None:
-    """``None``, an existing file, or ``last``: the newest ``last.ckpt`` under the task's logs."""
-    if ckpt_path is None:
-        return None
-    if str(ckpt_path) == "last":
-        candidates = sorted(
-            Path(task_log_dir).glob("*/*/**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
-        )
-        if not candidates:
-            raise CheckpointError(
-                f"ckpt_path=last found no checkpoints/last.ckpt under {task_log_dir}; "
-                "train once first or pass ckpt_path=/path/to/file.ckpt"
-            )
-        return str(candidates[-1])
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file")
-    return str(path)
+def device_of(cfg: DictConfig) -> torch.device:
+    """The one device the eval and analyze tasks work on, from ``trainer.accelerator``."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in GPU_ACCELERATORS or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,4 +1,4 @@
-"""The one exception family for mistakes a user can fix.
+"""The one exception family for mistakes a user can fix, and the checks that raise it.
 
 Entry points print an ``AelabError`` as a single line and exit non-zero; anything else is a bug
 and keeps its traceback.
@@ -21,6 +21,19 @@ class CheckpointError(AelabError):
     pass
 
 
+def is_int(value: object) -> bool:
+    """True for integers, False for floats, text and booleans (``True == 1`` in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_positive_int(value: object) -> bool:
-    """True for 1, 2, ...; False for 0, negatives, floats, text and booleans (``True == 1``)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
+
+
+def check_positive_int(key: str, value: object, *, optional: bool = False, context: str = "") -> None:
+    """The one wording for "``key`` must be a positive integer" wherever it is checked."""
+    if value is None and optional:
+        return
+    if not is_positive_int(value):
+        allowed = "a positive integer" + (" or null" if optional else "")
+        raise ConfigError(f"{key}={value!r} is invalid{context}: it must be {allowed}")

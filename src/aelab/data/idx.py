@@ -1,4 +1,4 @@
-"""Reading MNIST's IDX files (plain or gzip) with a precise error for every way they break."""
+"""Reading IDX files, MNIST's format, plain or gzip, with a precise error for every way they break."""
 
 from __future__ import annotations
 
@@ -47,10 +47,11 @@ def read_idx(path: Path, *, ndim: int) -> np.ndarray:
     return parse_idx(data, name=str(path), ndim=ndim)
 
 
-def read_mnist_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) and labels (N,) of the split named ``train`` or ``t10k``."""
-    images_path = find_idx(raw_dir, f"{prefix}-images-idx3-ubyte")
-    labels_path = find_idx(raw_dir, f"{prefix}-labels-idx1-ubyte")
+def read_split(raw_dir: Path, split: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels (N,) of the ``train`` or ``test`` split in ``raw_dir``."""
+    from aelab.data.datasets import SPLIT_FILES
+
+    images_path, labels_path = (find_idx(raw_dir, stem) for stem in SPLIT_FILES[split])
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if images.shape[1:] != (28, 28):
@@ -59,8 +60,8 @@ def read_mnist_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray
         raise DataError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
         )
-    if len(labels) and labels.max() > 9:
-        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0-9")
+    if len(labels) and labels.max() >= num_classes:
+        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0-{num_classes - 1}")
     return images, labels
 
 

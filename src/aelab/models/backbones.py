@@ -1,6 +1,7 @@
 """Encoders and decoders as plain ``nn.Module``s: no Lightning, no training concerns.
 
-Adding a backbone is an encoder class, a decoder class and a ``configs/model/*.yaml``.
+Adding a backbone is a registered encoder class, a decoder class and a ``configs/model/*.yaml``;
+a module placed in this package is imported with it (see ``aelab.models``).
 """
 
 from __future__ import annotations
@@ -9,20 +10,15 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from aelab.errors import ConfigError, is_positive_int
+from aelab.errors import check_positive_int
+from aelab.registry import register
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28
 
 
 def check_latent_dim(latent_dim: object, *, optional: bool, backbone: str) -> None:
-    if latent_dim is None and optional:
-        return
-    if not is_positive_int(latent_dim):
-        allowed = "a positive integer" + (" or null" if optional else "")
-        raise ConfigError(
-            f"model.latent_dim={latent_dim!r} is invalid for model={backbone}: it must be {allowed}"
-        )
+    check_positive_int("model.latent_dim", latent_dim, optional=optional, context=f" for model={backbone}")
 
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
@@ -34,6 +30,7 @@ def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
     return layers
 
 
+@register
 class MLPEncoder(nn.Sequential):
     """784 -> 128 -> 64 -> d with ReLU between, none on the latent (it may take any real value)."""
 
@@ -42,6 +39,7 @@ class MLPEncoder(nn.Sequential):
         super().__init__(nn.Flatten(), *_mlp([IMAGE_SIZE, *hidden_dims, latent_dim]))
 
 
+@register
 class MLPDecoder(nn.Sequential):
     """d -> 64 -> 128 -> 784, Tanh so outputs share the data's [-1, 1] range."""
 
@@ -59,6 +57,7 @@ CONV_LATENT_SHAPE = (64, 2, 2)
 CONV_LATENT_SIZE = 64 * 2 * 2
 
 
+@register
 class ConvEncoder(nn.Module):
     """28x28 -> 10x10x32 -> 5x5x32 -> 3x3x64 -> 2x2x64, then optionally linear to ``latent_dim``."""
 
@@ -83,6 +82,7 @@ class ConvEncoder(nn.Module):
         return self.project(self.features(x))
 
 
+@register
 class ConvDecoder(nn.Module):
     """2x2x64 -> 5x5x32 -> 15x15x16 -> 28x28x1 with transposed convolutions, Tanh output."""
 

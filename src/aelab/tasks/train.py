@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,14 +13,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from aelab import runs
 from aelab.callbacks import EpochTimer
 from aelab.cli import quiet_known_warnings
-from aelab.checkpoints import check_compatible
-from aelab.config import GPU_ACCELERATORS, resolve_ckpt_path, validate
+from aelab.config import GPU_ACCELERATORS, validate
+from aelab.names import TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.registry import import_targets
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILE = "run_summary.json"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -36,61 +35,61 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")
 
     output_dir = Path(cfg.paths.output_dir)
-    previous = read_summary(output_dir)
+    previous = runs.read_summary(output_dir)
     if previous.get("status") == "ok":
         # A sweep re-run into the same directory: this job already finished.
         log.info("%s already finished; not training it again", output_dir)
         return previous
     ckpt_path = cfg.get("ckpt_path")
-    unfinished = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and unfinished.is_file():
+    unfinished = runs.last_checkpoint(output_dir)
+    if ckpt_path is None and unfinished is not None:
         # the same directory holds a job that stopped before its summary: a re-run sweep
         log.info("resuming the interrupted job from %s", unfinished)
         ckpt_path = str(unfinished)
     limit_threads_for_parallel_jobs()
 
-    model = instantiate(cfg.model, _recursive_=False, _convert_="all")
+    # The user's own config is trusted: importing what it names lets user classes register.
+    import_targets(OmegaConf.to_container(cfg.model, resolve=True), "model")
+    import_targets(OmegaConf.to_container(cfg.data, resolve=True), "data")
+    model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    ckpt_path = resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / cfg.task_name)
+    ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     if ckpt_path is not None:
-        check_compatible(ckpt_path, dict(model.hparams))
+        runs.check_compatible(ckpt_path, dict(model.hparams))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary = {
         "status": "ok",
-        "backbone": cfg.model.get("backbone", ""),
-        "latent_dim": cfg.model.get("latent_dim"),
+        "dataset": datamodule.spec.name,
+        "data": datamodule.name,
+        "data_dir": str(datamodule.data_dir),
+        "backbone": model.backbone,
+        "latent_dim": model.hparams.latent_dim,
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
         "compression": model.compression,
         "epochs": trainer.current_epoch,
-        "val_loss_best": model.best_val_loss,
-        "val_loss_final": metrics.get("val/loss"),
-        "train_loss_final": metrics.get("train/loss"),
+        VAL_MSE_BEST: model.best_val_mse,
+        VAL_MSE: metrics.get(VAL_MSE),
+        TRAIN_MSE: metrics.get(TRAIN_MSE),
         "wall_time_s": time.perf_counter() - started,
         "epoch_times_s": next((c.epoch_times_s for c in callbacks if isinstance(c, EpochTimer)), None),
         "output_dir": str(output_dir),
-        "data_dir": str(Path(cfg.data.data_dir).resolve()),
         "best_checkpoint": _checkpoint_path(trainer, "best_model_path"),
         "last_checkpoint": _checkpoint_path(trainer, "last_model_path"),
     }
-    write_summary(output_dir, summary)
+    runs.write_summary(output_dir, summary)
     return summary
 
 
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
     callback = trainer.checkpoint_callback
     return getattr(callback, attribute, None) or None
-
-
-def read_summary(output_dir: Path) -> dict[str, Any]:
-    path = Path(output_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def limit_threads_for_parallel_jobs() -> None:
@@ -106,12 +105,3 @@ def limit_threads_for_parallel_jobs() -> None:
     n_jobs = launcher.get("n_jobs") or -1
     parallel = cores if n_jobs < 0 else min(n_jobs, cores)
     torch.set_num_threads(max(1, cores // parallel))
-
-
-def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def print_config(cfg: DictConfig) -> None:
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))

@@ -121,15 +121,16 @@ def trustworthiness(z: np.ndarray, embedded: np.ndarray, n_neighbors: int = 10) 
     return float(sk_trustworthiness(z, embedded, n_neighbors=n_neighbors))
 
 
-def per_digit_mean(values: np.ndarray, labels: np.ndarray) -> dict[int, float]:
-    return {int(d): float(values[labels == d].mean()) for d in np.unique(labels)}
+def per_class_mean(values: np.ndarray, labels: np.ndarray, classes) -> dict[str, float]:
+    """Mean of ``values`` per class, keyed by class name (classes absent from ``labels`` left out)."""
+    return {classes[int(c)]: float(values[labels == c].mean()) for c in np.unique(labels)}
 
 
-def anomaly_auroc(errors: np.ndarray, labels: np.ndarray, normal_digits) -> float:
-    """AUROC of reconstruction error as a score for "not one of ``normal_digits``"."""
+def anomaly_auroc(errors: np.ndarray, labels: np.ndarray, normal_classes) -> float:
+    """AUROC of reconstruction error as a score for "not one of ``normal_classes``"."""
     from sklearn.metrics import roc_auc_score
 
-    is_anomaly = ~np.isin(labels, list(normal_digits))
+    is_anomaly = ~np.isin(labels, list(normal_classes))
     return float(roc_auc_score(is_anomaly, errors))
 
 

@@ -1,4 +1,4 @@
-"""MNIST as a LightningDataModule that keeps each split as one uint8 tensor on the training device.
+"""The MNIST family as a LightningDataModule that keeps each split as one uint8 tensor on the device.
 
 At this model size the article's per-image PIL -> ToTensor -> Normalize -> .to(device) path costs
 more than the arithmetic, so batches are sliced from resident tensors instead.
@@ -15,15 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aelab.errors import ConfigError, DataError, is_positive_int
-from aelab.idx import find_idx, read_mnist_split
+from aelab.data.datasets import dataset_spec, download, missing_data_message, missing_files
+from aelab.data.idx import read_split
+from aelab.errors import ConfigError, DataError, check_positive_int, is_int
+from aelab.registry import register
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 LOADERS = ("device", "dataloader")
 
 
@@ -107,88 +103,112 @@ class NormalizedImages(Dataset):
         return normalize(self.images[index : index + 1])[0], self.labels[index]
 
 
-def missing_data_message(data_dir: Path, reason: str) -> str:
-    raw = Path(data_dir) / "MNIST" / "raw"
-    files = ", ".join(MNIST_FILES)
-    return (
-        f"MNIST not found in {raw} and it could not be downloaded ({reason}). "
-        f"Put the four files ({files}, plain or .gz) in {raw}, "
-        f"or point at a folder that has them: data.data_dir=/path (or AELAB_DATA_DIR=/path)"
-    )
+@register
+class MNISTLikeDataModule(L.LightningDataModule):
+    """Any dataset of the MNIST family (``dataset=mnist|fashion_mnist|kmnist``) as resident tensors.
 
-
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST train split for training; the official test split for validation and test.
-
-    The test split is never mixed into training: validation *is* the official test split, as in
-    the article, so the reported val MSE is comparable with it.
+    Splits: ``train``; ``val``, which is the official test split (as in the article, so val MSE is
+    comparable with it) unless ``val_size`` carves a seeded validation set out of the training split;
+    and ``test``, the official test split, which never enters training.
     """
 
     def __init__(
         self,
         data_dir: str,
+        dataset: str = "mnist",
         batch_size: int = 256,
         loader: str = "device",
         num_workers: int = 0,
-        keep_digits: Sequence[int] | None = None,
+        keep_classes: Sequence[int] | None = None,
+        val_size: int | None = None,
         seed: int = 0,
         download: bool = True,
+        mirrors: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.spec = dataset_spec(dataset)
         if loader not in LOADERS:
             raise ConfigError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
-        if not is_positive_int(batch_size):
-            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-        if keep_digits is not None:
-            keep_digits = [int(d) for d in keep_digits]
-            if not keep_digits or any(d < 0 or d > 9 for d in keep_digits):
-                raise ConfigError(f"data.keep_digits must list digits 0-9, got {keep_digits}")
+        check_positive_int("data.batch_size", batch_size)
+        check_positive_int("data.val_size", val_size, optional=True)
+        if keep_classes is not None:
+            n = len(self.spec.classes)
+            if not keep_classes or not all(is_int(c) and 0 <= c < n for c in keep_classes):
+                raise ConfigError(
+                    f"data.keep_classes={list(keep_classes)} is invalid: list class indices 0-{n - 1} "
+                    f"of {self.spec.title}, e.g. data.keep_classes=[3]"
+                )
+            keep_classes = [int(c) for c in keep_classes]
+        # Absolute, so a checkpoint says where its data was whatever directory reads it later.
+        data_dir = str(Path(data_dir).resolve())
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(data_dir)
-        self.raw_dir = self.data_dir / "MNIST" / "raw"
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def has_raw_files(self) -> bool:
-        try:
-            for name in MNIST_FILES:
-                find_idx(self.raw_dir, name)
-        except FileNotFoundError:
-            return False
-        return True
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @property
+    def name(self) -> str:
+        """What the data is, for titles and tables: e.g. ``Fashion-MNIST`` or ``MNIST (mnist-10k)``."""
+        folder = self.data_dir.name
+        plain = {self.spec.name, self.spec.torchvision_class.lower(), self.spec.name.replace("_", "-"), "data"}
+        return self.spec.title if folder.lower() in plain else f"{self.spec.title} ({folder})"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.spec.raw_dir(self.data_dir)
+
+    def with_all_classes(self) -> MNISTLikeDataModule:
+        """The same data without ``keep_classes``: a one-class run's latent space is measured
+        against every class."""
+        if self.hparams.keep_classes is None:
+            return self
+        return type(self)(**{**self.hparams, "keep_classes": None})
 
     def prepare_data(self) -> None:
-        if self.has_raw_files():
+        missing = missing_files(self.raw_dir)
+        if not missing:
             return
         if not self.hparams.download:
-            raise DataError(missing_data_message(self.data_dir, "data.download=false"))
-        # torchvision fetches the official archives and refuses any whose md5 differs.
-        from torchvision.datasets import MNIST
-
-        try:
-            for train in (True, False):
-                MNIST(str(self.data_dir), train=train, download=True)
-        except Exception as err:  # noqa: BLE001 - any download failure means the same to the user
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DataError(missing_data_message(self.data_dir, reason)) from None
+            raise DataError(missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false"))
+        download(self.spec, self.data_dir, self.hparams.mirrors)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if not self.has_raw_files():
-            self.prepare_data()
-        train_images, train_labels = read_mnist_split(self.raw_dir, "train")
-        test_images, test_labels = read_mnist_split(self.raw_dir, "t10k")
-        if self.hparams.keep_digits is not None:
-            keep = np.isin(train_labels, self.hparams.keep_digits)
+        self.prepare_data()
+        n_classes = len(self.spec.classes)
+        train_images, train_labels = read_split(self.raw_dir, "train", n_classes)
+        test_images, test_labels = read_split(self.raw_dir, "test", n_classes)
+        hp = self.hparams
+        if hp.val_size is not None:
+            if hp.val_size >= len(train_images):
+                raise ConfigError(
+                    f"data.val_size={hp.val_size} leaves no training images: the training split holds "
+                    f"{len(train_images)}; use a smaller data.val_size"
+                )
+            # Seeded and independent of keep_classes, so runs with one seed validate on one set.
+            order = np.random.default_rng(hp.seed).permutation(len(train_images))
+            val_index, train_index = np.sort(order[: hp.val_size]), np.sort(order[hp.val_size :])
+            val_images, val_labels = train_images[val_index], train_labels[val_index]
+            train_images, train_labels = train_images[train_index], train_labels[train_index]
+        else:
+            val_images, val_labels = test_images, test_labels
+        if hp.keep_classes is not None:
+            keep = np.isin(train_labels, hp.keep_classes)
             train_images, train_labels = train_images[keep], train_labels[keep]
         self.splits = {
             "train": _as_tensors(train_images, train_labels),
+            "val": _as_tensors(val_images, val_labels),
             "test": _as_tensors(test_images, test_labels),
         }
 
     def split(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (uint8) and labels of ``train`` or ``test``, cached on ``device``."""
+        """Images (uint8) and labels of ``train``, ``val`` or ``test``, cached on ``device``."""
+        self.setup()
         key = (name, torch.device(device))
         if key not in self._on_device:
             images, labels = self.splits[name]
@@ -219,7 +239,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self._loader("val", shuffle=False)
 
     def test_dataloader(self):
         return self._loader("test", shuffle=False)

@@ -1,0 +1,113 @@
+"""The MNIST family: datasets of 1x28x28 grey images with 10 classes, stored as four IDX files.
+
+Each lives in ``<data_dir>/<torchvision class name>/raw`` (the layout torchvision's own classes
+use), so one data directory can hold several of them side by side. Acquiring a missing dataset goes
+through the matching torchvision class: its mirror list and its published md5 sums.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from aelab.errors import ConfigError, DataError
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_FILES = tuple(name for pair in SPLIT_FILES.values() for name in pair)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    torchvision_class: str  # also the folder name under data_dir
+    classes: tuple[str, ...]
+    title: str
+
+    def raw_dir(self, data_dir: str | Path) -> Path:
+        return Path(data_dir) / self.torchvision_class / "raw"
+
+
+DATASETS = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("mnist", "MNIST", tuple(str(d) for d in range(10)), "MNIST"),
+        DatasetSpec(
+            "fashion_mnist", "FashionMNIST",
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+             "Ankle boot"),
+            "Fashion-MNIST",
+        ),
+        # Kuzushiji-MNIST: one cursive Japanese character per class, named by its romanisation
+        DatasetSpec("kmnist", "KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"), "KMNIST"),
+    )
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ConfigError(f"data.dataset={name!r} is not one of {', '.join(DATASETS)}; e.g. data=fashion_mnist")
+    return DATASETS[name]
+
+
+def missing_files(raw_dir: Path) -> list[str]:
+    """The IDX files (plain or ``.gz``) that ``raw_dir`` lacks."""
+    return [n for n in IDX_FILES if not (raw_dir / n).is_file() and not (raw_dir / f"{n}.gz").is_file()]
+
+
+def missing_data_message(spec: DatasetSpec, data_dir: Path, reason: str) -> str:
+    raw = spec.raw_dir(data_dir)
+    return (
+        f"{spec.title} not found in {raw} and it could not be downloaded ({reason}). "
+        f"Put the four files ({', '.join(IDX_FILES)}, plain or .gz) in {raw}, "
+        "or point at a folder that has them: data.data_dir=/path (or AELAB_DATA_DIR=/path)"
+    )
+
+
+def download(spec: DatasetSpec, data_dir: Path, mirrors: list[str] | None = None) -> None:
+    """Fetch the four files through torchvision, which refuses any whose md5 is not the published one.
+
+    Files are fetched into a temporary folder beside the destination and moved into
+    ``<data_dir>/<class>/raw`` only when all four passed, so a failed or refused download leaves
+    nothing behind that could later be taken for data.
+    """
+    import torchvision.datasets
+
+    base = getattr(torchvision.datasets, spec.torchvision_class)
+    if mirrors:
+        # e.g. a local copy: file:///srv/mnist/ (torchvision appends each file name)
+        base = type(base.__name__, (base,), {"mirrors": [m if m.endswith("/") else m + "/" for m in mirrors]})
+    raw = spec.raw_dir(data_dir)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=raw.parent))
+    try:
+        try:
+            base(str(staging), train=True, download=True)
+        except Exception as err:  # noqa: BLE001 - every download failure reads the same to a user
+            raise DataError(missing_data_message(spec, data_dir, _download_reason(err))) from None
+        raw.mkdir(exist_ok=True)
+        for path in (staging / base.__name__ / "raw").iterdir():
+            path.replace(raw / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _download_reason(err: Exception) -> str:
+    """torchvision's multi-line report in one line: the file, the mirror, what went wrong."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Error downloading") and len(lines) >= 3:
+        filename = lines[0].removeprefix("Error downloading").strip(" :")
+        attempts = "; ".join(
+            f"{lines[i].removeprefix('Tried').strip(' ,:').removesuffix(', got')} -> {lines[i + 1]}"
+            for i in range(1, len(lines) - 1, 2)
+        )
+        if "corrupted" in attempts:
+            return f"{filename} failed its md5 check against the published sum: {attempts}"
+        return f"{filename}: {attempts}"
+    return lines[0]

@@ -1,0 +1,25 @@
+"""One name for each quantity: the key a number has as a TensorBoard tag, in every JSON file, and
+as a table column.
+
+Names are ``<split>/<quantity>``. ``val`` is the validation split: the official test split unless
+``data.val_size`` carves one out of the training split; ``test`` is always the official test split.
+Reconstruction error is ``mse``: the mean squared error per pixel on the [-1, 1] scale.
+"""
+
+TRAIN_MSE = "train/mse"
+VAL_MSE = "val/mse"
+VAL_MSE_BEST = "val/mse_best"  # the lowest val/mse of any epoch: TensorBoard's HPARAMS metric
+TEST_MSE = "test/mse"
+VAL_PCA_MSE = "val/pca_mse"  # PCA with as many components as the latent size, fit on train
+TEST_PCA_MSE = "test/pca_mse"
+LOSS = "loss"  # the optimised objective: logged as <split>/loss only when it has more than one term
+
+
+def metric(split: str, term: str) -> str:
+    return f"{split}/{term}"
+
+# What a checkpoint adds to Lightning's own keys so that it can be rebuilt anywhere: the registered
+# classes of its LightningModule and datamodule (their arguments are Lightning's
+# ``hyper_parameters`` and ``datamodule_hyper_parameters``).
+MODEL_CLASS_KEY = "aelab_model_class"
+DATA_CLASS_KEY = "aelab_data_class"

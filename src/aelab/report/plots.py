@@ -1,0 +1,126 @@
+"""Figures for analysis and sweeps (matplotlib, Agg backend, imported only when drawing)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latent_map(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str):
+    """Scatter of a 2-D map coloured by class, with a legend of class names."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for index, name in enumerate(classes):
+        mask = labels == index
+        ax.scatter(points[mask, 0], points[mask, 1], s=3, color=cmap(index), label=name, alpha=0.7)
+    ax.legend(title="class", markerscale=4, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def per_class_errors(errors: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(classes)), 4))
+    ax.boxplot([errors[labels == c] for c in range(len(classes))], showfliers=False)
+    ax.set_xticks(range(1, len(classes) + 1), list(classes), rotation=30 if max(map(len, classes)) > 2 else 0)
+    ax.set_xlabel("class")
+    ax.set_ylabel("reconstruction MSE per image")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_rows(rows: Sequence[np.ndarray], row_titles: Sequence[str], title: str):
+    """Rows of 28x28 images in [-1, 1]."""
+    plt = _pyplot()
+    n_cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * 0.9, len(rows) * 1.0 + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(np.asarray(row[j]).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(row_titles[i], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _latent_size_axis(ax, sizes) -> None:
+    sizes = sorted(set(sizes))
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(d) for d in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("latent size (numbers per image)")
+    ax.grid(True, alpha=0.3)
+
+
+def mse_vs_latent_size(rows: list[dict], data: str):
+    """Best val MSE against latent size, one line per backbone, PCA of the same size dashed."""
+    from aelab.names import VAL_MSE_BEST, VAL_PCA_MSE
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backbone in sorted({r["backbone"] for r in rows}):
+        points = sorted((r["latent_size"], r[VAL_MSE_BEST]) for r in rows if r["backbone"] == backbone)
+        ax.plot(*zip(*points), marker="o", label=backbone)
+    pca = sorted({(r["latent_size"], r[VAL_PCA_MSE]) for r in rows if r[VAL_PCA_MSE] is not None})
+    if pca:
+        ax.plot(*zip(*pca), linestyle="--", color="gray", marker=".", label="PCA")
+    if rows:
+        _latent_size_axis(ax, [r["latent_size"] for r in rows])
+        ax.legend()
+    ax.set_ylabel(f"{VAL_MSE_BEST} ([-1, 1] scale)")
+    ax.set_title(f"Reconstruction error against bottleneck size ({data})")
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions_by_latent_size(panels: list[tuple[str, "np.ndarray"]], data: str):
+    """Rows of images: the inputs, then each job's reconstructions of them."""
+    return image_rows([np.asarray(images.cpu()) for _, images in panels], [title for title, _ in panels],
+                      f"Reconstructions of fixed validation images by latent size ({data})")
+
+
+def metrics_vs_latent_size(rows: list[dict]):
+    """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone."""
+    from aelab.names import TEST_MSE
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [("latent/knn_accuracy", "kNN accuracy"),
+              ("latent/kmeans_acc", "clustering ACC (k-means; UMAP+GMM dashed)"), (TEST_MSE, TEST_MSE)]
+    backbones = sorted({r["backbone"] for r in rows})
+    for ax, (key, label) in zip(axes, panels):
+        for backbone in backbones:
+            points = sorted((r["latent_size"], r[key]) for r in rows if r["backbone"] == backbone)
+            ax.plot(*zip(*points), marker="o", label=backbone)
+        if key == "latent/kmeans_acc" and any(r.get("latent/umap_gmm_acc") is not None for r in rows):
+            for backbone in backbones:
+                points = sorted((r["latent_size"], r["latent/umap_gmm_acc"]) for r in rows if r["backbone"] == backbone)
+                ax.plot(*zip(*points), marker=".", linestyle="--", label=f"{backbone} UMAP+GMM")
+        _latent_size_axis(ax, [r["latent_size"] for r in rows])
+        ax.set_title(label)
+        ax.legend(fontsize=7)
+    data = ", ".join(sorted({r["data"] for r in rows}))
+    fig.suptitle(f"Latent-space quality against bottleneck size ({data})")
+    fig.tight_layout()
+    return fig

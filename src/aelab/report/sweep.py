@@ -1,0 +1,165 @@
+"""The sweep report: one table and two figures for a training multirun, written when it ends.
+
+``SweepReport`` is a Hydra callback of ``train.yaml`` only; ``scripts/sweep_report.py`` re-creates
+the same files from an existing sweep directory. A sweep directory is read as data: job configs
+are parsed, never instantiated, and checkpoints go through ``aelab.runs.load_run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from aelab import runs
+from aelab.data import normalize, normalized_rows
+from aelab.errors import AelabError
+from aelab.names import VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
+from aelab.report import plots
+from aelab.report.metrics import pca_reconstruction_mse
+from aelab.report.tables import write_table
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "job", "data", "backbone", "latent_dim", "latent_size", "params", "compression", VAL_MSE_BEST,
+    VAL_MSE, VAL_PCA_MSE, "epochs", "wall_time_s", "status", "error",
+]
+FIGURE_MSE = "mse_vs_latent_size.png"
+FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
+
+
+def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job, in the order Hydra numbered them; PCA filled in by ``add_pca_baseline``."""
+    rows = []
+    for job_dir in runs.job_dirs(sweep_dir):
+        job_cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        hydra_file = job_dir / ".hydra" / "hydra.yaml"
+        job_num = OmegaConf.load(hydra_file).hydra.job.num if hydra_file.is_file() else len(rows)
+        summary = runs.read_summary(job_dir) or {
+            "status": "failed", "error": "the job stopped before writing its summary (crash or kill)"
+        }
+        latent_dim = (job_cfg.get("model") or {}).get("latent_dim")
+        rows.append({
+            "job_num": job_num,
+            "job_dir": job_dir,
+            "job": job_dir.name,
+            "data": summary.get("data"),
+            "backbone": summary.get("backbone"),
+            "latent_dim": latent_dim if isinstance(latent_dim, int) else None,
+            "latent_size": summary.get("latent_size"),
+            "params": summary.get("params"),
+            "compression": _rounded(summary.get("compression"), 4),
+            VAL_MSE_BEST: summary.get(VAL_MSE_BEST),
+            VAL_MSE: summary.get(VAL_MSE),
+            VAL_PCA_MSE: None,
+            "epochs": summary.get("epochs"),
+            "wall_time_s": _rounded(summary.get("wall_time_s"), 1),
+            "status": summary.get("status", "failed"),
+            "error": summary.get("error", ""),
+            "checkpoint": runs.best_checkpoint(job_dir) if summary.get("status") == "ok" else None,
+        })
+    return sorted(rows, key=lambda r: r["job_num"])
+
+
+def _rounded(value: Any, digits: int) -> Any:
+    return round(value, digits) if isinstance(value, (int, float)) else None
+
+
+def _open_runs(rows: list[dict[str, Any]]) -> dict[str, runs.LoadedRun]:
+    """Each finished job's checkpoint rebuilt (model and datamodule), keyed by job name."""
+    opened = {}
+    for row in rows:
+        if row["checkpoint"] is None:
+            continue
+        try:
+            opened[row["job"]] = runs.load_run(row["checkpoint"])
+        except AelabError as err:
+            log.warning("job %s: its checkpoint cannot be read for the report: %s", row["job"], err)
+    return opened
+
+
+def _data_key(loaded: runs.LoadedRun) -> str:
+    return json.dumps(dict(loaded.datamodule.hparams), sort_keys=True, default=str)
+
+
+def add_pca_baseline(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun]) -> None:
+    """PCA val MSE at each job's latent size, fit on that job's training split, on its val split."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["job"] in opened:
+            groups.setdefault(_data_key(opened[row["job"]]), []).append(row)
+    for group in groups.values():
+        datamodule = opened[group[0]["job"]].datamodule
+        datamodule.setup()
+        mse = pca_reconstruction_mse(
+            normalized_rows(datamodule.split("train")[0]), normalized_rows(datamodule.split("val")[0]),
+            [r["latent_size"] for r in group],
+        )
+        for row in group:
+            row[VAL_PCA_MSE] = round(mse[row["latent_size"]], 5)
+
+
+@torch.no_grad()
+def reconstruction_panels(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun], num_images: int = 8):
+    """Fixed validation inputs, then each job's reconstructions of them (the article's figure)."""
+    ok = sorted((r for r in rows if r["job"] in opened), key=lambda r: (r["backbone"], r["latent_size"]))
+    if not ok:
+        return []
+    datamodule = opened[ok[0]["job"]].datamodule
+    datamodule.setup()
+    inputs = normalize(datamodule.split("val")[0][:num_images])
+    panels = [("input", inputs)]
+    for row in ok:
+        panels.append((f"{row['backbone']} d={row['latent_size']}", opened[row["job"]].model(inputs)))
+    return panels
+
+
+def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write summary.csv/.md, both figures, and a TensorBoard ``sweep`` run into ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_rows(sweep_dir)
+    opened = _open_runs(rows)
+    add_pca_baseline(rows, opened)
+    data = ", ".join(sorted({r["data"] for r in rows if r["data"]})) or "unknown data"
+    write_table(rows, COLUMNS, sweep_dir / "summary",
+                f"# Sweep {sweep_dir.name} ({data})\n\nMSE per pixel on the [-1, 1] scale, on the validation "
+                "split; PCA: the best linear code of the same size, fit on the same training data.")
+    panels = reconstruction_panels(rows, opened)
+    figures = {
+        FIGURE_MSE: plots.mse_vs_latent_size([r for r in rows if r["status"] == "ok" and r["latent_size"]], data),
+        FIGURE_RECONSTRUCTIONS: plots.reconstructions_by_latent_size(panels, data) if panels else None,
+    }
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(sweep_dir / "sweep"))
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        fig.savefig(sweep_dir / name, dpi=100)
+        writer.add_figure(f"sweep/{Path(name).stem}", fig)
+    writer.add_text("sweep/summary", (sweep_dir / "summary.md").read_text())
+    writer.close()
+    return rows
+
+
+class SweepReport(Callback):
+    """Writes the report when a training multirun ends; exits non-zero if any job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_report(sweep_dir)
+        failed = [r for r in rows if r["status"] != "ok"]
+        log.info("sweep report: %s", sweep_dir / "summary.md")
+        if failed:
+            for row in failed:
+                print(f"aelab: job {row['job']} failed: {row['error']}", file=sys.stderr)
+            print(f"aelab: {len(failed)} of {len(rows)} jobs failed; see {sweep_dir / 'summary.md'}",
+                  file=sys.stderr)
+            sys.exit(1)

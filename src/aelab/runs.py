@@ -1,0 +1,248 @@
+"""The owner of run directories and checkpoints: where things are, how they are read and written.
+
+A run directory (``logs/train/runs/<time>/`` or one job of a sweep) holds::
+
+    .hydra/config.yaml       the composed config
+    checkpoints/             best-epochNNN.ckpt, last.ckpt, interrupted.ckpt
+    run_summary.json         what the run measured (keys from aelab.names) and its status
+    tensorboard/             event files
+    analysis/, eval/         what the analyze and eval tasks wrote about it
+
+Checkpoints are data: they are loaded with ``weights_only=True`` and the models and datamodules
+described inside them are rebuilt through ``aelab.registry`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import aelab.data  # noqa: F401 - registers the datamodules that checkpoints name
+import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
+from aelab.data.datasets import dataset_spec, missing_files
+from aelab.errors import CheckpointError
+from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
+from aelab.registry import build, check_registered, check_registered_name
+
+SUMMARY_FILE = "run_summary.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+# Where a checkpoint keeps each part's class and its constructor arguments.
+_STORED = {
+    "model": (MODEL_CLASS_KEY, "hyper_parameters"),
+    "data": (DATA_CLASS_KEY, "datamodule_hyper_parameters"),
+}
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+# --- run directories -----------------------------------------------------------------------------
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary; ``{}`` when there is none or it is unreadable (a run that never finished)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    path = checkpoint_dir(run_dir) / LAST
+    return path if path.is_file() else None
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The best checkpoint of a run, else its last one. Found inside the directory, so a moved or
+    copied run still finds its own files."""
+    best = sorted(checkpoint_dir(run_dir).glob("best-*.ckpt"))
+    return best[-1] if best else last_checkpoint(run_dir)
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent.parent if ckpt_path.parent.name == CHECKPOINT_DIR else ckpt_path.parent
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The jobs of a sweep directory, in directory-name order."""
+    return sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/config.yaml"))
+
+
+def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None:
+    """``None``, an existing file, or ``last``: the newest ``last.ckpt`` under the training logs."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        candidates = sorted(Path(train_log_dir).glob(f"*/*/**/{CHECKPOINT_DIR}/{LAST}"),
+                            key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise CheckpointError(
+                f"ckpt_path=last found no {CHECKPOINT_DIR}/{LAST} under {train_log_dir}; "
+                "train once first or pass ckpt_path=/path/to/file.ckpt"
+            )
+        return candidates[-1]
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file")
+    return path
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # The weights-only unpickler reports a forbidden import as an unsupported or blocked
+        # GLOBAL; any other complaint means the bytes are not a pickle it can follow at all.
+        culprit = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), "")
+        if culprit:
+            raise CheckpointError(
+                f"checkpoint {path} is refused: it holds objects other than tensors and plain values "
+                f"and could run code when loaded ({culprit})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint") from None
+    except Exception as err:  # noqa: BLE001 - random bytes fail in many ways (IndexError, ValueError, ...)
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint (not a dict)")
+    return checkpoint
+
+
+def stored_config(checkpoint: dict[str, Any], part: str, path: str | Path) -> dict[str, Any]:
+    """The ``model`` or ``data`` config a checkpoint carries, refused if it names any class that is
+    not registered."""
+    class_key, values_key = _STORED[part]
+    target, values = checkpoint.get(class_key), checkpoint.get(values_key)
+    if not isinstance(target, str) or not isinstance(values, dict):
+        raise CheckpointError(f"checkpoint {path} was not written by aelab (no {part} config)")
+    check_registered_name(target, f"checkpoint {path}", class_key)
+    check_registered(values, f"checkpoint {path}", values_key)
+    return {**values, "_target_": target}
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint rebuilt: its LightningModule (eval mode), its datamodule, where it came from."""
+
+    model: Any
+    datamodule: Any
+    checkpoint: dict[str, Any]
+    path: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_of(self.path)
+
+
+def load_run(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    data_overrides: dict[str, Any] | None = None,
+    fallback_data_dir: str | Path | None = None,
+) -> LoadedRun:
+    """The model and datamodule a checkpoint describes, rebuilt from registered classes only.
+
+    ``data_overrides`` (non-null values) replace what the checkpoint says about its data, e.g.
+    ``{"batch_size": 1024}`` or another ``data_dir``. Without a ``data_dir`` override, the data the
+    run was trained on is used; if that folder is gone (a checkpoint from another machine),
+    ``fallback_data_dir`` (``paths.data_dir``: ``AELAB_DATA_DIR`` or ``data/``).
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path, map_location)
+    model_config = stored_config(checkpoint, "model", path)
+    data_config = stored_config(checkpoint, "data", path)
+    overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
+    data_config.update(overrides)
+    check_registered(data_config, "the data overrides")
+    if "data_dir" not in overrides and fallback_data_dir is not None:
+        spec = dataset_spec(str(data_config.get("dataset", "mnist")))
+        if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback_data_dir)):
+            data_config["data_dir"] = str(fallback_data_dir)
+    model = build(model_config, f"checkpoint {path}")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
+    datamodule = build(data_config, f"checkpoint {path}")
+    return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
+
+
+def check_compatible(path: str | Path, wanted: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint into a different network than the config describes."""
+    saved = stored_config(load_checkpoint(path), "model", path)
+    for key in ("encoder", "decoder"):
+        if saved.get(key) != wanted.get(key):
+            raise CheckpointError(
+                f"checkpoint {path} holds a different network than the config: its {key} is "
+                f"{_describe(saved.get(key) or {})}, the config asks for {_describe(wanted.get(key) or {})}. "
+                f"Pass the model overrides it was trained with (e.g. model.latent_dim={saved.get('latent_dim')})"
+            )
+
+
+def _describe(part: dict[str, Any]) -> str:
+    name = str(part.get("_target_", "?")).rsplit(".", 1)[-1]
+    args = ", ".join(f"{k}={v}" for k, v in part.items() if k != "_target_")
+    return f"{name}({args})"
+
+
+def load_run_from_config(cfg: Any, ckpt_path: str | Path | None = None,
+                         map_location: str | torch.device = "cpu") -> LoadedRun:
+    """What eval and analyze open: ``ckpt_path`` (or ``cfg.ckpt_path``; ``last`` = the newest
+    training run), with the ``data.*`` keys the user set replacing the checkpoint's."""
+    from omegaconf import OmegaConf
+
+    from aelab.errors import ConfigError
+
+    value = ckpt_path if ckpt_path is not None else cfg.get("ckpt_path")
+    if not value:
+        raise ConfigError(
+            "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
+        )
+    path = resolve_ckpt_path(str(value), Path(cfg.paths.log_dir) / "train")
+    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
+    loaded = load_run(path, map_location, overrides, cfg.paths.data_dir)
+    loaded.datamodule.setup()
+    return loaded

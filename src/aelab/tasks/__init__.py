@@ -1,0 +1,1 @@
+"""Tasks: what the entry points run. Each takes the composed config and returns its results."""

@@ -1,0 +1,207 @@
+"""``analyze(cfg)``: encode a trained run's data and measure how good its latent space is.
+
+Writes ``analysis/`` (figures, ``analysis.json``) into the run directory, and the same figures,
+the numbers as scalars and a projector embedding into the run's TensorBoard folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from aelab import runs
+from aelab.cli import quiet_known_warnings
+from aelab.config import device_of, validate
+from aelab.data import normalize, normalized_rows
+from aelab.errors import ConfigError
+from aelab.models.inference import encode_images
+from aelab.names import TEST_MSE, TEST_PCA_MSE
+from aelab.report import metrics as analysis
+from aelab.report import plots
+from aelab.report.tables import write_table
+
+log = logging.getLogger(__name__)
+
+MAPS = ("tsne", "umap", "pca", "all")
+KNN = "latent/knn_accuracy"
+PROBE = "latent/linear_probe_accuracy"
+TRUST = "latent/trustworthiness"
+AUROC = "test/anomaly_auroc"
+SUMMARY_COLUMNS = [
+    "job", "data", "backbone", "latent_size", TEST_MSE, TEST_PCA_MSE, KNN, PROBE,
+    "latent/kmeans_acc", "latent/kmeans_nmi", "latent/kmeans_ari", "latent/umap_gmm_acc", "latent/umap_gmm_nmi",
+    "latent/umap_gmm_ari", TRUST, AUROC,
+]
+
+
+@contextmanager
+def stage(name: str):
+    """Logs a stage's start and its duration: the progress report for slow steps."""
+    log.info("%s ...", name)
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.1f s", name, time.perf_counter() - start)
+
+
+def analyze(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    quiet_known_warnings()
+    if str(cfg.map) not in MAPS:
+        raise ConfigError(f"map={cfg.map} is not one of {', '.join(MAPS)}")
+    if bool(cfg.ckpt_path) == bool(cfg.sweep_dir):
+        raise ConfigError(
+            "give exactly one of ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last) "
+            "or sweep_dir=logs/train/multiruns/<sweep>"
+        )
+    if cfg.sweep_dir:
+        return analyze_sweep(Path(cfg.sweep_dir), cfg)
+    return analyze_checkpoint(cfg)
+
+
+def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[str, Any]:
+    device = device_of(cfg)
+    loaded = runs.load_run_from_config(cfg, ckpt_path, device)
+    model, datamodule, checkpoint = loaded.model, loaded.datamodule, loaded.checkpoint
+    out = loaded.run_dir / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    keep = datamodule.hparams.keep_classes
+    train_images, train_labels = datamodule.with_all_classes().split("train")
+    test_images, test_labels = datamodule.split("test")
+    train_y, test_y = train_labels.numpy(), test_labels.numpy()
+    classes = datamodule.classes
+    seed = int(cfg.seed)
+    batch_size = datamodule.hparams.batch_size
+    title = f"{model.backbone} d={model.latent_size} ({datamodule.name})"
+
+    with stage(f"encoding {len(train_images)} train and {len(test_images)} test images on {device}"):
+        train_z, _ = encode_images(model, train_images, device, batch_size)
+        test_z, test_errors = encode_images(model, test_images, device, batch_size)
+
+    result: dict[str, Any] = {
+        "checkpoint": str(loaded.path), "dataset": datamodule.spec.name, "data": datamodule.name,
+        "data_dir": str(datamodule.data_dir), "backbone": model.backbone,
+        "latent_size": int(test_z.shape[1]), "n_train": len(train_z), "n_test": len(test_z),
+        TEST_MSE: float(test_errors.mean()),
+    }
+    with stage("PCA baseline"):
+        result[TEST_PCA_MSE] = analysis.pca_reconstruction_mse(
+            normalized_rows(train_images), normalized_rows(test_images), [result["latent_size"]]
+        )[result["latent_size"]]
+    with stage(f"kNN (k={cfg.knn_k}) and linear probe"):
+        result[KNN] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k)
+        result[PROBE] = analysis.linear_probe_accuracy(train_z, train_y, test_z, test_y, seed)
+    n_clusters = len(classes)
+    with stage("k-means clustering of test latents"):
+        result.update(_prefixed("latent/kmeans_", analysis.clustering_scores(
+            test_y, analysis.kmeans_clusters(test_z, n_clusters, seed))))
+    if cfg.umap_gmm:
+        with stage("UMAP + Gaussian mixture clustering (N2D) of test latents"):
+            result.update(_prefixed("latent/umap_gmm_", analysis.clustering_scores(
+                test_y, analysis.umap_gmm_clusters(test_z, n_clusters, seed))))
+
+    figures = {}
+    methods = analysis.MAP_METHODS if cfg.map == "all" else (str(cfg.map),)
+    if test_z.shape[1] <= 2:
+        methods = ("latent",)  # a 2-D latent space is its own map
+    for method in methods:
+        with stage(f"2-D map: {method} of {len(test_z)} x {test_z.shape[1]} latents"):
+            # embed_2d returns latents of d <= 2 as they are, whatever the method
+            points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed)
+        if method != "latent":
+            sample = np.random.default_rng(seed).permutation(len(test_z))[: cfg.trustworthiness_points]
+            result[f"{TRUST}_{method}"] = analysis.trustworthiness(test_z[sample], points[sample])
+        figures[f"map_{method}"] = plots.latent_map(points, test_y, classes, f"{method} map of test latents, {title}")
+
+    result[f"{TEST_MSE}_per_class"] = analysis.per_class_mean(test_errors, test_y, classes)
+    figures["per_class_errors"] = plots.per_class_errors(
+        test_errors, test_y, classes, f"reconstruction error by class, {title}")
+    if keep:
+        result["normal_classes"] = [classes[c] for c in keep]
+        result[AUROC] = analysis.anomaly_auroc(test_errors, test_y, keep)
+    figures["interpolation"], figures["gaussian_samples"] = generation_figures(
+        model, test_images, test_y, classes, train_z, device, seed, title
+    )
+
+    runs.write_json(out / "analysis.json", result)
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=100)
+    with stage("TensorBoard: figures, scalars and projector"):
+        write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images)
+    log.info("analysis of %s written to %s", loaded.path, out)
+    return result
+
+
+def _prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{name}": value for name, value in scores.items()}
+
+
+@torch.no_grad()
+def generation_figures(model, test_images, test_y, classes, train_z, device, seed, title):
+    """A latent interpolation between two test images of different classes; a grid decoded from
+    the Gaussian fitted to the training latents."""
+    first = int(np.flatnonzero(test_y != test_y[0])[0])
+    ends = normalize(test_images[[0, first]].to(device))
+    z_shape = model.encode(ends[:1]).shape[1:]
+    z = model.encode(ends).flatten(1)
+    weights = torch.linspace(0, 1, 10, device=device)[:, None]
+    path = (1 - weights) * z[0] + weights * z[1]
+    strip = model.decode(path.view(-1, *z_shape)).cpu().numpy()
+    interpolation = plots.image_rows(
+        [ends.cpu().numpy(), strip], ["ends", "decoded"],
+        f"interpolation {classes[int(test_y[0])]} -> {classes[int(test_y[first])]}, {title}",
+    )
+    mean, cov = analysis.fit_gaussian(train_z)
+    samples = np.random.default_rng(seed).multivariate_normal(mean, cov, size=32).astype(np.float32)
+    decoded = model.decode(torch.from_numpy(samples).to(device).view(-1, *z_shape)).cpu().numpy()
+    grid = plots.image_rows([decoded[i : i + 8] for i in range(0, 32, 8)], ["", "", "", ""],
+                            f"decoded from the fitted latent Gaussian, {title}")
+    return interpolation, grid
+
+
+def numbers(result: dict[str, Any]) -> dict[str, float]:
+    """The scalar results: each key is also its TensorBoard tag and its sweep-table column."""
+    return {k: v for k, v in result.items() if isinstance(v, float)}
+
+
+def write_tensorboard(log_dir: Path, result, figures, test_z, test_y, classes, test_images) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(log_dir))
+    for key, value in numbers(result).items():
+        writer.add_scalar(key, value)
+    for name, fig in figures.items():
+        writer.add_figure(f"analysis/{name}", fig)
+    writer.add_embedding(
+        torch.from_numpy(test_z), metadata=[classes[int(y)] for y in test_y],
+        label_img=test_images.unsqueeze(1).float() / 255, tag="test_latents",
+    )
+    writer.close()
+
+
+def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+    jobs = [(job, runs.best_checkpoint(job)) for job in runs.job_dirs(sweep_dir)]
+    jobs = [(job, ckpt) for job, ckpt in jobs if ckpt is not None]
+    if not jobs:
+        raise ConfigError(f"sweep_dir={sweep_dir} holds no sweep jobs with checkpoints")
+    rows = []
+    for i, (job, ckpt) in enumerate(jobs, 1):
+        log.info("job %d of %d: %s", i, len(jobs), job.name)
+        result = analyze_checkpoint(cfg, ckpt)
+        trust = [v for k, v in result.items() if k.startswith(TRUST)]
+        rows.append({**numbers(result), "job": job.name, "dataset": result["dataset"], "data": result["data"],
+                     "backbone": result["backbone"], "latent_size": result["latent_size"],
+                     TRUST: trust[0] if trust else None})
+    rows.sort(key=lambda r: (r["backbone"], r["latent_size"]))
+    write_table(rows, SUMMARY_COLUMNS, sweep_dir / "analysis_summary",
+                f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "
+                "latents. Clustering of test latents into as many clusters as classes, scored against the "
+                "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.")
+    plots.metrics_vs_latent_size(rows).savefig(sweep_dir / "analysis_vs_latent_size.png", dpi=100)
+    return {"jobs": rows}

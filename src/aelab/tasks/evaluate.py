@@ -1,0 +1,49 @@
+"""``evaluate(cfg)``: a checkpoint's reconstruction error on the official test split, through the
+real Trainer, overall and per class; written next to the checkpoint as ``eval.json``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from aelab import runs
+from aelab.cli import quiet_known_warnings
+from aelab.config import device_of, validate
+from aelab.models.inference import encode_images
+from aelab.names import TEST_MSE
+from aelab.report.metrics import per_class_mean
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    quiet_known_warnings()
+    loaded = runs.load_run_from_config(cfg)
+    model, datamodule = loaded.model, loaded.datamodule
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
+                          enable_model_summary=False)
+    (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    images, labels = datamodule.split("test")
+    device = device_of(cfg)
+    _, errors = encode_images(model.to(device), images, device, datamodule.hparams.batch_size)
+    result = {
+        "checkpoint": str(loaded.path),
+        "dataset": datamodule.spec.name,
+        "data": datamodule.name,
+        "data_dir": str(datamodule.data_dir),
+        "n_test": len(images),
+        TEST_MSE: float(metrics[TEST_MSE]),
+        f"{TEST_MSE}_per_class": per_class_mean(errors, labels.numpy(), datamodule.classes),
+    }
+    out = loaded.run_dir / EVAL_FILE
+    runs.write_json(out, result)
+    worst = max(result[f"{TEST_MSE}_per_class"].items(), key=lambda item: item[1])
+    print(f"{TEST_MSE} {result[TEST_MSE]:.5f} on {result['n_test']} test images of {result['data']} "
+          f"(hardest class: {worst[0]}, {worst[1]:.5f}); written to {out}")
+    return result
