@@ -142,3 +142,11 @@ def test_a_bad_latent_dim_is_refused_when_the_model_is_built(tmp_path):
         instantiate(cfg.model)
     # Hydra wraps what constructors raise; the entry points print the ConfigError inside
     assert str(user_error(raised.value)) == "model.latent_dim=0 is invalid for model=mlp: it must be a positive integer"
+
+
+@pytest.mark.parametrize(("task", "has_report"), [("train", True), ("eval", False), ("analyze", False)])
+def test_only_training_sweeps_get_the_sweep_report(task, has_report):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose(config_name=task, return_hydra_config=True)
+    callbacks = OmegaConf.to_container(cfg.hydra.callbacks)
+    assert ("sweep_report" in callbacks) == has_report

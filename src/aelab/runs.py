@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 import aelab.data  # noqa: F401 - registers the datamodules that checkpoints name
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
 from aelab.data.datasets import dataset_spec, missing_files
-from aelab.errors import CheckpointError
+from aelab.errors import CheckpointError, ConfigError
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
 from aelab.registry import build, check_registered, check_registered_name
 
@@ -232,10 +233,6 @@ def load_run_from_config(cfg: Any, ckpt_path: str | Path | None = None,
                          map_location: str | torch.device = "cpu") -> LoadedRun:
     """What eval and analyze open: ``ckpt_path`` (or ``cfg.ckpt_path``; ``last`` = the newest
     training run), with the ``data.*`` keys the user set replacing the checkpoint's."""
-    from omegaconf import OmegaConf
-
-    from aelab.errors import ConfigError
-
     value = ckpt_path if ckpt_path is not None else cfg.get("ckpt_path")
     if not value:
         raise ConfigError(
