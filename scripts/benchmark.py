@@ -68,23 +68,22 @@ def datamodule_for(data: str, data_dir: Path):
     return datamodule
 
 
-def tiled_data_dir(data: str, data_dir: Path, tile_to: int | None, workdir: Path) -> Path:
-    """``data_dir`` itself, or a copy whose training split repeats to ``tile_to`` images."""
-    if not tile_to:
-        return data_dir
+def benchmark_copy(data: str, data_dir: Path, tile_to: int | None, workdir: Path) -> Path:
+    """A copy of the dataset as plain IDX files (torchvision's class, used by (a), reads only
+    those), its training split optionally repeated to ``tile_to`` images."""
     from aelab.data.datasets import SPLIT_FILES
     from aelab.data.idx import write_idx
 
     datamodule = datamodule_for(data, data_dir)
-    raw = workdir / "tiled" / datamodule.raw_dir.relative_to(datamodule.data_dir)
+    raw = workdir / "data" / datamodule.raw_dir.relative_to(datamodule.data_dir)
     for split, (images_file, labels_file) in SPLIT_FILES.items():
         images, labels = (t.numpy() for t in datamodule.split(split))
-        if split == "train":
+        if split == "train" and tile_to:
             reps = -(-tile_to // len(images))
             images, labels = np.tile(images, (reps, 1, 1))[:tile_to], np.tile(labels, reps)[:tile_to]
         write_idx(raw / images_file, images)
         write_idx(raw / labels_file, labels)
-    return workdir / "tiled"
+    return workdir / "data"
 
 
 def article_pipeline(model_name: str, data: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
@@ -181,13 +180,13 @@ def aelab_training(model_name: str, data: str, data_dir: Path, device: str, epoc
     return summary["epoch_times_s"], summary[VAL_MSE]
 
 
-def time_to_first_step(data_dir: Path) -> float:
-    env = {**os.environ, "AELAB_T0": repr(time.time()), "AELAB_DATA_DIR": str(data_dir)}
+def time_to_first_step(data: str, data_dir: Path) -> float:
+    env = {**os.environ, "AELAB_DATA_DIR": str(data_dir)}
     with tempfile.TemporaryDirectory() as logs:
         env["AELAB_T0"] = repr(time.time())
         out = subprocess.run(
-            [sys.executable, str(REPO / "src/train.py"), "trainer.max_epochs=1", f"paths.log_dir={logs}",
-             "+callbacks.first_step._target_=aelab.callbacks.FirstStepTimer"],
+            [sys.executable, str(REPO / "src/train.py"), f"data={data}", "trainer.max_epochs=1",
+             f"paths.log_dir={logs}", "+callbacks.first_step._target_=aelab.callbacks.FirstStepTimer"],
             env=env, capture_output=True, text=True, cwd=REPO, check=True,
         ).stdout
     match = re.search(r"aelab: first training step ([0-9.]+) s", out)
@@ -223,7 +222,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        data_dir = tiled_data_dir(args.data, Path(args.data_dir), args.tile_to, workdir)
+        data_dir = benchmark_copy(args.data, Path(args.data_dir), args.tile_to, workdir)
         runners = {
             "a": lambda m: article_pipeline(m, args.data, data_dir, args.device, total),
             "b": lambda m: resident_loop(m, args.data, data_dir, args.device, total, args.precision),
@@ -245,7 +244,7 @@ def main() -> int:
                 row["c_over_b"] = med["c"] / med["b"]
             results["models"][model] = row
         if args.startup:
-            results["time_to_first_step_s"] = time_to_first_step(Path(args.data_dir))
+            results["time_to_first_step_s"] = time_to_first_step(args.data, Path(args.data_dir))
 
     print(f"\n{results['machine']}; device {args.device}; data {results['data']}; precision (b),(c) {args.precision}; "
           f"median of {args.epochs} epochs after 1 warm-up; batch {BATCH}")

@@ -2,9 +2,9 @@
 
   python scripts/benchmark_tsne.py --ckpt logs/train/runs/<conv run>/checkpoints/last.ckpt
 
-Encodes every train and test image (70,000 on MNIST; 256 numbers each for the conv AE's
+Encodes the test split (10,000 images, the points src/analyze.py maps; 256 numbers each for the conv AE's
 64x2x2 bottleneck) and runs both with perplexity 30 and 1,000 iterations in all (250 of them
-early exaggeration), on all cores, openTSNE with aelab's settings (aelab.analysis.TSNE_SETTINGS).
+early exaggeration), on all cores, openTSNE with aelab's settings (aelab.report.metrics.TSNE_SETTINGS).
 Prints seconds and the trustworthiness of both maps (on the same 5,000-point subset).
 """
 
@@ -37,7 +37,7 @@ def main() -> int:
                       fallback_data_dir=os.environ.get("AELAB_DATA_DIR"))
     datamodule = loaded.datamodule
     datamodule.setup()
-    images = torch.cat([datamodule.split("train")[0], datamodule.split("test")[0]])
+    images = datamodule.split("test")[0]  # what src/analyze.py maps
     z, _ = encode_images(loaded.model, images, torch.device("cpu"), 1024)
     print(f"latents: {z.shape[0]} x {z.shape[1]} ({datamodule.name}), {os.cpu_count()} cores", flush=True)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -266,6 +267,13 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
     (interrupted,) = tmp_path.glob("train/runs/*/checkpoints/interrupted.ckpt")
     assert f"Resume with ckpt_path={interrupted}" in stderr
     assert torch.load(interrupted, weights_only=True)["hyper_parameters"]["encoder"]["_target_"].endswith("ConvEncoder")
+    # the follow-up the message promises: that exact argument resumes and finishes the run
+    (printed,) = re.findall(r"Resume with (ckpt_path=\S+)", stderr)
+    resumed = run_cli("train.py", "model=conv", "trainer.max_epochs=2", printed, f"paths.log_dir={tmp_path}", QUIET,
+                      env={"AELAB_DATA_DIR": str(mnist)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
+    assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2
 
 
 def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_mnist):
@@ -347,3 +355,26 @@ def test_config_validation_on_random_values_raises_only_config_error(tmp_path, l
         validate(cfg)
     except ConfigError as err:
         assert "=" in str(err)
+
+
+def test_a_checkpoint_naming_a_registered_class_in_the_wrong_role_is_refused(tmp_path, trained):
+    path = poisoned(trained, tmp_path, "aelab_model_class", "torch.optim.SGD")
+    with pytest.raises(CheckpointError, match="its aelab_model_class names torch.optim.SGD, which is not a LightningModule"):
+        load_run(path)
+
+
+def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, trained):
+    target = tmp_path / "chosen-by-the-file"
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"].update(
+        data_dir=str(target), download=True, mirrors=["http://127.0.0.1:9/"], num_workers=64)
+    path = tmp_path / "beacon.ckpt"
+    torch.save(checkpoint, path)
+    loaded = load_run(path)
+    assert (loaded.datamodule.hparams.download, loaded.datamodule.hparams.mirrors) == (False, None)
+    assert loaded.datamodule.hparams.num_workers == 0
+    with pytest.raises(DataError, match="data.download=false"):
+        loaded.datamodule.setup()
+    assert not target.exists()
+    # the user's own override turns downloading back on
+    assert load_run(path, data_overrides={"download": True}).datamodule.hparams.download is True

@@ -69,7 +69,6 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dic
     return {
         "dataset": datamodule.spec.name if datamodule is not None else "",
         "backbone": pl_module.backbone,
-        "latent_dim": latent_size if hp.latent_dim is None else hp.latent_dim,
         "latent_size": latent_size,
         "params": sum(p.numel() for p in pl_module.parameters()),
         "compression": round(pl_module.compression, 4),

@@ -13,9 +13,8 @@ from aelab.errors import ConfigError, check_positive_int
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 GPU_ACCELERATORS = ("gpu", "cuda")
 # key -> may it be null? (model.latent_dim is the backbone's to check: null suits conv, not mlp)
-# (eval and analyze take data.batch_size=null: "as the checkpoint says")
 POSITIVE_INTS = {
-    "data.batch_size": True,
+    "data.batch_size": False,
     "data.val_size": True,
     "trainer.max_epochs": True,
 }
@@ -41,7 +40,9 @@ def validate(cfg: DictConfig) -> None:
     for key, optional in POSITIVE_INTS.items():
         group, _, name = key.partition(".")
         if group in cfg and cfg[group] is not None:
-            check_positive_int(key, cfg[group].get(name), optional=optional)
+            # eval and analyze start from data=from_checkpoint, where null means "as the checkpoint says"
+            from_checkpoint = group == "data" and "_target_" not in cfg[group]
+            check_positive_int(key, cfg[group].get(name), optional=optional or from_checkpoint)
 
 
 def device_of(cfg: DictConfig) -> torch.device:

@@ -12,6 +12,14 @@ VAL_MSE_BEST = "val/mse_best"  # the lowest val/mse of any epoch: TensorBoard's 
 TEST_MSE = "test/mse"
 VAL_PCA_MSE = "val/pca_mse"  # PCA with as many components as the latent size, fit on train
 TEST_PCA_MSE = "test/pca_mse"
+TEST_MSE_PER_CLASS = "test/mse_per_class"  # a dict: class name -> test/mse of that class
+# Latent-space measures (src/analyze.py); clustering scores are latent/<method>_<acc|nmi|ari>.
+KNN_ACCURACY = "latent/knn_accuracy"
+LINEAR_PROBE_ACCURACY = "latent/linear_probe_accuracy"
+KMEANS_ACC = "latent/kmeans_acc"
+UMAP_GMM_ACC = "latent/umap_gmm_acc"
+TRUSTWORTHINESS = "latent/trustworthiness"  # latent/trustworthiness_<map> per 2-D map
+ANOMALY_AUROC = "test/anomaly_auroc"  # one-class runs: reconstruction error as a score for "other class"
 LOSS = "loss"  # the optimised objective: logged as <split>/loss only when it has more than one term
 
 

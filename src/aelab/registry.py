@@ -23,7 +23,7 @@ from aelab.errors import CheckpointError, ConfigError
 REGISTRY: dict[str, type] = {}
 
 # Keys Hydra gives meaning to; ``build`` honours ``_target_`` and ``_partial_``.
-_SPECIAL = {"_target_", "_partial_", "_recursive_", "_convert_"}
+SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_"}
 
 
 def register(cls: type) -> type:
@@ -75,7 +75,8 @@ def check_registered_name(target: str, source: str, where: str) -> None:
         raise CheckpointError(
             f"{source} is refused: its {where} names {target}, which is not one of aelab's "
             "registered classes, and aelab builds nothing else from a stored config. If it is "
-            "your own class, decorate it with @aelab.registry.register and import its module first"
+            "your own class, decorate it with @aelab.registry.register in a module under "
+            "src/aelab/models/ (imported with aelab), or import its module before loading"
         )
 
 
@@ -90,7 +91,7 @@ def build(spec: Mapping[str, Any], source: str = "a stored config") -> Any:
     if "_target_" not in spec:
         raise ConfigError(f"{source} has no _target_: it does not say what to build")
     cls = REGISTRY[str(spec["_target_"])]
-    kwargs = {k: v for k, v in spec.items() if k not in _SPECIAL}
+    kwargs = {k: v for k, v in spec.items() if k not in SPECIAL_KEYS}
     return functools.partial(cls, **kwargs) if spec.get("_partial_") else cls(**kwargs)
 
 

@@ -15,13 +15,12 @@ described inside them are rebuilt through ``aelab.registry`` only.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import OmegaConf
 
@@ -29,39 +28,21 @@ import aelab.data  # noqa: F401 - registers the datamodules that checkpoints nam
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError
+from aelab.files import write_json
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
-from aelab.registry import build, check_registered, check_registered_name
+from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
 
 SUMMARY_FILE = "run_summary.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
-# Where a checkpoint keeps each part's class and its constructor arguments.
+# Where a checkpoint keeps each part's class and its constructor arguments, and what the class is.
 _STORED = {
-    "model": (MODEL_CLASS_KEY, "hyper_parameters"),
-    "data": (DATA_CLASS_KEY, "datamodule_hyper_parameters"),
+    "model": (MODEL_CLASS_KEY, "hyper_parameters", L.LightningModule),
+    "data": (DATA_CLASS_KEY, "datamodule_hyper_parameters", L.LightningDataModule),
 }
-
-
-# --- writing -------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+# Stored data settings that would make aelab fetch, write or spawn on the file's say-so: a
+# checkpoint never decides those; only the user's own overrides can turn them back on.
+_NOT_FROM_CHECKPOINTS = {"download": False, "mirrors": None, "num_workers": 0}
 
 
 # --- run directories -----------------------------------------------------------------------------
@@ -155,13 +136,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def stored_config(checkpoint: dict[str, Any], part: str, path: str | Path) -> dict[str, Any]:
     """The ``model`` or ``data`` config a checkpoint carries, refused if it names any class that is
     not registered."""
-    class_key, values_key = _STORED[part]
+    class_key, values_key, base = _STORED[part]
     target, values = checkpoint.get(class_key), checkpoint.get(values_key)
     if not isinstance(target, str) or not isinstance(values, dict):
         raise CheckpointError(f"checkpoint {path} was not written by aelab (no {part} config)")
     check_registered_name(target, f"checkpoint {path}", class_key)
+    if not issubclass(REGISTRY[target], base):
+        raise CheckpointError(f"checkpoint {path} is refused: its {class_key} names {target}, which is not a {base.__name__}")
     check_registered(values, f"checkpoint {path}", values_key)
-    return {**values, "_target_": target}
+    return {key: value for key, value in values.items() if key not in SPECIAL_KEYS} | {"_target_": target}
 
 
 @dataclass
@@ -194,7 +177,7 @@ def load_run(
     path = Path(path)
     checkpoint = load_checkpoint(path, map_location)
     model_config = stored_config(checkpoint, "model", path)
-    data_config = stored_config(checkpoint, "data", path)
+    data_config = stored_config(checkpoint, "data", path) | _NOT_FROM_CHECKPOINTS
     overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
     data_config.update(overrides)
     check_registered(data_config, "the data overrides")
@@ -202,12 +185,15 @@ def load_run(
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
         if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback_data_dir)):
             data_config["data_dir"] = str(fallback_data_dir)
-    model = build(model_config, f"checkpoint {path}")
     try:
+        model = build(model_config, f"checkpoint {path}")
         model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
-    datamodule = build(data_config, f"checkpoint {path}")
+    try:
+        datamodule = build(data_config, f"checkpoint {path}")
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} holds a data config aelab cannot use: {err}") from None
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
 
 

@@ -82,8 +82,11 @@ def download(spec: DatasetSpec, data_dir: Path, mirrors: list[str] | None = None
         # e.g. a local copy: file:///srv/mnist/ (torchvision appends each file name)
         base = type(base.__name__, (base,), {"mirrors": [m if m.endswith("/") else m + "/" for m in mirrors]})
     raw = spec.raw_dir(data_dir)
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=raw.parent))
+    try:
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=raw.parent))
+    except OSError as err:
+        raise DataError(missing_data_message(spec, data_dir, f"cannot write to {raw.parent}: {err.strerror}")) from None
     try:
         try:
             base(str(staging), train=True, download=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aelab.data.datasets import SPLIT_FILES
 from aelab.errors import DataError
 
 # IDX magic: two zero bytes, a dtype code, and the number of dimensions.
@@ -49,8 +50,6 @@ def read_idx(path: Path, *, ndim: int) -> np.ndarray:
 
 def read_split(raw_dir: Path, split: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) and labels (N,) of the ``train`` or ``test`` split in ``raw_dir``."""
-    from aelab.data.datasets import SPLIT_FILES
-
     images_path, labels_path = (find_idx(raw_dir, stem) for stem in SPLIT_FILES[split])
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)

@@ -203,7 +203,7 @@ class AutoEncoder(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["best_val_mse"] = float(self.best_val_mse)
+        checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
         # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
         datamodule = self.trainer.datamodule if self._trainer is not None else None
@@ -211,4 +211,4 @@ class AutoEncoder(L.LightningModule):
             checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.best_val_mse = float(checkpoint.get("best_val_mse", math.inf))
+        self.best_val_mse = float(checkpoint.get(VAL_MSE_BEST, math.inf))

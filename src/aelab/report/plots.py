@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from aelab.names import KMEANS_ACC, KNN_ACCURACY, TEST_MSE, UMAP_GMM_ACC, VAL_MSE_BEST, VAL_PCA_MSE
+
 
 def _pyplot():
     import matplotlib
@@ -75,8 +77,6 @@ def _latent_size_axis(ax, sizes) -> None:
 
 def mse_vs_latent_size(rows: list[dict], data: str):
     """Best val MSE against latent size, one line per backbone, PCA of the same size dashed."""
-    from aelab.names import VAL_MSE_BEST, VAL_PCA_MSE
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for backbone in sorted({r["backbone"] for r in rows}):
@@ -102,20 +102,18 @@ def reconstructions_by_latent_size(panels: list[tuple[str, "np.ndarray"]], data:
 
 def metrics_vs_latent_size(rows: list[dict]):
     """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone."""
-    from aelab.names import TEST_MSE
-
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [("latent/knn_accuracy", "kNN accuracy"),
-              ("latent/kmeans_acc", "clustering ACC (k-means; UMAP+GMM dashed)"), (TEST_MSE, TEST_MSE)]
+    panels = [(KNN_ACCURACY, "kNN accuracy"), (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)"),
+              (TEST_MSE, TEST_MSE)]
     backbones = sorted({r["backbone"] for r in rows})
     for ax, (key, label) in zip(axes, panels):
         for backbone in backbones:
             points = sorted((r["latent_size"], r[key]) for r in rows if r["backbone"] == backbone)
             ax.plot(*zip(*points), marker="o", label=backbone)
-        if key == "latent/kmeans_acc" and any(r.get("latent/umap_gmm_acc") is not None for r in rows):
+        if key == KMEANS_ACC and any(r.get(UMAP_GMM_ACC) is not None for r in rows):
             for backbone in backbones:
-                points = sorted((r["latent_size"], r["latent/umap_gmm_acc"]) for r in rows if r["backbone"] == backbone)
+                points = sorted((r["latent_size"], r[UMAP_GMM_ACC]) for r in rows if r["backbone"] == backbone)
                 ax.plot(*zip(*points), marker=".", linestyle="--", label=f"{backbone} UMAP+GMM")
         _latent_size_axis(ax, [r["latent_size"] for r in rows])
         ax.set_title(label)

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from aelab.runs import write_atomic
+from aelab.files import write_atomic
 
 
 def write_table(rows: list[dict[str, Any]], columns: list[str], path_stem: Path, intro: str) -> None:

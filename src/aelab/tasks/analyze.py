@@ -21,8 +21,17 @@ from aelab.cli import quiet_known_warnings
 from aelab.config import device_of, validate
 from aelab.data import normalize, normalized_rows
 from aelab.errors import ConfigError
+from aelab.files import write_json
 from aelab.models.inference import encode_images
-from aelab.names import TEST_MSE, TEST_PCA_MSE
+from aelab.names import (
+    ANOMALY_AUROC,
+    KNN_ACCURACY,
+    LINEAR_PROBE_ACCURACY,
+    TEST_MSE,
+    TEST_MSE_PER_CLASS,
+    TEST_PCA_MSE,
+    TRUSTWORTHINESS,
+)
 from aelab.report import metrics as analysis
 from aelab.report import plots
 from aelab.report.tables import write_table
@@ -30,14 +39,10 @@ from aelab.report.tables import write_table
 log = logging.getLogger(__name__)
 
 MAPS = ("tsne", "umap", "pca", "all")
-KNN = "latent/knn_accuracy"
-PROBE = "latent/linear_probe_accuracy"
-TRUST = "latent/trustworthiness"
-AUROC = "test/anomaly_auroc"
 SUMMARY_COLUMNS = [
-    "job", "data", "backbone", "latent_size", TEST_MSE, TEST_PCA_MSE, KNN, PROBE,
-    "latent/kmeans_acc", "latent/kmeans_nmi", "latent/kmeans_ari", "latent/umap_gmm_acc", "latent/umap_gmm_nmi",
-    "latent/umap_gmm_ari", TRUST, AUROC,
+    "job", "data", "backbone", "latent_size", TEST_MSE, TEST_PCA_MSE, KNN_ACCURACY, LINEAR_PROBE_ACCURACY,
+    *(f"latent/{method}_{score}" for method in ("kmeans", "umap_gmm") for score in ("acc", "nmi", "ari")),
+    TRUSTWORTHINESS, ANOMALY_AUROC,
 ]
 
 
@@ -68,7 +73,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[str, Any]:
     device = device_of(cfg)
     loaded = runs.load_run_from_config(cfg, ckpt_path, device)
-    model, datamodule, checkpoint = loaded.model, loaded.datamodule, loaded.checkpoint
+    model, datamodule = loaded.model, loaded.datamodule
     out = loaded.run_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     keep = datamodule.hparams.keep_classes
@@ -95,8 +100,8 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
             normalized_rows(train_images), normalized_rows(test_images), [result["latent_size"]]
         )[result["latent_size"]]
     with stage(f"kNN (k={cfg.knn_k}) and linear probe"):
-        result[KNN] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k)
-        result[PROBE] = analysis.linear_probe_accuracy(train_z, train_y, test_z, test_y, seed)
+        result[KNN_ACCURACY] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k)
+        result[LINEAR_PROBE_ACCURACY] = analysis.linear_probe_accuracy(train_z, train_y, test_z, test_y, seed)
     n_clusters = len(classes)
     with stage("k-means clustering of test latents"):
         result.update(_prefixed("latent/kmeans_", analysis.clustering_scores(
@@ -116,20 +121,20 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
             points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed)
         if method != "latent":
             sample = np.random.default_rng(seed).permutation(len(test_z))[: cfg.trustworthiness_points]
-            result[f"{TRUST}_{method}"] = analysis.trustworthiness(test_z[sample], points[sample])
+            result[f"{TRUSTWORTHINESS}_{method}"] = analysis.trustworthiness(test_z[sample], points[sample])
         figures[f"map_{method}"] = plots.latent_map(points, test_y, classes, f"{method} map of test latents, {title}")
 
-    result[f"{TEST_MSE}_per_class"] = analysis.per_class_mean(test_errors, test_y, classes)
+    result[TEST_MSE_PER_CLASS] = analysis.per_class_mean(test_errors, test_y, classes)
     figures["per_class_errors"] = plots.per_class_errors(
         test_errors, test_y, classes, f"reconstruction error by class, {title}")
     if keep:
         result["normal_classes"] = [classes[c] for c in keep]
-        result[AUROC] = analysis.anomaly_auroc(test_errors, test_y, keep)
+        result[ANOMALY_AUROC] = analysis.anomaly_auroc(test_errors, test_y, keep)
     figures["interpolation"], figures["gaussian_samples"] = generation_figures(
         model, test_images, test_y, classes, train_z, device, seed, title
     )
 
-    runs.write_json(out / "analysis.json", result)
+    write_json(out / "analysis.json", result)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=100)
     with stage("TensorBoard: figures, scalars and projector"):
@@ -194,10 +199,10 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     for i, (job, ckpt) in enumerate(jobs, 1):
         log.info("job %d of %d: %s", i, len(jobs), job.name)
         result = analyze_checkpoint(cfg, ckpt)
-        trust = [v for k, v in result.items() if k.startswith(TRUST)]
+        trust = [v for k, v in result.items() if k.startswith(TRUSTWORTHINESS)]
         rows.append({**numbers(result), "job": job.name, "dataset": result["dataset"], "data": result["data"],
                      "backbone": result["backbone"], "latent_size": result["latent_size"],
-                     TRUST: trust[0] if trust else None})
+                     TRUSTWORTHINESS: trust[0] if trust else None})
     rows.sort(key=lambda r: (r["backbone"], r["latent_size"]))
     write_table(rows, SUMMARY_COLUMNS, sweep_dir / "analysis_summary",
                 f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "

@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 from aelab import runs
 from aelab.cli import quiet_known_warnings
 from aelab.config import device_of, validate
+from aelab.files import write_json
 from aelab.models.inference import encode_images
-from aelab.names import TEST_MSE
+from aelab.names import TEST_MSE, TEST_MSE_PER_CLASS
 from aelab.report.metrics import per_class_mean
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     images, labels = datamodule.split("test")
     device = device_of(cfg)
-    _, errors = encode_images(model.to(device), images, device, datamodule.hparams.batch_size)
+    # under the Trainer's precision (bf16 autocast with trainer=cpu), so the classes average to test/mse
+    with trainer.precision_plugin.forward_context():
+        _, errors = encode_images(model.to(device), images, device, datamodule.hparams.batch_size)
     result = {
         "checkpoint": str(loaded.path),
         "dataset": datamodule.spec.name,
@@ -39,11 +42,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data_dir": str(datamodule.data_dir),
         "n_test": len(images),
         TEST_MSE: float(metrics[TEST_MSE]),
-        f"{TEST_MSE}_per_class": per_class_mean(errors, labels.numpy(), datamodule.classes),
+        TEST_MSE_PER_CLASS: per_class_mean(errors, labels.numpy(), datamodule.classes),
     }
     out = loaded.run_dir / EVAL_FILE
-    runs.write_json(out, result)
-    worst = max(result[f"{TEST_MSE}_per_class"].items(), key=lambda item: item[1])
+    write_json(out, result)
+    worst = max(result[TEST_MSE_PER_CLASS].items(), key=lambda item: item[1])
     print(f"{TEST_MSE} {result[TEST_MSE]:.5f} on {result['n_test']} test images of {result['data']} "
           f"(hardest class: {worst[0]}, {worst[1]:.5f}); written to {out}")
     return result
