@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -178,7 +179,13 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, tiny_mnist):
 # name classes: each of these would run a shell command if aelab built what the file says.
 def payloads(marker: Path) -> dict[str, tuple[str, object]]:
     command = {"_target_": "os.system", "command": f"touch {marker}"}
+    pickled = pickle.dumps(Evil(marker))
     return {
+        "torch.load of embedded pickle bytes": ("hyper_parameters.encoder", {
+            "_target_": "torch.load", "weights_only": False,
+            "f": {"_target_": "io.BytesIO", "_args_": [pickled]}}),
+        "builtins.open truncating a file": ("hyper_parameters.decoder", {
+            "_target_": "builtins.open", "_args_": [str(marker.parent / "victim.ckpt"), "w"]}),
         "model class": ("aelab_model_class", "os.system"),
         "data class": ("aelab_data_class", "subprocess.getoutput"),
         "encoder": ("hyper_parameters.encoder", command),
@@ -204,12 +211,34 @@ def poisoned(trained: Path, tmp: Path, where: str, payload: object) -> Path:
 @pytest.mark.parametrize("case", list(payloads(Path("x"))))
 def test_a_checkpoint_naming_a_non_project_target_is_refused_and_never_runs_it(tmp_path, trained, case):
     marker = tmp_path / "pwned"
+    victim = tmp_path / "victim.ckpt"
+    victim.write_bytes(b"another run's checkpoint")
     where, payload = payloads(marker)[case]
     path = poisoned(trained, tmp_path, where, payload)
     with pytest.raises(CheckpointError, match=f"checkpoint {path} is refused: its .* names .*, which is not "
                                               "one of aelab's registered classes"):
         load_run(path)
     assert not marker.exists()
+    assert victim.read_bytes() == b"another run's checkpoint"
+
+
+def test_the_sweep_report_reads_a_poisoned_job_without_running_it(tmp_path, tiny_mnist):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("train.py", "-m", "model.latent_dim=2,3", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}",
+                     QUIET, env={"AELAB_DATA_DIR": str(tiny_mnist)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    marker = tmp_path / "pwned"
+    job = sweep_dir / "model.latent_dim=2,trainer.max_epochs=1" / "checkpoints"
+    for checkpoint in job.glob("*.ckpt"):
+        poisoned_copy = poisoned(checkpoint, tmp_path, "hyper_parameters.encoder", payloads(marker)["encoder"][1])
+        poisoned_copy.replace(checkpoint)
+    report = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "is refused: its hyper_parameters.encoder._target_ names os.system" in report.stderr
+    assert not marker.exists()
+    rows = (sweep_dir / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3  # both jobs listed; the poisoned one without its PCA and reconstructions
 
 
 @pytest.mark.parametrize("script", ["eval.py", "analyze.py", "train.py"])
@@ -378,3 +407,29 @@ def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, tra
     assert not target.exists()
     # the user's own override turns downloading back on
     assert load_run(path, data_overrides={"download": True}).datamodule.hparams.download is True
+
+
+def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_run_does(tmp_path, tiny_mnist):
+    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
+    common = ["trainer.max_epochs=4", "data.batch_size=16", "seed=3", QUIET]  # 6 batches per epoch
+    straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    stopped = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'stopped'}",
+                      "+callbacks.stop._target_=fault_callbacks.SignalAt", "+callbacks.stop.epoch=2",
+                      "+callbacks.stop.batch=3", env=env)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    (printed,) = re.findall(r"Resume with (ckpt_path=\S+)", stopped.stderr)
+    assert torch.load(printed.split("=", 1)[1], weights_only=True)["aelab_epoch_sums"]["count"] > 0
+
+    resumed = run_cli("train.py", *common, printed, f"paths.log_dir={tmp_path / 'stopped'}", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def summary(root):
+        newest = sorted((root / "train" / "runs").iterdir())[-1]
+        return json.loads((newest / "run_summary.json").read_text())
+
+    a, b = summary(tmp_path / "straight"), summary(tmp_path / "stopped")
+    assert b["epochs"] == 4
+    for key in ("val/mse", "val/mse_best", "train/mse"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key

@@ -60,6 +60,8 @@ class DeviceBatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        # batches to leave out of the next pass only: the part of an epoch done before a resume
+        self.skip_once = 0
 
     # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``.
     batch_sampler = None
@@ -77,14 +79,15 @@ class DeviceBatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
+        first, self.skip_once = self.skip_once * self.batch_size, 0
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=generator).to(self.images.device)
-            for start in range(0, n, self.batch_size):
+            for start in range(first, n, self.batch_size):
                 index = order[start : start + self.batch_size]
                 yield normalize(self.images[index]), self.labels[index]
         else:
-            for start in range(0, n, self.batch_size):
+            for start in range(first, n, self.batch_size):
                 end = start + self.batch_size
                 yield normalize(self.images[start:end]), self.labels[start:end]
 
@@ -145,6 +148,8 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        # training batches of the current epoch already done when the checkpoint resumed from was saved
+        self._resume_batches = 0
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -223,7 +228,10 @@ class MNISTLikeDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.loader == "device":
             images, labels = self.split(split, self._device())
-            return DeviceBatchLoader(images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed)
+            loader = DeviceBatchLoader(images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed)
+            if split == "train":
+                loader.skip_once, self._resume_batches = self._resume_batches, 0
+            return loader
         images, labels = self.splits[split]
         return DataLoader(
             NormalizedImages(images, labels),
@@ -234,6 +242,19 @@ class MNISTLikeDataModule(L.LightningDataModule):
             pin_memory=self._device().type == "cuda",
             generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
         )
+
+    # A checkpoint saved mid-epoch (Ctrl-C, SIGTERM) records how many of the epoch's batches were
+    # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly.
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        # a save at the end of an epoch resumes at the start of the next one, with nothing to skip
+        return {"epoch_batches_done": done if done < trainer.num_training_batches else 0}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_batches = int(state_dict.get("epoch_batches_done", 0))
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE
-from aelab.names import DATA_CLASS_KEY, LOSS, MODEL_CLASS_KEY, VAL_MSE_BEST, metric
+from aelab.names import DATA_CLASS_KEY, EPOCH_SUMS_KEY, LOSS, MODEL_CLASS_KEY, VAL_MSE_BEST, metric
 from aelab.registry import build, qualified_name, register
 
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
@@ -129,6 +129,10 @@ class AutoEncoder(L.LightningModule):
         if len(means) > 1:
             self.log(metric(split, LOSS), torch.stack(list(means.values())).sum())
 
+    def on_train_start(self) -> None:
+        # sums restored from a mid-epoch checkpoint were made before the model reached its device
+        self._sums = {name: total.to(self.device) for name, total in self._sums.items()}
+
     def on_train_epoch_start(self) -> None:
         self._reset_sums()
 
@@ -204,6 +208,9 @@ class AutoEncoder(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
+        # A mid-epoch save (an interrupt) keeps the epoch's sums so far: a restore into the middle
+        # of an epoch skips on_train_epoch_start, and the epoch's train/mse stays exact.
+        checkpoint[EPOCH_SUMS_KEY] = {"sums": {k: float(v) for k, v in self._sums.items()}, "count": self._count}
         # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
         datamodule = self.trainer.datamodule if self._trainer is not None else None
@@ -212,3 +219,6 @@ class AutoEncoder(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_mse = float(checkpoint.get(VAL_MSE_BEST, math.inf))
+        state = checkpoint.get(EPOCH_SUMS_KEY) or {"sums": {}, "count": 0}
+        self._sums = {k: torch.tensor(v, device=self.device) for k, v in state["sums"].items()}
+        self._count = int(state["count"])
