@@ -116,7 +116,7 @@ def test_data_dir_follows_the_environment_variable(tmp_path, monkeypatch):
     ("override", "message"),
     [
         ("data.batch_size=-1", "data.batch_size=-1 is invalid"),
-        ("data.batch_size=null", "data.batch_size=None is invalid: it must be a positive integer$"),
+        ("data.batch_size=null", "data.batch_size=null is invalid: it must be a positive integer$"),
         ("trainer.precision=16", "trainer.precision=16 is not supported"),
         ("trainer.precision=16-mixed", "16-mixed needs a GPU"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is invalid"),

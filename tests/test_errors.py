@@ -94,7 +94,10 @@ CASES = {
     "latent_dim negative": (["model.latent_dim=-4"], 2, ["model.latent_dim=-4 is invalid"]),
     "latent_dim float": (["model.latent_dim=2.5"], 2, ["model.latent_dim=2.5 is invalid"]),
     "latent_dim text": (["model.latent_dim=abc"], 2, ["model.latent_dim='abc' is invalid"]),
-    "latent_dim null for mlp": (["model.latent_dim=null"], 2, ["model.latent_dim=None is invalid for model=mlp"]),
+    "latent_dim null for mlp": (["model.latent_dim=null"], 2, ["model.latent_dim=null is invalid for model=mlp"]),
+    "max_epochs null (Lightning's 1000)": (["trainer.max_epochs=null"], 2,
+                                           ["trainer.max_epochs=null is invalid: it must be a positive integer"]),
+    "accelerator tpu": (["trainer.accelerator=tpu"], 2, ["trainer.accelerator=tpu is not one of cpu, gpu, cuda, auto"]),
     "unknown model": (["model=transformer"], 1, ["Could not find 'model/transformer'", "conv", "mlp"]),
     "unknown trainer": (["trainer=tpu"], 1, ["Could not find 'trainer/tpu'", "cpu", "gpu"]),
     "unknown top-level key": (["learning_rate=1"], 1, ["learning_rate", "not in struct"]),
@@ -163,6 +166,29 @@ def test_bad_input_exits_non_zero_with_one_clear_message(case, tmp_path, trained
 
 def test_the_table_holds_at_least_30_distinct_bad_inputs():
     assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("script", ["eval.py", "analyze.py"])
+def test_a_diverged_checkpoint_fails_with_one_line_instead_of_reporting_nan(tmp_path, trained, script):
+    checkpoint = torch.load(trained, weights_only=True)
+    for tensor in checkpoint["state_dict"].values():
+        tensor.fill_(float("nan"))
+    path = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, path)
+    result = run_cli(script, f"ckpt_path={path}", f"paths.log_dir={tmp_path}",
+                     env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"aelab: error: checkpoint {path} reconstructs to non-finite values (test/mse nan)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "eval.json").exists() and not (tmp_path / "analysis" / "analysis.json").exists()
+
+
+def test_json_files_are_strict_json_even_when_a_number_is_not_finite(tmp_path):
+    from aelab.files import write_json
+
+    write_json(tmp_path / "s.json", {"val/mse_best": float("inf"), "nested": [float("nan"), 1.5]})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"val/mse_best": None, "nested": [None, 1.5]}
+    assert "Infinity" not in (tmp_path / "s.json").read_text()
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path, tiny_mnist):

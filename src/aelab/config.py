@@ -12,11 +12,13 @@ from aelab.errors import ConfigError, check_positive_int
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 GPU_ACCELERATORS = ("gpu", "cuda")
+ACCELERATORS = ("cpu", *GPU_ACCELERATORS, "auto")
 # key -> may it be null? (model.latent_dim is the backbone's to check: null suits conv, not mlp)
 POSITIVE_INTS = {
     "data.batch_size": False,
     "data.val_size": True,
-    "trainer.max_epochs": True,
+    # null would mean Lightning's default of 1000 epochs, never what a user meant
+    "trainer.max_epochs": False,
 }
 
 
@@ -28,6 +30,10 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.precision={precision} is not supported; use one of {', '.join(PRECISIONS)}"
         )
     accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} is not one of {', '.join(ACCELERATORS)}; e.g. trainer=gpu"
+        )
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this "

@@ -30,10 +30,19 @@ def is_positive_int(value: object) -> bool:
     return is_int(value) and value >= 1
 
 
+def hydra_value(value: object) -> str:
+    """``value`` as it is typed on a Hydra command line: ``null``, ``true``, ``'text'``, ``3``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
 def check_positive_int(key: str, value: object, *, optional: bool = False, context: str = "") -> None:
     """The one wording for "``key`` must be a positive integer" wherever it is checked."""
     if value is None and optional:
         return
     if not is_positive_int(value):
         allowed = "a positive integer" + (" or null" if optional else "")
-        raise ConfigError(f"{key}={value!r} is invalid{context}: it must be {allowed}")
+        raise ConfigError(f"{key}={hydra_value(value)} is invalid{context}: it must be {allowed}")

@@ -197,6 +197,14 @@ def load_run(
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
 
 
+def diverged(path: Path, what: str) -> CheckpointError:
+    """The error for a checkpoint whose weights produce non-finite numbers."""
+    return CheckpointError(
+        f"checkpoint {path} reconstructs to non-finite values ({what}): its weights come from a "
+        "diverged run; use an earlier checkpoint of it"
+    )
+
+
 def check_compatible(path: str | Path, wanted: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint into a different network than the config describes."""
     saved = stored_config(load_checkpoint(path), "model", path)

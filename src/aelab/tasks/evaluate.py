@@ -4,6 +4,7 @@ real Trainer, overall and per class; written next to the checkpoint as ``eval.js
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from hydra.utils import instantiate
@@ -30,6 +31,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
                           enable_model_summary=False)
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    if not math.isfinite(metrics[TEST_MSE]):
+        raise runs.diverged(loaded.path, f"{TEST_MSE} {metrics[TEST_MSE]}")
     images, labels = datamodule.split("test")
     device = device_of(cfg)
     # under the Trainer's precision (bf16 autocast with trainer=cpu), so the classes average to test/mse
