@@ -118,3 +118,53 @@ def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mn
                                       [2, 5])
     rows = read_rows(tmp_path / "sweep")
     assert [float(r["val/pca_mse"]) for r in rows] == [round(expected[2], 5), round(expected[5], 5)]
+
+
+def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
+    """Re-running a sweep directory on other data stops that job, naming what differs, and keeps
+    the finished run it found there."""
+    from conftest import make_tiny_dataset
+
+    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
+    job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
+    summary_before = (job / "run_summary.json").read_text()
+    checkpoint_before = (job / "checkpoints" / "last.ckpt").read_bytes()
+
+    other = sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
+    assert other.returncode == 1
+    (row,) = read_rows(tmp_path / "sweep")
+    assert row["status"] == "failed"
+    assert row["error"].startswith(f"ConfigError: {job} holds a finished run with other settings (data.content: ")
+    assert "nothing was changed there" in row["error"]
+    assert (job / "run_summary.json").read_text() == summary_before
+    assert (job / "checkpoints" / "last.ckpt").read_bytes() == checkpoint_before
+
+    # back on the data it was trained on, the job is found finished again
+    again = sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
+    assert again.returncode == 0
+    assert read_rows(tmp_path / "sweep")[0]["status"] == "ok"
+
+
+def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mnist):
+    from conftest import make_tiny_dataset
+
+    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
+    job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
+    (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
+    other = sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
+    assert other.returncode == 1
+    assert "holds an unfinished run (last.ckpt) with other settings (data.content: " in read_rows(tmp_path / "sweep")[0]["error"]
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
+    import fcntl
+
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run_cli("train.py", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", QUIET,
+                         env={"AELAB_DATA_DIR": str(tiny_mnist)})
+    assert result.returncode == 2
+    assert f"aelab: error: {run_dir} is in use by another training process" in result.stderr
+    assert not (run_dir / "checkpoints").exists()

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from aelab.errors import AelabError
 from aelab.names import VAL_MSE_BEST
-from aelab.runs import write_summary
+from aelab.runs import record_failure
 
 log = logging.getLogger("aelab")
 
@@ -49,7 +49,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
                 log.error("job failed: %s", err)
             else:
                 log.exception("job failed: %s", err)
-            write_summary(Path(cfg.paths.output_dir), {"status": "failed", "error": error_line(err)})
+            record_failure(Path(cfg.paths.output_dir), error_line(err))
             return None
         if isinstance(err, AelabError):
             print(f"aelab: error: {err}", file=sys.stderr)

@@ -31,4 +31,5 @@ def metric(split: str, term: str) -> str:
 # ``hyper_parameters`` and ``datamodule_hyper_parameters``).
 MODEL_CLASS_KEY = "aelab_model_class"
 DATA_CLASS_KEY = "aelab_data_class"
-EPOCH_SUMS_KEY = "aelab_epoch_sums"  # the interrupted epoch's loss sums, for an exact mid-epoch resume
+EPOCH_SUMS_KEY = "aelab_epoch_sums"
+IDENTITY_KEY = "identity"  # in run_summary.json and checkpoints: what the run is (aelab.runs.run_identity)  # the interrupted epoch's loss sums, for an exact mid-epoch resume

@@ -14,8 +14,10 @@ described inside them are rebuilt through ``aelab.registry`` only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
 
 SUMMARY_FILE = "run_summary.json"
+# the latest attempt's error, when it failed in a directory that holds a finished run it must not erase
+FAILURE_FILE = "run_failure.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 # Where a checkpoint keeps each part's class and its constructor arguments, and what the class is.
@@ -59,6 +63,87 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     write_json(Path(run_dir) / SUMMARY_FILE, summary)
+    (Path(run_dir) / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def record_failure(run_dir: Path, error: str) -> None:
+    """Note that the latest attempt in ``run_dir`` failed, without erasing a finished run there."""
+    failure = {"status": "failed", "error": error}
+    if read_summary(run_dir).get("status") == "ok":
+        write_json(Path(run_dir) / FAILURE_FILE, failure)
+    else:
+        write_summary(run_dir, failure)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's summary, with the latest attempt's failure (if any) as its status and error."""
+    summary = read_summary(run_dir)
+    try:
+        failure = json.loads((Path(run_dir) / FAILURE_FILE).read_text())
+    except (OSError, ValueError):
+        return summary
+    return {**summary, "status": "failed", "error": failure.get("error", "")}
+
+
+# Keys that do not change what a run computes: where the data is read from and how, and how long
+# it trains (a finished run may be extended with a larger trainer.max_epochs).
+_NOT_IDENTITY = {"data.data_dir", "data.download", "data.mirrors", "data.num_workers", "data.loader"}
+
+
+def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
+    """What a training run is: its resolved model and data settings, seed, precision, and the
+    digest of the data itself, as flat ``key: value`` pairs that can be compared key by key."""
+    flat: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                add(f"{prefix}.{key}", item)
+        else:
+            flat[prefix] = value
+
+    add("model", OmegaConf.to_container(cfg.model, resolve=True))
+    add("data", OmegaConf.to_container(cfg.data, resolve=True))
+    flat["seed"] = cfg.get("seed")
+    flat["trainer.precision"] = str(cfg.trainer.get("precision"))
+    flat["data.content"] = datamodule.content_hash()
+    return {key: value for key, value in sorted(flat.items()) if key not in _NOT_IDENTITY}
+
+
+def identity_differences(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
+    """``key: stored -> wanted`` for every key that differs; everything if nothing was stored."""
+    if not isinstance(stored, dict):
+        return ["(no identity recorded)"]
+    keys = sorted(set(stored) | set(wanted))
+    return [f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in keys if stored.get(k) != wanted.get(k)]
+
+
+def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
+    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run."""
+    differences = identity_differences(stored, wanted)
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise ConfigError(
+            f"{run_dir} holds {what} with other settings ({shown}); nothing was changed there. Train into "
+            "a new directory (leave hydra.run.dir / hydra.sweep.dir unset) or remove that one"
+        )
+
+
+@contextmanager
+def exclusive(run_dir: Path):
+    """Hold ``run_dir`` for one training process: a second one stops instead of overwriting it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{run_dir} is in use by another training process; wait for it or train into another directory"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

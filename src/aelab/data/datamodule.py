@@ -6,6 +6,7 @@ more than the arithmetic, so batches are sliced from resident tensors instead.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -210,6 +211,16 @@ class MNISTLikeDataModule(L.LightningDataModule):
             "val": _as_tensors(val_images, val_labels),
             "test": _as_tensors(test_images, test_labels),
         }
+
+    def content_hash(self) -> str:
+        """A digest of the images and labels of every split: the data's identity, whatever folder
+        or file format (plain or .gz) it was read from."""
+        self.setup()
+        digest = hashlib.blake2b(digest_size=16)
+        for name in ("train", "val", "test"):
+            for tensor in self.splits[name]:
+                digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()
 
     def split(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Images (uint8) and labels of ``train``, ``val`` or ``test``, cached on ``device``."""

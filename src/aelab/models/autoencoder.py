@@ -21,7 +21,7 @@ from torch import Tensor
 
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE
-from aelab.names import DATA_CLASS_KEY, EPOCH_SUMS_KEY, LOSS, MODEL_CLASS_KEY, VAL_MSE_BEST, metric
+from aelab.names import DATA_CLASS_KEY, EPOCH_SUMS_KEY, IDENTITY_KEY, LOSS, MODEL_CLASS_KEY, VAL_MSE_BEST, metric
 from aelab.registry import build, qualified_name, register
 
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
@@ -59,6 +59,8 @@ class AutoEncoder(L.LightningModule):
         self.best_val_mse = math.inf
         self._sums: dict[str, Tensor] = {}
         self._count = 0
+        # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
+        self.run_identity: dict[str, Any] | None = None
         # The step is four lines, and Lightning's automatic-optimisation closure costs ~0.3 ms per
         # step on CPU, a third of an MLP step: measured with scripts/benchmark.py.
         self.automatic_optimization = False
@@ -213,6 +215,8 @@ class AutoEncoder(L.LightningModule):
         checkpoint[EPOCH_SUMS_KEY] = {"sums": {k: float(v) for k, v in self._sums.items()}, "count": self._count}
         # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
+        if self.run_identity is not None:
+            checkpoint[IDENTITY_KEY] = self.run_identity
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))

@@ -42,7 +42,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         job_cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         hydra_file = job_dir / ".hydra" / "hydra.yaml"
         job_num = OmegaConf.load(hydra_file).hydra.job.num if hydra_file.is_file() else len(rows)
-        summary = runs.read_summary(job_dir) or {
+        summary = runs.read_status(job_dir) or {
             "status": "failed", "error": "the job stopped before writing its summary (crash or kill)"
         }
         latent_dim = (job_cfg.get("model") or {}).get("latent_dim")

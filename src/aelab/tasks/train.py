@@ -17,7 +17,7 @@ from aelab import runs
 from aelab.callbacks import EpochTimer
 from aelab.cli import quiet_known_warnings
 from aelab.config import GPU_ACCELERATORS, validate
-from aelab.names import TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.registry import import_targets
 
 log = logging.getLogger(__name__)
@@ -35,24 +35,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")
 
     output_dir = Path(cfg.paths.output_dir)
-    previous = runs.read_summary(output_dir)
-    if previous.get("status") == "ok":
-        # A sweep re-run into the same directory: this job already finished.
-        log.info("%s already finished; not training it again", output_dir)
-        return previous
-    ckpt_path = cfg.get("ckpt_path")
-    unfinished = runs.last_checkpoint(output_dir)
-    if ckpt_path is None and unfinished is not None:
-        # the same directory holds a job that stopped before its summary: a re-run sweep
-        log.info("resuming the interrupted job from %s", unfinished)
-        ckpt_path = str(unfinished)
     limit_threads_for_parallel_jobs()
-
     # The user's own config is trusted: importing what it names lets user classes register.
     import_targets(OmegaConf.to_container(cfg.model, resolve=True), "model")
     import_targets(OmegaConf.to_container(cfg.data, resolve=True), "data")
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data)
+    with runs.exclusive(output_dir):
+        return _train(cfg, model, datamodule, output_dir, started)
+
+
+def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float) -> dict[str, Any]:
+    """The rest of ``train``, while this process holds ``output_dir``."""
+    identity = runs.run_identity(cfg, datamodule)
+    previous = runs.read_summary(output_dir)
+    if previous.get("status") == "ok":
+        # A sweep re-run into the same directory: this job already finished, if it is this job.
+        runs.require_same_run(output_dir, "a finished run", previous.get(IDENTITY_KEY), identity)
+        log.info("%s already finished; not training it again", output_dir)
+        runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
+        return previous
+    ckpt_path = cfg.get("ckpt_path")
+    unfinished = runs.last_checkpoint(output_dir)
+    if ckpt_path is None and unfinished is not None:
+        # the same directory holds a job that stopped before its summary: a re-run sweep
+        stored = runs.load_checkpoint(unfinished).get(IDENTITY_KEY)
+        runs.require_same_run(output_dir, f"an unfinished run ({unfinished.name})", stored, identity)
+        log.info("resuming the interrupted job from %s", unfinished)
+        ckpt_path = str(unfinished)
+    model.run_identity = identity
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -82,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(output_dir),
         "best_checkpoint": _checkpoint_path(trainer, "best_model_path"),
         "last_checkpoint": _checkpoint_path(trainer, "last_model_path"),
+        IDENTITY_KEY: identity,
     }
     runs.write_summary(output_dir, summary)
     return summary
