@@ -312,6 +312,9 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
          f"paths.log_dir={tmp_path}", QUIET],
         cwd=REPO, env={**os.environ, "AELAB_DATA_DIR": str(mnist)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and the child
+        # would inherit that: give it the disposition a terminal gives, so Ctrl-C is Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not list(tmp_path.glob("train/runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
