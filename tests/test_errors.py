@@ -72,6 +72,12 @@ def trained(tmp_path_factory):
     return run / "checkpoints" / "last.ckpt"
 
 
+def newest_summary(log_dir: Path) -> dict:
+    """The summary of the newest training run under ``log_dir``."""
+    newest = sorted((log_dir / "train" / "runs").iterdir())[-1]
+    return json.loads((newest / "run_summary.json").read_text())
+
+
 def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
     path = tmp / f"{kind}.ckpt"
     if kind == "malicious":
@@ -330,8 +336,7 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
     resumed = run_cli("train.py", "model=conv", "trainer.max_epochs=2", printed, f"paths.log_dir={tmp_path}", QUIET,
                       env={"AELAB_DATA_DIR": str(mnist)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
-    assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2
+    assert newest_summary(tmp_path)["epochs"] == 2
 
 
 def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_mnist):
@@ -352,11 +357,7 @@ def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tin
     resumed = run_cli("train.py", *common, "ckpt_path=last", f"paths.log_dir={tmp_path / 'killed'}", env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    def summary(root):
-        newest = sorted((root / "train" / "runs").iterdir())[-1]
-        return json.loads((newest / "run_summary.json").read_text())
-
-    a, b = summary(tmp_path / "straight"), summary(tmp_path / "killed")
+    a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "killed")
     assert b["epochs"] == 5
     assert b["val/mse"] == pytest.approx(a["val/mse"], rel=1e-6, abs=1e-7)
     assert b["val/mse_best"] == pytest.approx(a["val/mse_best"], rel=1e-6, abs=1e-7)
@@ -454,11 +455,7 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     resumed = run_cli("train.py", *common, printed, f"paths.log_dir={tmp_path / 'stopped'}", env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    def summary(root):
-        newest = sorted((root / "train" / "runs").iterdir())[-1]
-        return json.loads((newest / "run_summary.json").read_text())
-
-    a, b = summary(tmp_path / "straight"), summary(tmp_path / "stopped")
+    a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "stopped")
     assert b["epochs"] == 4
     for key in ("val/mse", "val/mse_best", "train/mse"):
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key

@@ -137,3 +137,19 @@ def test_eval_reports_the_test_mse_of_a_checkpoint(tmp_path, tiny_mnist):
     assert report["test/mse"] == pytest.approx(summary[VAL_MSE], rel=1e-5)
     assert list(report["test/mse_per_class"]) == [str(d) for d in range(10)]
     assert "Traceback" not in result.stderr and "litmodels" not in result.stdout + result.stderr
+
+
+def test_resuming_a_finished_run_says_how_to_extend_it_and_that_command_works(tmp_path, tiny_mnist):
+    env = {"AELAB_DATA_DIR": str(tiny_mnist)}
+    common = ["data.batch_size=32", f"paths.log_dir={tmp_path}", QUIET]
+    assert run_cli("train.py", "trainer.max_epochs=1", *common, env=env).returncode == 0
+    again = run_cli("train.py", "trainer.max_epochs=1", "ckpt_path=last", *common, env=env)
+    assert again.returncode == 2
+    (line,) = [line for line in again.stderr.splitlines() if line.startswith("aelab: error:")]
+    assert "has already trained 1 epoch and trainer.max_epochs=1 asks for no more" in line
+    suggestion = line.split("raise it: ", 1)[1].split()
+    assert suggestion[1] == "trainer.max_epochs=2"
+    extended = run_cli("train.py", *suggestion, *common, env=env)
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
+    assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2

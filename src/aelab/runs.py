@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 import aelab.data  # noqa: F401 - registers the datamodules that checkpoints name
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
 from aelab.data.datasets import dataset_spec, missing_files
-from aelab.errors import CheckpointError, ConfigError
+from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import write_json
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
@@ -290,16 +290,32 @@ def diverged(path: Path, what: str) -> CheckpointError:
     )
 
 
-def check_compatible(path: str | Path, wanted: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint into a different network than the config describes."""
-    saved = stored_config(load_checkpoint(path), "model", path)
+def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | None) -> None:
+    """Refuse to resume a checkpoint into a different network than the config describes, or, given
+    ``max_epochs``, one that has already trained that many epochs (Lightning would stop at once,
+    silently)."""
+    checkpoint = load_checkpoint(path)
+    saved = stored_config(checkpoint, "model", path)
     for key in ("encoder", "decoder"):
         if saved.get(key) != wanted.get(key):
             raise CheckpointError(
                 f"checkpoint {path} holds a different network than the config: its {key} is "
                 f"{_describe(saved.get(key) or {})}, the config asks for {_describe(wanted.get(key) or {})}. "
-                f"Pass the model overrides it was trained with (e.g. model.latent_dim={saved.get('latent_dim')})"
+                f"Pass the model overrides it was trained with (e.g. model.latent_dim={hydra_value(saved.get('latent_dim'))})"
             )
+    if max_epochs is None:
+        return
+    try:
+        # "processed": a checkpoint saved at the end of an epoch counts it, one saved mid-epoch does not
+        done = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return
+    if done >= max_epochs:
+        raise ConfigError(
+            f"checkpoint {path} has already trained {done} epoch{'s' * (done != 1)} and "
+            f"trainer.max_epochs={max_epochs} asks "
+            f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
+        )
 
 
 def _describe(part: dict[str, Any]) -> str:

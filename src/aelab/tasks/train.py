@@ -69,7 +69,9 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     if ckpt_path is not None:
-        runs.check_compatible(ckpt_path, dict(model.hparams))
+        # a sweep job found unfinished may have done all its epochs: it only lacks its summary
+        asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
+        runs.check_resumable(ckpt_path, dict(model.hparams), asked)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
