@@ -72,6 +72,13 @@ def trained(tmp_path_factory):
     return run / "checkpoints" / "last.ckpt"
 
 
+def run_printed(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A command aelab printed, run by a shell from the repository root with the project's Python."""
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return subprocess.run(["bash", "-c", command], cwd=REPO, env={**os.environ, **env, "PATH": path},
+                          capture_output=True, text=True, timeout=600)
+
+
 def newest_summary(log_dir: Path) -> dict:
     """The summary of the newest training run under ``log_dir``."""
     newest = sorted((log_dir / "train" / "runs").iterdir())[-1]
@@ -329,12 +336,13 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == (143 if signum == signal.SIGTERM else 1)
     (interrupted,) = tmp_path.glob("train/runs/*/checkpoints/interrupted.ckpt")
-    assert f"Resume with ckpt_path={interrupted}" in stderr
+    assert f"saved {interrupted}. Resume with: " in stderr
     assert torch.load(interrupted, weights_only=True)["hyper_parameters"]["encoder"]["_target_"].endswith("ConvEncoder")
-    # the follow-up the message promises: that exact argument resumes and finishes the run
-    (printed,) = re.findall(r"Resume with (ckpt_path=\S+)", stderr)
-    resumed = run_cli("train.py", "model=conv", "trainer.max_epochs=2", printed, f"paths.log_dir={tmp_path}", QUIET,
-                      env={"AELAB_DATA_DIR": str(mnist)})
+    # the follow-up the message promises, run as printed (the conv run's own overrides included),
+    # with a smaller max_epochs appended so that it finishes quickly
+    (printed,) = re.findall(r"Resume with: (.+)", stderr)
+    assert printed.startswith("python src/train.py model=conv trainer.max_epochs=50 ")
+    resumed = run_printed(f"{printed} trainer.max_epochs=2", {"AELAB_DATA_DIR": str(mnist)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert newest_summary(tmp_path)["epochs"] == 2
 
@@ -449,10 +457,12 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
                       "+callbacks.stop._target_=fault_callbacks.SignalAt", "+callbacks.stop.epoch=2",
                       "+callbacks.stop.batch=3", env=env)
     assert stopped.returncode == 143, stopped.stderr[-2000:]
-    (printed,) = re.findall(r"Resume with (ckpt_path=\S+)", stopped.stderr)
-    assert torch.load(printed.split("=", 1)[1], weights_only=True)["aelab_epoch_sums"]["count"] > 0
+    (printed,) = re.findall(r"Resume with: (.+)", stopped.stderr)
+    interrupted = next((tmp_path / "stopped").glob("train/runs/*/checkpoints/interrupted.ckpt"))
+    assert printed.endswith(f"\"ckpt_path='{interrupted}'\"")
+    assert torch.load(interrupted, weights_only=True)["aelab_epoch_sums"]["count"] > 0
 
-    resumed = run_cli("train.py", *common, printed, f"paths.log_dir={tmp_path / 'stopped'}", env=env)
+    resumed = run_printed(printed, env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "stopped")

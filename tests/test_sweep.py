@@ -135,7 +135,7 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
     (row,) = read_rows(tmp_path / "sweep")
     assert row["status"] == "failed"
     assert row["error"].startswith(f"ConfigError: {job} holds a finished run with other settings (data.content: ")
-    assert "nothing was changed there" in row["error"]
+    assert "its results and checkpoints were left as they were" in row["error"]
     assert (job / "run_summary.json").read_text() == summary_before
     assert (job / "checkpoints" / "last.ckpt").read_bytes() == checkpoint_before
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -109,6 +110,10 @@ class EpochTimer(L.Callback):
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a restore into the middle of an epoch skips on_train_epoch_start
+        self._start = self._now(pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._now(pl_module)
 
@@ -147,5 +152,16 @@ class InterruptCheckpoint(L.Callback):
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
-        print(f"\naelab: interrupted; saved {self.ckpt_path}. Resume with ckpt_path={self.ckpt_path}",
+        print(f"\naelab: interrupted; saved {self.ckpt_path}. Resume with: {resume_command(self.ckpt_path)}",
               file=sys.stderr, flush=True)
+
+
+def resume_command(ckpt_path: str) -> str:
+    """The command that resumes this run: its own overrides, then the checkpoint, quoted so that
+    neither the shell nor Hydra's grammar misreads a path holding ``=`` or ``,`` (sweep jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    return " ".join(["python src/train.py", *map(shlex.quote, overrides), f"\"ckpt_path='{ckpt_path}'\""])

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from aelab.errors import AelabError
 from aelab.names import VAL_MSE_BEST
-from aelab.runs import record_failure
+from aelab.runs import RunDirectoryBusy, record_failure
 
 log = logging.getLogger("aelab")
 
@@ -44,7 +44,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         err = user_error(raised) or raised
-        if multirun:
+        if multirun and not isinstance(err, RunDirectoryBusy):
             if isinstance(err, AelabError):
                 log.error("job failed: %s", err)
             else:

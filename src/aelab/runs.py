@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import write_json
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "run_summary.json"
 # the latest attempt's error, when it failed in a directory that holds a finished run it must not erase
@@ -87,7 +90,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 # Keys that do not change what a run computes: where the data is read from and how, and how long
 # it trains (a finished run may be extended with a larger trainer.max_epochs).
-_NOT_IDENTITY = {"data.data_dir", "data.download", "data.mirrors", "data.num_workers", "data.loader"}
+_NOT_IDENTITY = {"data.data_dir", "data.download", "data.mirrors", "data.num_workers"}
 
 
 def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
@@ -119,14 +122,25 @@ def identity_differences(stored: dict[str, Any] | None, wanted: dict[str, Any]) 
 
 
 def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
-    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run."""
+    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run.
+
+    Runs made before identities were recorded have none: they are taken as they are."""
+    if stored is None:
+        log.warning("%s holds %s that records no identity (made by an older aelab); taking it as this run",
+                    run_dir, what)
+        return
     differences = identity_differences(stored, wanted)
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
         raise ConfigError(
-            f"{run_dir} holds {what} with other settings ({shown}); nothing was changed there. Train into "
+            f"{run_dir} holds {what} with other settings ({shown}); its results and checkpoints were left "
+            "as they were. Train into "
             "a new directory (leave hydra.run.dir / hydra.sweep.dir unset) or remove that one"
         )
+
+
+class RunDirectoryBusy(ConfigError):
+    """Another process holds the run directory: nothing may be written there, not even a failure."""
 
 
 @contextmanager
@@ -137,7 +151,7 @@ def exclusive(run_dir: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
+            raise RunDirectoryBusy(
                 f"{run_dir} is in use by another training process; wait for it or train into another directory"
             ) from None
         try:
@@ -301,7 +315,8 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
             raise CheckpointError(
                 f"checkpoint {path} holds a different network than the config: its {key} is "
                 f"{_describe(saved.get(key) or {})}, the config asks for {_describe(wanted.get(key) or {})}. "
-                f"Pass the model overrides it was trained with (e.g. model.latent_dim={hydra_value(saved.get('latent_dim'))})"
+                f"Pass the model overrides it was trained with (e.g. model={_backbone_of(saved)} "
+                f"model.latent_dim={hydra_value(saved.get('latent_dim'))})"
             )
     if max_epochs is None:
         return
@@ -316,6 +331,12 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
             f"trainer.max_epochs={max_epochs} asks "
             f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
         )
+
+
+def _backbone_of(model_config: dict[str, Any]) -> str:
+    """``conv`` for a model whose encoder is ``ConvEncoder``: the configs/model option's name."""
+    name = str((model_config.get("encoder") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
+    return (name[: -len("Encoder")] if name.endswith("Encoder") else name).lower()
 
 
 def _describe(part: dict[str, Any]) -> str:

@@ -258,7 +258,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
     # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly.
     def state_dict(self) -> dict[str, int]:
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != "fit":
             return {}
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
         # a save at the end of an epoch resumes at the start of the next one, with nothing to skip

@@ -61,6 +61,7 @@ class AutoEncoder(L.LightningModule):
         self._count = 0
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
+        self._validating = False
         # The step is four lines, and Lightning's automatic-optimisation closure costs ~0.3 ms per
         # step on CPU, a third of an MLP step: measured with scripts/benchmark.py.
         self.automatic_optimization = False
@@ -160,6 +161,7 @@ class AutoEncoder(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Validation runs inside the training epoch: keep the training sums for on_train_epoch_end.
         self._train_state = (self._sums, self._count)
+        self._validating = True
         self._reset_sums()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -169,6 +171,7 @@ class AutoEncoder(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         val = self._epoch_means() if self._count else {}
         self._sums, self._count = self._train_state
+        self._validating = False
         if not val or self.trainer.sanity_checking:
             return
         train = self._epoch_means() if self._count else {}
@@ -212,7 +215,8 @@ class AutoEncoder(L.LightningModule):
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
         # A mid-epoch save (an interrupt) keeps the epoch's sums so far: a restore into the middle
         # of an epoch skips on_train_epoch_start, and the epoch's train/mse stays exact.
-        checkpoint[EPOCH_SUMS_KEY] = {"sums": {k: float(v) for k, v in self._sums.items()}, "count": self._count}
+        sums, count = self._train_state if self._validating else (self._sums, self._count)
+        checkpoint[EPOCH_SUMS_KEY] = {"sums": {k: float(v) for k, v in sums.items()}, "count": count}
         # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
         if self.run_identity is not None:

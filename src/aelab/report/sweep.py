@@ -45,7 +45,8 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         summary = runs.read_status(job_dir) or {
             "status": "failed", "error": "the job stopped before writing its summary (crash or kill)"
         }
-        latent_dim = (job_cfg.get("model") or {}).get("latent_dim")
+        # the summary's own record first: Hydra rewrites .hydra/ whenever the job is launched again
+        latent_dim = summary.get("latent_dim", (job_cfg.get("model") or {}).get("latent_dim"))
         rows.append({
             "job_num": job_num,
             "job_dir": job_dir,
