@@ -32,6 +32,7 @@ import aelab.models  # noqa: F401 - registers the models and backbones that chec
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import write_json
+from aelab.models.backbones import backbone_label
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
 
@@ -334,9 +335,8 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
 
 
 def _backbone_of(model_config: dict[str, Any]) -> str:
-    """``conv`` for a model whose encoder is ``ConvEncoder``: the configs/model option's name."""
-    name = str((model_config.get("encoder") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
-    return (name[: -len("Encoder")] if name.endswith("Encoder") else name).lower()
+    """The backbone of a stored model config, named without building it."""
+    return backbone_label(str((model_config.get("encoder") or {}).get("_target_", "?")).rsplit(".", 1)[-1])
 
 
 def _describe(part: dict[str, Any]) -> str:

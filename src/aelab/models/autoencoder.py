@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aelab.errors import AelabError, ConfigError
-from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE
+from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
 from aelab.names import DATA_CLASS_KEY, EPOCH_SUMS_KEY, IDENTITY_KEY, LOSS, MODEL_CLASS_KEY, VAL_MSE_BEST, metric
 from aelab.registry import build, qualified_name, register
 
@@ -69,8 +69,7 @@ class AutoEncoder(L.LightningModule):
     @property
     def backbone(self) -> str:
         """A short label derived from the encoder's class: ``MLPEncoder`` -> ``mlp``."""
-        name = type(self.encoder).__name__
-        return (name[: -len("Encoder")] if name.endswith("Encoder") else name).lower()
+        return backbone_label(type(self.encoder).__name__)
 
     @property
     def latent_size(self) -> int:

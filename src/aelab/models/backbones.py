@@ -17,6 +17,13 @@ IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28
 
 
+def backbone_label(encoder_class_name: str) -> str:
+    """The short name of a backbone, derived from its encoder class: ``ConvEncoder`` -> ``conv``
+    (also the name of its ``configs/model`` option)."""
+    name = encoder_class_name
+    return (name[: -len("Encoder")] if name.endswith("Encoder") else name).lower()
+
+
 def check_latent_dim(latent_dim: object, *, optional: bool, backbone: str) -> None:
     check_positive_int("model.latent_dim", latent_dim, optional=optional, context=f" for model={backbone}")
 
