@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.tasks.analyze import analyze
-from aelab.cli import run_task
+from aelab.cli import one_line_errors, run_task
 
 
 @hydra.main(config_path="../configs", config_name="analyze", version_base="1.3")
@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors():
+        main()

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from aelab.cli import run_task
+from aelab.cli import one_line_errors, run_task
 from aelab.tasks.evaluate import evaluate
 
 
@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors():
+        main()

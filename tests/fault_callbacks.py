@@ -42,3 +42,27 @@ class SignalAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), self.signum)
+
+
+class KillWhileSaving(L.Callback):
+    """SIGKILLs its own process in the middle of the first checkpoint write of ``epoch``: the bytes
+    are in the temporary file, half of them on disk, nothing renamed yet."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+        from aelab.files import TEMPORARY_SUFFIX
+
+        real_fsync = os.fsync
+
+        def dying_fsync(fd: int) -> None:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            if ".ckpt." in name and name.endswith(TEMPORARY_SUFFIX):
+                os.ftruncate(fd, os.fstat(fd).st_size // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_fsync(fd)
+
+        os.fsync = dying_fsync

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -100,85 +101,252 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
     return path
 
 
-# (command-line arguments, data: "tiny" or a corruption kind, checkpoint kind or None,
-#  expected exit code, words the message must hold)
+# The single list of bad inputs: name -> (entry point, arguments, what the one line must say).
+# In the arguments "@kind" breaks the data (see ``corrupt``), "#kind" passes a bad checkpoint as
+# ckpt_path (see ``bad_checkpoint``), "{tmp}" is the test's own directory and {tmp}/a_file a file. Every row must end
+# with exit code 2, one "aelab: error:" line on stderr, no traceback, and nothing written outside
+# the log root.
+POSITIVE = "it must be a positive integer"
+PRECISIONS = "it must be one of 32-true, 32, bf16-mixed, 16-mixed"
+MANUAL = "is not supported: aelab's training step optimises manually"
 CASES = {
-    "latent_dim zero": (["model.latent_dim=0"], 2, ["model.latent_dim=0 is invalid", "positive integer"]),
-    "latent_dim negative": (["model.latent_dim=-4"], 2, ["model.latent_dim=-4 is invalid"]),
-    "latent_dim float": (["model.latent_dim=2.5"], 2, ["model.latent_dim=2.5 is invalid"]),
-    "latent_dim text": (["model.latent_dim=abc"], 2, ["model.latent_dim='abc' is invalid"]),
-    "latent_dim null for mlp": (["model.latent_dim=null"], 2, ["model.latent_dim=null is invalid for model=mlp"]),
-    "max_epochs null (Lightning's 1000)": (["trainer.max_epochs=null"], 2,
-                                           ["trainer.max_epochs=null is invalid: it must be a positive integer"]),
-    "accelerator tpu": (["trainer.accelerator=tpu"], 2, ["trainer.accelerator=tpu is not one of cpu, gpu, cuda, auto"]),
-    "unknown model": (["model=transformer"], 1, ["Could not find 'model/transformer'", "conv", "mlp"]),
-    "unknown trainer": (["trainer=tpu"], 1, ["Could not find 'trainer/tpu'", "cpu", "gpu"]),
-    "unknown top-level key": (["learning_rate=1"], 1, ["learning_rate", "not in struct"]),
-    "unknown model key": (["model.dropout=0.1"], 1, ["dropout", "not in struct"]),
-    "legacy precision 16": (["trainer.precision=16"], 2, ["trainer.precision=16 is not supported", "bf16-mixed"]),
-    "made-up precision": (["trainer.precision=bf17"], 2, ["trainer.precision=bf17 is not supported"]),
-    "fp16 on cpu": (["trainer.precision=16-mixed"], 2, ["16-mixed needs a GPU"]),
-    "batch size zero": (["data.batch_size=0"], 2, ["data.batch_size=0 is invalid"]),
-    "batch size negative": (["data.batch_size=-5"], 2, ["data.batch_size=-5 is invalid"]),
-    "batch size text": (["data.batch_size=big"], 2, ["data.batch_size='big' is invalid"]),
-    "max_epochs zero": (["trainer.max_epochs=0"], 2, ["trainer.max_epochs=0 is invalid"]),
-    "unknown loader": (["data.loader=fast"], 2, ["data.loader='fast' is not one of device, dataloader"]),
-    "keep_classes out of range": (["data.keep_classes=[12]"], 2, ["data.keep_classes=[12] is invalid",
-                                                                   "class indices 0-9 of MNIST"]),
-    "unknown dataset name": (["data.dataset=cifar"], 2, ["data.dataset='cifar' is not one of mnist, fashion_mnist"]),
-    "unknown data option": (["data=cifar"], 1, ["Could not find 'data/cifar'", "fashion_mnist", "kmnist"]),
-    "val_size as large as training": (["data.val_size=96"], 2, ["data.val_size=96 leaves no training images"]),
-    "val_size negative": (["data.val_size=-1"], 2, ["data.val_size=-1 is invalid"]),
-    "unknown compile mode": (["model.compile=sometimes"], 2, ["model.compile='sometimes' is not one of"]),
-    "data dir missing, download off": (["data.data_dir=/nonexistent/mnist", "data.download=false"], 2,
-                                       ["MNIST not found in /nonexistent/mnist/MNIST/raw", "data.data_dir="]),
-    "missing label file, offline": (["@missing"], 2, ["MNIST not found", "could not be downloaded",
-                                                     "train-labels-idx1-ubyte"]),
-    "truncated image file": (["@truncated"], 2, ["train-images-idx3-ubyte", "truncated"]),
-    "wrong IDX magic": (["@magic"], 2, ["train-images-idx3-ubyte", "wrong IDX magic"]),
-    "wrong image size": (["@dims"], 2, ["images are 28x27, expected 28x28"]),
-    "image/label count mismatch": (["@count"], 2, ["holds 96 images but", "holds 95 labels"]),
-    "label out of range": (["@labels"], 2, ["label 10 is out of range 0-9"]),
-    "corrupt gzip": (["@gzip"], 2, ["train-images-idx3-ubyte.gz", "not a valid gzip file"]),
-    "checkpoint missing": (["ckpt_path=/no/such.ckpt"], 2, ["ckpt_path=/no/such.ckpt does not exist"]),
-    "ckpt_path=last with no runs": (["ckpt_path=last"], 2, ["ckpt_path=last found no checkpoints/last.ckpt"]),
-    "malicious checkpoint": (["#malicious"], 2, ["is refused", "could run code"]),
-    "garbage checkpoint": (["#garbage"], 2, ["is not a readable PyTorch checkpoint"]),
-    "text file as checkpoint": (["#text"], 2, ["is not a readable PyTorch checkpoint"]),
-    "foreign checkpoint": (["#foreign"], 2, ["was not written by aelab"]),
-    "checkpoint of another latent size": (["#trained", "model.latent_dim=5"], 2,
-                                          ["holds a different network", "latent_dim=3", "latent_dim=5"]),
-    "checkpoint of another backbone": (["#trained", "model=conv"], 2,
-                                       ["holds a different network", "MLPEncoder", "ConvEncoder"]),
-    "loss diverges": (["model.optimizer.lr=1e30"], 2, ["loss became non-finite in epoch 0",
-                                                      "Lower model.optimizer.lr"]),
+    # model
+    "latent_dim zero": ("train", ["model.latent_dim=0"], "model.latent_dim=0 is invalid: " + POSITIVE),
+    "latent_dim negative": ("train", ["model.latent_dim=-4"], "model.latent_dim=-4 is invalid: " + POSITIVE),
+    "latent_dim float": ("train", ["model.latent_dim=2.5"], "model.latent_dim=2.5 is invalid: " + POSITIVE),
+    "latent_dim text": ("train", ["model.latent_dim=abc"], "model.latent_dim='abc' is invalid: " + POSITIVE),
+    "latent_dim boolean": ("train", ["model.latent_dim=true"], "model.latent_dim=true is invalid: " + POSITIVE),
+    "latent_dim null for mlp": ("train", ["model.latent_dim=null"], "model.latent_dim=null is invalid for model=mlp"),
+    "unknown compile mode": ("train", ["model.compile=sometimes"],
+                             "model.compile='sometimes' is invalid: it must be one of false, true, default, "
+                             "reduce-overhead, max-autotune"),
+    "compile as a number": ("train", ["model.compile=1"], "model.compile=1 is invalid: it must be one of false"),
+    "negative learning rate": ("train", ["model.optimizer.lr=-1"], "model.optimizer.lr=-1 is invalid: it must be a number > 0"),
+    "zero learning rate": ("train", ["model.optimizer.lr=0"], "model.optimizer.lr=0 is invalid: it must be a number > 0"),
+    "learning rate as text": ("train", ["model.optimizer.lr=fast"], "model.optimizer.lr='fast' is invalid"),
+    "negative weight decay": ("train", ["model.optimizer.weight_decay=-0.1"],
+                              "model.optimizer.weight_decay=-0.1 is invalid: it must be a number >= 0"),
+    "fused as text": ("train", ["model.optimizer.fused=yes"], "model.optimizer.fused='yes' is invalid: it must be true or false"),
+    "misspelt model key": ("train", ["model.dropout=0.1"],
+                           "model.dropout=0.1 is invalid: model.dropout is not a setting of src/train.py"),
+    "added model key": ("train", ["+model.dropout=0.1"], "model.dropout=0.1 is invalid: dropout is not an argument of aelab.models.autoencoder.AutoEncoder"),
+    "encoder class not importable": ("train", ["model.encoder._target_=nowhere.Encoder"],
+                                     "model.encoder._target_=nowhere.Encoder: cannot import nowhere"),
+    "encoder naming a non-project class": ("train", ["model.encoder._target_=os.system"], "model.encoder"),
+    "unknown model option": ("train", ["model=transformer"], "model=transformer is invalid: it must be one of conv, mlp"),
+    # trainer
+    "max_epochs null (Lightning's 1000)": ("train", ["trainer.max_epochs=null"], "trainer.max_epochs=null is invalid: " + POSITIVE),
+    "max_epochs zero": ("train", ["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: " + POSITIVE),
+    "max_epochs negative": ("train", ["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is invalid: " + POSITIVE),
+    "max_epochs text": ("train", ["trainer.max_epochs=ten"], "trainer.max_epochs='ten' is invalid: " + POSITIVE),
+    "max_epochs float": ("train", ["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5 is invalid: " + POSITIVE),
+    "accelerator tpu": ("train", ["trainer.accelerator=tpu"],
+                        "trainer.accelerator='tpu' is invalid: it must be one of cpu, gpu, cuda, auto"),
+    "accelerator gpu without a GPU": ("train", ["trainer.accelerator=gpu"],
+                                      "trainer.accelerator=gpu needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu"),
+    "trainer=gpu without a GPU": ("train", ["trainer=gpu"], "needs a CUDA GPU"),
+    "unknown trainer option": ("train", ["trainer=tpu"], "trainer=tpu is invalid: it must be one of cpu, default, gpu"),
+    "legacy precision 16": ("train", ["trainer.precision=16"], "trainer.precision=16 is invalid: " + PRECISIONS),
+    "made-up precision": ("train", ["trainer.precision=bf17"], "trainer.precision='bf17' is invalid: " + PRECISIONS),
+    "fp16 on cpu": ("train", ["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU"),
+    "64-true (does not run)": ("train", ["trainer.precision=64-true"], "trainer.precision='64-true' is invalid: " + PRECISIONS),
+    "bf16-true (does not run)": ("train", ["trainer.precision=bf16-true"], "trainer.precision='bf16-true' is invalid"),
+    "zero devices": ("train", ["trainer.devices=0"], "trainer.devices=0 is invalid: it must be a positive integer or one of auto"),
+    "devices as a word": ("train", ["trainer.devices=two"], "trainer.devices='two' is invalid"),
+    "min_epochs above max_epochs": ("train", ["trainer.min_epochs=9"],
+                                    "trainer.min_epochs=9 is more than trainer.max_epochs=5; lower it, e.g. trainer.min_epochs=5"),
+    "min_epochs negative": ("train", ["trainer.min_epochs=-1"], "trainer.min_epochs=-1 is invalid: it must be an integer >= 0"),
+    "validate every 0 epochs": ("train", ["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is invalid"),
+    "sanity steps below -1": ("train", ["trainer.num_sanity_val_steps=-2"], "trainer.num_sanity_val_steps=-2 is invalid"),
+    "deterministic maybe": ("train", ["trainer.deterministic=maybe"],
+                            "trainer.deterministic='maybe' is invalid: it must be true or false or one of warn"),
+    "limit_train_batches above 1.0": ("train", ["+trainer.limit_train_batches=1.5"],
+                                      "trainer.limit_train_batches=1.5 is invalid: it must be a number > 0 and <= 1"),
+    "limit_val_batches negative": ("train", ["+trainer.limit_val_batches=-1"], "trainer.limit_val_batches=-1 is invalid"),
+    "overfit_batches negative": ("train", ["+trainer.overfit_batches=-1"], "trainer.overfit_batches=-1 is invalid"),
+    "fast_dev_run negative": ("train", ["+trainer.fast_dev_run=-1"], "trainer.fast_dev_run=-1 is invalid"),
+    "gradient clipping": ("train", ["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 " + MANUAL),
+    "gradient accumulation": ("train", ["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches=4 " + MANUAL),
+    "trainer plugins": ("train", ["+trainer.plugins=[]"], "trainer.plugins=[] is not supported"),
+    "trainer callbacks": ("train", ["+trainer.callbacks=[]"], "trainer.callbacks=[] is set in the callbacks group"),
+    "not a Trainer argument": ("train", ["+trainer.foo=1"], "trainer.foo=1 is invalid: foo is not an argument of lightning.pytorch.Trainer"),
+    "misspelt Trainer argument": ("train", ["+trainer.max_epoch=1"], "max_epoch is not an argument of lightning.pytorch.Trainer; did you mean trainer.max_epochs?"),
+    "misspelt trainer key": ("train", ["trainer.max_epoch=1"], "trainer.max_epoch=1 is invalid"),
+    # data
+    "batch size zero": ("train", ["data.batch_size=0"], "data.batch_size=0 is invalid: " + POSITIVE),
+    "batch size negative": ("train", ["data.batch_size=-5"], "data.batch_size=-5 is invalid: " + POSITIVE),
+    "batch size text": ("train", ["data.batch_size=big"], "data.batch_size='big' is invalid: " + POSITIVE),
+    "batch size float": ("train", ["data.batch_size=2.5"], "data.batch_size=2.5 is invalid: " + POSITIVE),
+    "batch size null": ("train", ["data.batch_size=null"], "data.batch_size=null is invalid: " + POSITIVE),
+    "unknown loader": ("train", ["data.loader=fast"], "data.loader='fast' is invalid: it must be one of device, dataloader"),
+    "keep_classes out of range": ("train", ["data.keep_classes=[12]"],
+                                  "data.keep_classes=[12] is invalid: list class indices 0-9 of MNIST"),
+    "keep_classes empty": ("train", ["data.keep_classes=[]"], "data.keep_classes=[] is invalid: it must be a non-empty list"),
+    "keep_classes negative": ("train", ["data.keep_classes=[-1]"], "data.keep_classes=[-1] is invalid"),
+    "keep_classes as text": ("train", ["data.keep_classes=three"], "data.keep_classes='three' is invalid"),
+    "unknown dataset name": ("train", ["data.dataset=cifar"],
+                             "data.dataset='cifar' is invalid: it must be one of mnist, fashion_mnist, kmnist"),
+    "unknown data option": ("train", ["data=cifar"], "data=cifar is invalid: it must be one of fashion_mnist"),
+    "val_size as large as training": ("train", ["data.val_size=96"], "data.val_size=96 leaves no training images"),
+    "val_size negative": ("train", ["data.val_size=-1"], "data.val_size=-1 is invalid: it must be a positive integer or null"),
+    "val_size zero": ("train", ["data.val_size=0"], "data.val_size=0 is invalid"),
+    "num_workers negative": ("train", ["data.num_workers=-1"], "data.num_workers=-1 is invalid: it must be an integer >= 0"),
+    "download as text": ("train", ["data.download=yes"], "data.download='yes' is invalid: it must be true or false"),
+    "mirrors as one string": ("train", ["data.mirrors=https://example.org/mnist/"], "data.mirrors='https://example.org/mnist/' is invalid"),
+    "mirrors empty": ("train", ["data.mirrors=[]"], "data.mirrors=[] is invalid: it must be a non-empty list of strings"),
+    "data seed negative": ("train", ["data.seed=-1"], "data.seed=-1 is invalid"),
+    "data_dir empty": ("train", ["data.data_dir=''"], "data.data_dir='' is invalid: it must be a non-empty string"),
+    "misspelt data key": ("train", ["data.batchsize=64"], "data.batchsize=64 is invalid: data.batchsize is not a setting of src/train.py; did you mean data.batch_size?"),
+    "data dir missing, download off": ("train", ["data.data_dir=/nonexistent/mnist", "data.download=false"],
+                                       "MNIST not found in /nonexistent/mnist/MNIST/raw"),
+    "data dir is a file": ("train", ["data.data_dir={tmp}/a_file"], "cannot write to"),
+    "missing label file, offline": ("train", ["@missing"], "train-labels-idx1-ubyte"),
+    "truncated image file": ("train", ["@truncated"], "truncated"),
+    "wrong IDX magic": ("train", ["@magic"], "wrong IDX magic"),
+    "wrong image size": ("train", ["@dims"], "images are 28x27, expected 28x28"),
+    "image/label count mismatch": ("train", ["@count"], "holds 95 labels"),
+    "label out of range": ("train", ["@labels"], "label 10 is out of range 0-9"),
+    "corrupt gzip": ("train", ["@gzip"], "not a valid gzip file"),
+    # the command line as a whole
+    "seed null": ("train", ["seed=null"], "seed=null is invalid: it must be an integer from 0 to 4294967295"),
+    "seed negative": ("train", ["seed=-1"], "seed=-1 is invalid"),
+    "seed above 2**32-1": ("train", ["seed=4294967296"], "seed=4294967296 is invalid"),
+    "seed text": ("train", ["seed=abc"], "seed='abc' is invalid"),
+    "task_name climbing out of the logs": ("train", ["task_name=../../x"], "task_name='../../x' is invalid: it must be a plain name"),
+    "task_name with a slash": ("train", ["task_name=a/b"], "task_name='a/b' is invalid"),
+    "task_name empty": ("train", ["task_name=''"], "task_name='' is invalid"),
+    "unknown top-level key": ("train", ["learning_rate=1"],
+                              "learning_rate=1 is invalid: learning_rate is not a setting of src/train.py; remove it"),
+    "added top-level key": ("train", ["+foo=bar"], "foo='bar' is invalid: foo is not a setting aelab reads; remove it"),
+    "appending a key that exists": ("train", ["+seed=1"], "+seed=1 adds a key that exists; set it without the +, e.g. seed=1"),
+    "unknown experiment": ("train", ["experiment=nope"], "experiment=nope is invalid: it must be one of seed_conv, seed_mlp"),
+    "unknown debug option": ("train", ["debug=nope"], "debug=nope is invalid: it must be one of fdr, limit, overfit"),
+    "unknown logger option": ("train", ["logger=wandb"], "logger=wandb is invalid: it must be one of csv, tensorboard"),
+    "unknown callbacks option": ("train", ["callbacks=none"], "callbacks=none is invalid: it must be one of default"),
+    "callbacks=null": ("train", ["callbacks=null"], "callbacks=null is invalid: a config group is chosen by name"),
+    "logger=null": ("train", ["logger=null"], "logger=null is invalid: a config group is chosen by name, e.g. logger=<option>, or left out with ~logger"),
+    "unclosed bracket": ("train", ["data.keep_classes=[1"], "data.keep_classes=[1 is not a valid override"),
+    "a space in a value": ("train", ["model.latent_dim= 3 4"], "model.latent_dim='3 4' is invalid"),
+    "a space in a key": ("train", ["model.latent dim=3"], "model.latent dim=3 is not a valid override"),
+    "unknown hydra key": ("train", ["hydra.foo=1"], "hydra.foo=1 is invalid"),
+    "missing config dir": ("train", ["--config-dir=/nonexistent"], "/nonexistent"),
+    "unresolvable interpolation": ("train", ["model.latent_dim=${nope}"], "model.latent_dim=${nope} cannot be resolved"),
+    "log dir empty": ("train", ["paths.log_dir=''"], "paths"),
+    "log dir below a file": ("train", ["paths.log_dir={tmp}/a_file/logs"], "Not a directory"),
+    # callbacks
+    "misspelt monitor key": ("train", ["callbacks.model_checkpoint.monitor=val/mes"],
+                             "callbacks.model_checkpoint.monitor='val/mes' is invalid: it must be one of val/mse, train/mse, val/mse_best"),
+    "monitor without a split": ("train", ["callbacks.model_checkpoint.monitor=mse"], "callbacks.model_checkpoint.monitor='mse' is invalid"),
+    "monitor mode": ("train", ["callbacks.model_checkpoint.mode=maximize"], "callbacks.model_checkpoint.mode='maximize' is invalid: it must be one of min, max"),
+    "save_top_k below -1": ("train", ["callbacks.model_checkpoint.save_top_k=-2"], "callbacks.model_checkpoint.save_top_k=-2 is invalid"),
+    "refresh rate negative": ("train", ["callbacks.progress_bar.refresh_rate=-1"], "callbacks.progress_bar.refresh_rate=-1 is invalid"),
+    "no reconstruction images": ("train", ["callbacks.reconstruction_grid.num_images=0"], "callbacks.reconstruction_grid.num_images=0 is invalid"),
+    "too many reconstruction images": ("train", ["callbacks.reconstruction_grid.num_images=1000"],
+                                       "callbacks.reconstruction_grid.num_images=1000 is invalid: it must be an integer from 1 to 64"),
+    # checkpoints
+    "checkpoint missing": ("train", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),
+    "checkpoint is a directory": ("train", ["ckpt_path={tmp}"], "is a directory; pass a .ckpt file, e.g. ckpt_path="),
+    "ckpt_path=last with no runs": ("train", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt"),
+    "malicious checkpoint": ("train", ["#malicious"], "could run code"),
+    "garbage checkpoint": ("train", ["#garbage"], "is not a readable PyTorch checkpoint"),
+    "text file as checkpoint": ("train", ["#text"], "is not a readable PyTorch checkpoint"),
+    "foreign checkpoint": ("train", ["#foreign"], "was not written by aelab"),
+    "checkpoint of another latent size": ("train", ["#trained", "model.latent_dim=5"], "holds a different network"),
+    "checkpoint of another backbone": ("train", ["#trained", "model=conv"], "holds a different network"),
+    "loss diverges": ("train", ["model.optimizer.lr=1e30"], "loss became non-finite in epoch 0"),
+    # eval and analyze share the groups and their checks
+    "eval without a checkpoint": ("eval", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
+    "eval of a missing checkpoint": ("eval", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),
+    "eval of a malicious checkpoint": ("eval", ["#malicious"], "could run code"),
+    "eval batch size zero": ("eval", ["#trained", "data.batch_size=0"], "data.batch_size=0 is invalid: it must be a positive integer or null"),
+    "eval on a TPU": ("eval", ["#trained", "trainer.accelerator=tpu"], "trainer.accelerator='tpu' is invalid"),
+    "eval with an analyze key": ("eval", ["#trained", "map=pca"], "map=pca is invalid: map is not a setting of src/eval.py; remove it"),
+    "eval of an unknown dataset": ("eval", ["#trained", "data.dataset=cifar"], "data.dataset='cifar' is invalid"),
+    "analyze missing checkpoint": ("analyze", ["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
+    "analyze with neither checkpoint nor sweep": ("analyze", [], "give exactly one of ckpt_path="),
+    "analyze with both": ("analyze", ["#trained", "sweep_dir={tmp}"], "give exactly one of ckpt_path="),
+    "analyze unknown map": ("analyze", ["#trained", "map=sne"], "map='sne' is invalid: it must be one of tsne, umap, pca, all"),
+    "analyze knn_k zero": ("analyze", ["#trained", "knn_k=0"], "knn_k=0 is invalid: " + POSITIVE),
+    "analyze too few trustworthiness points": ("analyze", ["#trained", "trustworthiness_points=5"],
+                                               "trustworthiness_points=5 is invalid: it must be an integer >= 10"),
+    "analyze umap_gmm maybe": ("analyze", ["#trained", "umap_gmm=maybe"], "umap_gmm='maybe' is invalid: it must be true or false"),
+    "analyze a folder with no sweep": ("analyze", ["sweep_dir={tmp}"], "holds no sweep jobs with checkpoints"),
+    "analyze with no runs": ("analyze", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt under"),
+    "analyze legacy precision": ("analyze", ["#trained", "trainer.precision=16"], "trainer.precision=16 is invalid"),
+    "analyze a foreign checkpoint": ("analyze", ["#foreign"], "was not written by aelab"),
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_exits_non_zero_with_one_clear_message(case, tmp_path, trained):
-    args, code, words = CASES[case]
+def run_in_process(script: str, args: list[str], capfd, env: dict[str, str]) -> tuple[int, str]:
+    """``python src/<script>.py <args>`` in this interpreter (as ``python`` runs it: ``__main__``),
+    so the table costs milliseconds per row; ``test_the_table_matches_the_real_command_line``
+    proves a sample through a fresh interpreter."""
+    script_path = REPO / "src" / f"{script}.py"
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = [str(script_path), *args]
+    os.environ.update(env)
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    capfd.readouterr()
+    try:
+        runpy.run_path(str(script_path), run_name="__main__")
+        code = 0
+    except SystemExit as exit_request:
+        code = exit_request.code if isinstance(exit_request.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return code, capfd.readouterr().err
+
+
+def case_arguments(case: str, tmp_path: Path, trained: Path) -> tuple[str, list[str], dict[str, str]]:
+    script, args, _ = CASES[case]
     data = make_tiny_dataset(tmp_path / "data")
-    cli_args = []
+    (tmp_path / "a_file").write_text("a file where a folder is expected\n")
+    cli_args = [f"paths.log_dir={tmp_path / 'logs'}"]
+    if script == "train":
+        cli_args += ["trainer.max_epochs=5", QUIET]
     for arg in args:
         if arg.startswith("@"):
             data = corrupt(tmp_path / "broken", arg[1:])
         elif arg.startswith("#"):
             cli_args.append(f"ckpt_path={bad_checkpoint(tmp_path, arg[1:], trained)}")
         else:
-            cli_args.append(arg)
-    result = run_cli("train.py", "trainer.max_epochs=1", f"paths.log_dir={tmp_path / 'logs'}", QUIET,
-                     *cli_args, env={"AELAB_DATA_DIR": str(data)})
-    assert result.returncode == code, result.stderr[-3000:]
-    for word in words:
-        assert word in result.stderr, f"{word!r} not in:\n{result.stderr[-3000:]}"
-    assert "Traceback" not in result.stderr
+            cli_args.append(arg.replace("{tmp}", str(tmp_path)))
+    return script, cli_args, {"AELAB_DATA_DIR": str(data)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
+    if "without a GPU" in case and torch.cuda.is_available():
+        pytest.skip("this row is about a machine without a CUDA GPU")
+    script, args, env = case_arguments(case, tmp_path, trained)
+    before = set(tmp_path.iterdir())
+    code, stderr = run_in_process(script, args, capfd, env)
+    expected = CASES[case][2]
+    assert code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("aelab: error: ")]
+    assert expected in line, f"{expected!r} not in:\n{line}"
     assert not (tmp_path / "pwned").exists()
+    assert set(tmp_path.iterdir()) - before <= {tmp_path / "logs"}, "wrote outside the log root"
 
 
-def test_the_table_holds_at_least_30_distinct_bad_inputs():
-    assert len(CASES) >= 30
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unknown top-level key", "latent_dim zero", "truncated image file",
+                                  "malicious checkpoint", "analyze unknown map"])
+def test_the_table_matches_the_real_command_line(case, tmp_path, trained):
+    script, args, env = case_arguments(case, tmp_path, trained)
+    result = run_cli(f"{script}.py", *args, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error: ")]
+    assert CASES[case][2] in line and result.stderr.strip().endswith(line)
+    assert "Traceback" not in result.stderr
+
+
+def test_the_table_holds_at_least_100_distinct_bad_inputs():
+    assert len(CASES) >= 100
+    assert len({(script, tuple(args)) for script, args, _ in CASES.values()}) == len(CASES)
 
 
 @pytest.mark.parametrize("script", ["eval.py", "analyze.py"])
@@ -310,7 +478,7 @@ def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, tiny_mnist):
     assert result.returncode == 2
     (run,) = (tmp_path / "train" / "runs").iterdir()
     last = run / "checkpoints" / "last.ckpt"
-    assert f"loss became non-finite in epoch 1" in result.stderr
+    assert "loss became non-finite in epoch 1" in result.stderr
     assert f"the last good checkpoint is {last}" in result.stderr
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["epoch"] == 0
@@ -469,3 +637,14 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     assert b["epochs"] == 4
     for key in ("val/mse", "val/mse_best", "train/mse"):
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
+
+
+def test_an_argument_of_a_users_own_class_is_checked_by_that_class_not_refused(tmp_path):
+    from aelab.config import validate
+    from conftest import compose_config
+
+    cfg = compose_config("train", tmp_path, ["+trainer.log_every_n_steps=5", "+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x}"])
+    validate(cfg)
+    cfg = compose_config("train", tmp_path, ["+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x, colour: red}"])
+    with pytest.raises(ConfigError, match=r"^logger.csv.colour='red' is invalid: colour is not an argument of lightning.pytorch.loggers.CSVLogger; remove it$"):
+        validate(cfg)

@@ -2,18 +2,15 @@
 config, trained and reloaded with nothing else edited."""
 
 import importlib
-import json
-import textwrap
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from aelab.errors import CheckpointError
 from aelab.registry import REGISTRY
 from aelab.runs import load_run
 from aelab.tasks.train import train
-from conftest import compose_train, make_tiny_dataset, run_cli
+from conftest import compose_train, run_cli
 
 EXTRA = '''
 import torch

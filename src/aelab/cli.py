@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import logging
 import os
+import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from aelab.errors import AelabError
+from aelab.errors import AelabError, ConfigError
 from aelab.names import VAL_MSE_BEST
-from aelab.runs import RunDirectoryBusy, record_failure
+from aelab.runs import RunDirectoryBusy, last_checkpoint, record_failure
 
 log = logging.getLogger("aelab")
 
 EXIT_USER_ERROR = 2
 EXIT_TERMINATED = 128 + 15  # the shell's convention for "ended by SIGTERM"
+EXIT_INTERRUPTED = 128 + 2  # ... and for Ctrl-C
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
@@ -40,10 +45,14 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         if exit_request.code is None:
             sys.exit(EXIT_TERMINATED)
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C during fit saves interrupted.ckpt and is handled by Lightning; this is start-up
+        print("aelab: interrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as raised:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        err = user_error(raised) or raised
+        err = user_error(raised, Path(cfg.paths.output_dir)) or raised
         if multirun and not isinstance(err, RunDirectoryBusy):
             if isinstance(err, AelabError):
                 log.error("job failed: %s", err)
@@ -58,13 +67,160 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     return result.get(VAL_MSE_BEST)
 
 
-def user_error(err: BaseException) -> AelabError | None:
-    """The ``AelabError`` behind ``err``: Hydra's ``instantiate`` wraps what constructors raise."""
-    while err is not None:
-        if isinstance(err, AelabError):
-            return err
-        err = err.__cause__
+def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError | None:
+    """The translation layer: what a user can fix, as one ``AelabError`` line; ``None`` for a bug.
+
+    Looks through Hydra's wrapping (``instantiate`` re-raises what constructors raise) for an
+    ``AelabError``, an OS error a user can fix (disk full, permissions), Lightning's
+    misconfiguration, or an OmegaConf/Hydra error about a key.
+    """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for cause in chain:
+        if isinstance(cause, AelabError):
+            return cause
+    for cause in chain:
+        if isinstance(cause, OSError) and cause.errno in USER_OS_ERRORS:
+            return ConfigError(os_error_line(cause, output_dir))
+        if isinstance(cause, MisconfigurationException):
+            return ConfigError(f"Lightning refuses the trainer settings: {first_line(cause)}")
+        if isinstance(cause, OmegaConfBaseException):
+            return ConfigError(omegaconf_line(cause))
     return None
+
+
+# what a user can fix: full disks and quotas, permissions, read-only mounts, missing folders
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space within your quota",
+    errno.EACCES: "make it writable, or point paths.log_dir (or data.data_dir) elsewhere",
+    errno.EPERM: "make it writable, or point paths.log_dir (or data.data_dir) elsewhere",
+    errno.EROFS: "point paths.log_dir at a writable disk, e.g. paths.log_dir=/tmp/aelab-logs",
+    errno.ENOTDIR: "a file stands where a folder is needed; move it or choose another path",
+}
+
+
+def os_error_line(err: OSError, output_dir: Path | None) -> str:
+    path = err.filename or "a file"
+    line = f"{path}: {err.strerror or err}; {OS_ERROR_FIXES.get(err.errno, 'fix the path')}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None:
+        from aelab.callbacks import resume_command
+
+        kept = last_checkpoint(output_dir)
+        line += (f", then resume with: {resume_command(str(kept))}" if kept
+                 else "; no checkpoint of this run had been saved")
+    return line
+
+
+def omegaconf_line(err: BaseException) -> str:
+    key = getattr(err, "full_key", None)
+    text = first_line(err)
+    return f"{key}: {text}" if key else text
+
+
+def first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def hydra_error_line(err: BaseException, argv: list[str]) -> str:
+    """Hydra's multi-line composition errors as one line in the schema's wording."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(err)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if isinstance(err, MissingConfigException) and missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, re.MULTILINE)
+        allowed = f"one of {', '.join(options)}" if options else f"an option of configs/{group}/"
+        return f"{group}={option} is invalid: it must be {allowed}"
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        typed = next((arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == key), "...")
+        if "not in struct" in str(err.__cause__) and not key.startswith("hydra."):
+            from aelab.config import unknown_key_message
+
+            return unknown_key_message(key, typed, f"src/{Path(sys.argv[0]).stem}.py")
+        return f"{key}={typed} is invalid: {first_line(err.__cause__ or err)}"
+    if isinstance(err, OverrideParseException):
+        lines = text.splitlines()
+        reason = lines[0]
+        if reason.startswith("LexerNoViableAltException"):
+            reason = "it holds a character Hydra cannot read here"
+        elif reason.startswith("Error parsing override") and len(lines) > 1:
+            reason = lines[1]
+        return (f"{err.override} is not a valid override ({reason}); write key=value, and quote a value "
+                "holding spaces or brackets, e.g. 'data.mirrors=[\"https://host/mnist/\"]'")
+    exists = re.search(r"An item is already at '([^']+)'", text)
+    if exists:
+        key = exists.group(1)
+        typed = next((arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == f"+{key}"), "...")
+        return f"+{key}={typed} adds a key that exists; set it without the +, e.g. {key}={typed}"
+    if "Config group override must be a string" in text:
+        group = next((arg.split("=", 1)[0] for arg in argv if arg.endswith("=null") and "." not in arg), "a group")
+        return (f"{group}=null is invalid: a config group is chosen by name, e.g. {group}=<option>, or left out "
+                f"with ~{group}")
+    cause = err.__cause__
+    parts = [first_line(err)] + ([first_line(cause)] if cause is not None else [])
+    return "; ".join(parts)
+
+
+def is_composition_error(err: BaseException) -> bool:
+    """Hydra could not compose the config the command line asks for."""
+    from hydra.errors import (ConfigCompositionException, MissingConfigException, OverrideParseException,
+                              SearchPathException)
+
+    composition = (ConfigCompositionException, MissingConfigException, OverrideParseException, SearchPathException)
+    return isinstance(err, composition) or "Config group override must be a string" in str(err)
+
+
+def _reraise(err: BaseException) -> None:
+    raise err
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Around an entry point's ``main()``: Hydra's own errors (unknown keys and options, override
+    syntax) become one ``aelab: error:`` line and exit 2 like every other user mistake.
+
+    Hydra prints and exits in ``hydra._internal.utils.run_and_report``; its public API has no hook
+    for the wording, so the function is replaced for the duration of the call.
+    """
+    import hydra._internal.utils as hydra_utils
+
+    hydra_report = hydra_utils.run_and_report
+
+    def report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            if is_composition_error(err):
+                line = hydra_error_line(err, sys.argv[1:])
+            else:
+                user = user_error(err)
+                if user is None:  # a bug: Hydra prints its traceback
+                    return hydra_report(functools.partial(_reraise, err))
+                line = str(user)
+            print(f"aelab: error: {line}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    hydra_utils.run_and_report = report
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("aelab: interrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        hydra_utils.run_and_report = hydra_report
 
 
 def error_line(err: BaseException) -> str:
@@ -90,4 +246,5 @@ def quiet_known_warnings() -> None:
 class _DropAdvert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage().lower()
-        return "litlogger" not in message and "litmodels" not in message
+        # and the note that configs/callbacks adds its own ModelSummary (to set its depth)
+        return not any(noise in message for noise in ("litlogger", "litmodels", "already configured with model summary"))

@@ -1,39 +1,404 @@
-"""Checks on the composed config that must fail before any data is read or a model built.
+"""One schema for every config key of train, eval and analyze, checked before any work starts.
 
-Every task (train, eval, analyze) runs ``validate``: the keys mean the same in each.
+Each key has a rule (type, range or allowed values); the error for a bad value is generated from
+the rule, so every message has one shape: ``<key>=<value as typed in Hydra> is invalid: it must be
+<what the rule allows>``. A key no rule covers is accepted only as an argument of the class its
+config builds (``_target_``: the Trainer, a user's own model or callback), which checks it; any
+other key is refused as unknown. Every task runs ``validate``: a key means the same in each.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import inspect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from aelab.errors import ConfigError, check_positive_int
+from aelab.data.datamodule import LOADERS
+from aelab.data.datasets import DATASETS
+from aelab.errors import ConfigError, hydra_value, is_int
+from aelab.models.autoencoder import COMPILE_MODES
+from aelab.paths import SAFE_NAME_RULE, is_safe_name
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+# 64-true and bf16-true are not offered: the data arrive as float32 and meet float64/bf16 weights
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 GPU_ACCELERATORS = ("gpu", "cuda")
 ACCELERATORS = ("cpu", *GPU_ACCELERATORS, "auto")
-# key -> may it be null? (model.latent_dim is the backbone's to check: null suits conv, not mlp)
-POSITIVE_INTS = {
-    "data.batch_size": False,
-    "data.val_size": True,
+MAPS = ("tsne", "umap", "pca", "all")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key accepts; ``allowed`` is how the error message states it."""
+
+    null: bool = False
+    # when null suits only some configs, e.g. model.latent_dim=null for model=conv
+    null_note: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        return (value is None and self.null) or (value is not None and self.accepts_value(value))
+
+    def accepts_value(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def allowed(self) -> str:
+        return self.describe() + (f" or null{self.null_note}" if self.null else "")
+
+
+@dataclass(frozen=True)
+class Int(Rule):
+    min: int | None = None
+    max: int | None = None
+
+    def accepts_value(self, value: Any) -> bool:
+        return is_int(value) and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        if self.min == 1 and self.max is None:
+            return "a positive integer"
+        if self.max is None:
+            return f"an integer >= {self.min}"
+        return f"an integer from {self.min} to {self.max}"
+
+
+@dataclass(frozen=True)
+class Number(Rule):
+    above: float = 0.0  # exclusive
+    max: float | None = None
+
+    def accepts_value(self, value: Any) -> bool:
+        return ((is_int(value) or isinstance(value, float)) and value > self.above
+                and (self.max is None or value <= self.max))
+
+    def describe(self) -> str:
+        return f"a number > {self.above:g}" + (f" and <= {self.max:g}" if self.max is not None else "")
+
+
+@dataclass(frozen=True)
+class NonNegative(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return (is_int(value) or isinstance(value, float)) and value >= 0
+
+    def describe(self) -> str:
+        return "a number >= 0"
+
+
+@dataclass(frozen=True)
+class OneOf(Rule):
+    values: tuple = ()
+
+    def accepts_value(self, value: Any) -> bool:
+        # 1 == True in Python: a boolean option must be given as a boolean
+        return any(value == v and type(value) is type(v) for v in self.values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(hydra_value(v).strip("'") for v in self.values)
+
+
+@dataclass(frozen=True)
+class Flag(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class Text(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, str) and value.strip() != ""
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class Name(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return is_safe_name(value)
+
+    def describe(self) -> str:
+        return SAFE_NAME_RULE
+
+
+@dataclass(frozen=True)
+class IntList(Rule):
+    min: int = 0
+
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(is_int(v) and v >= self.min for v in value)
+
+    def describe(self) -> str:
+        return f"a non-empty list of integers >= {self.min} (e.g. [3])"
+
+
+@dataclass(frozen=True)
+class TextList(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+    def describe(self) -> str:
+        return "a non-empty list of strings (e.g. ['https://mirror.example/mnist/'])"
+
+
+@dataclass(frozen=True)
+class Either(Rule):
+    rules: tuple[Rule, ...] = ()
+
+    def accepts_value(self, value: Any) -> bool:
+        return any(rule.accepts_value(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        return " or ".join(rule.describe() for rule in self.rules)
+
+
+@dataclass(frozen=True)
+class Group(Rule):
+    """A config group that must be present: ``callbacks=null`` would drop checkpoints too."""
+
+    hint: str = ""
+
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, dict)
+
+    def describe(self) -> str:
+        return f"a group of settings ({self.hint})"
+
+
+@dataclass(frozen=True)
+class Unsupported(Rule):
+    reason: str = ""
+    harmless: tuple = ()  # values that change nothing
+
+    def accepts(self, value: Any) -> bool:
+        return any(value == v and type(value) is type(v) for v in self.harmless)
+
+    def describe(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class Open(Rule):
+    """Checked by the class the sub-config builds (an encoder, an optimiser, a callback)."""
+
+    def accepts(self, value: Any) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Metric(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(r"(train|val)/[A-Za-z0-9_]+", value) is not None
+
+    def describe(self) -> str:
+        return "a metric the model logs, such as val/mse"
+
+
+POSITIVE = Int(min=1)
+FRACTION_OR_COUNT = Either(rules=(Number(above=0.0, max=1.0), Int(min=0)))
+MANUAL_STEP = ("not supported: aelab's training step optimises manually (Lightning applies it only to "
+               "automatic optimisation); remove it with ~{key}")
+
+SCHEMA: dict[str, Rule] = {
+    "task_name": Name(),
+    "seed": Int(min=0, max=2**32 - 1),
+    "ckpt_path": Text(null=True),
+    "sweep_dir": Text(null=True),
+    # analyze
+    "map": OneOf(values=MAPS),
+    "knn_k": POSITIVE,
+    "umap_gmm": Flag(),
+    "trustworthiness_points": Int(min=10),
+    # data
+    "data": Group(hint="e.g. data=mnist"),
+    "data.dataset": OneOf(values=tuple(DATASETS)),
+    "data.data_dir": Text(),
+    "data.batch_size": POSITIVE,
+    "data.loader": OneOf(values=LOADERS),
+    "data.num_workers": Int(min=0),
+    "data.keep_classes": IntList(null=True),
+    "data.val_size": Int(min=1, null=True),
+    "data.seed": Int(min=0, max=2**32 - 1),
+    "data.download": Flag(),
+    "data.mirrors": TextList(null=True),
+    # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
+    "model": Group(hint="e.g. model=conv"),
+    "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
+    "model.compile": OneOf(values=COMPILE_MODES),
+    "model.encoder": Open(),
+    "model.decoder": Open(),
+    "model.optimizer.lr": Number(above=0.0),
+    "model.optimizer.weight_decay": NonNegative(),
+    "model.optimizer.fused": Flag(null=True),
+    "model.optimizer": Open(),
+    "model.scheduler": Open(),
+    # trainer
+    "trainer": Group(hint="e.g. trainer=cpu"),
+    "trainer.accelerator": OneOf(values=ACCELERATORS),
+    "trainer.devices": Either(rules=(POSITIVE, OneOf(values=("auto",)))),
+    "trainer.precision": OneOf(values=PRECISIONS),
+    "trainer.min_epochs": Int(min=0),
     # null would mean Lightning's default of 1000 epochs, never what a user meant
-    "trainer.max_epochs": False,
+    "trainer.max_epochs": POSITIVE,
+    "trainer.max_steps": Int(min=-1),
+    "trainer.check_val_every_n_epoch": POSITIVE,
+    "trainer.num_sanity_val_steps": Int(min=-1),
+    "trainer.deterministic": Either(rules=(Flag(), OneOf(values=("warn",)))),
+    "trainer.limit_train_batches": FRACTION_OR_COUNT,
+    "trainer.limit_val_batches": FRACTION_OR_COUNT,
+    "trainer.limit_test_batches": FRACTION_OR_COUNT,
+    "trainer.overfit_batches": FRACTION_OR_COUNT,
+    "trainer.fast_dev_run": Either(rules=(Flag(), POSITIVE)),
+    "trainer.default_root_dir": Text(),
+    "trainer.gradient_clip_val": Unsupported(reason=MANUAL_STEP, harmless=(None,)),
+    "trainer.gradient_clip_algorithm": Unsupported(reason=MANUAL_STEP, harmless=(None,)),
+    "trainer.accumulate_grad_batches": Unsupported(reason=MANUAL_STEP, harmless=(1,)),
+    "trainer.callbacks": Unsupported(reason="set in the callbacks group, e.g. +callbacks.name={{_target_: ...}}"),
+    "trainer.logger": Unsupported(reason="set in the logger group, e.g. logger=csv"),
+    "trainer.plugins": Unsupported(reason="not supported: aelab sets the checkpoint writer plugin itself"),
+    # callbacks and loggers: each class checks its own arguments; these are read by aelab too
+    "callbacks": Group(hint="drop one callback with ~callbacks.<name>, e.g. ~callbacks.reconstruction_grid"),
+    # which metrics a model logs depends on its objective's terms: the train task checks the name
+    "callbacks.model_checkpoint.monitor": Metric(),
+    "callbacks.model_checkpoint.mode": OneOf(values=("min", "max")),
+    "callbacks.model_checkpoint.save_top_k": Int(min=-1),
+    "callbacks.progress_bar.refresh_rate": Int(min=0),
+    "callbacks.reconstruction_grid.num_images": Int(min=1, max=64),
+    "callbacks.*": Open(),
+    "logger": Open(),
+    "paths": Group(hint="e.g. paths.log_dir=/scratch/logs"),
+    # a free label for a run or sweep, e.g. +tag=baseline (it becomes part of sweep job names)
+    "tag": Text(null=True),
+    "paths.root_dir": Text(),
+    "paths.data_dir": Text(),
+    "paths.log_dir": Text(),
+    "paths.output_dir": Text(),
 }
 
 
 def validate(cfg: DictConfig) -> None:
+    """Check every key of ``cfg`` against ``SCHEMA``; raise one ``ConfigError`` for the first bad one."""
+    # eval and analyze start from data=from_checkpoint, where null means "as the checkpoint says"
+    from_checkpoint = "data" in cfg and isinstance(cfg.data, DictConfig) and "_target_" not in cfg.data
+    for key, value in _leaves(cfg):
+        rule = SCHEMA.get(key)
+        name = key.rpartition(".")[2]
+        target = _target_of_group(cfg, key) if rule is None and not name.startswith("_") else None
+        if target is not None:
+            arguments = _arguments(target)
+            if arguments is not None and name not in arguments:
+                raise ConfigError(unknown_key_message(key, hydra_value(value), target=target))
+        rule = rule or rule_for(key) or (Open() if target else None)  # Open: the class checks it
+        if rule is None:
+            raise ConfigError(unknown_key_message(key, hydra_value(value)))
+        if from_checkpoint and key.startswith("data."):
+            rule = replace(rule, null=True)
+        if not rule.accepts(value):
+            raise ConfigError(_message(key, value, rule))
+    _check_combinations(cfg)
+
+
+def rule_for(key: str) -> Rule | None:
+    if key in SCHEMA:
+        return SCHEMA[key]
+    if key.rsplit(".", 1)[-1].startswith("_"):
+        return Open()  # _target_, _partial_, _convert_, _recursive_: Hydra's instantiation keys
+    for prefix in _prefixes(key):
+        rule = SCHEMA.get(prefix)
+        if isinstance(rule, Open):
+            return rule
+    for pattern, rule in SCHEMA.items():
+        if "*" in pattern and fnmatch.fnmatchcase(key, pattern):
+            return rule
+    return None
+
+
+def _prefixes(key: str) -> Iterator[str]:
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        yield ".".join(parts[:end])
+
+
+def _message(key: str, value: Any, rule: Rule) -> str:
+    if isinstance(rule, Unsupported):
+        return f"{key}={hydra_value(value)} is {rule.describe().format(key=key)}"
+    return f"{key}={hydra_value(value)} is invalid: it must be {rule.allowed}"
+
+
+def unknown_key_message(key: str, shown: str, config: str = "", target: str | None = None) -> str:
+    """``shown``: the value as the user typed it (``hydra_value`` of a composed one); ``config`` names the task's config when Hydra found the key missing from it, ``target`` the
+    class whose arguments the key's group holds."""
+    group, _, name = key.rpartition(".")
+    siblings = [k for k in SCHEMA if "*" not in k and k != key and k.rpartition(".")[0] == group]
+    if target is not None:
+        siblings += [f"{group}.{argument}" for argument in _arguments(target) or ()]
+    close = difflib.get_close_matches(key, sorted(set(siblings)), n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]}?" if close else "; remove it"
+    what = (f"an argument of {target}" if target
+            else f"a setting of {config}" if config else "a setting aelab reads")
+    return f"{key}={shown} is invalid: {name if target else key} is not {what}{hint}"
+
+
+def _target_of_group(cfg: DictConfig, key: str) -> str | None:
+    group = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, group) if group else None
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return str(target) if target else None
+
+
+def _arguments(target: str) -> tuple[str, ...] | None:
+    """The keyword arguments ``target`` takes; ``None`` if it takes any (``**kwargs``) or cannot be
+    imported (the import error is reported where the class is built)."""
+    from hydra.utils import get_object
+
+    try:
+        built = get_object(target)
+        parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters
+    except Exception:  # noqa: BLE001 - any failure to import or inspect is reported when building
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return tuple(name for name in parameters if name != "self")
+
+
+def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every key's resolved value, a list as one value; a failed interpolation names its key."""
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        try:
+            node = cfg[key]
+        except OmegaConfBaseException as err:
+            raw = OmegaConf.to_container(cfg, resolve=False).get(key)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{path}={raw} cannot be resolved: {first}") from None
+        if isinstance(node, DictConfig):
+            yield path, {}
+            yield from _leaves(node, f"{path}.")
+        elif isinstance(node, ListConfig):
+            try:
+                yield path, OmegaConf.to_container(node, resolve=True)
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"{path} cannot be resolved: {str(err).strip().splitlines()[0]}") from None
+        else:
+            yield path, node
+
+
+def _check_combinations(cfg: DictConfig) -> None:
     trainer = cfg.trainer
-    precision = str(trainer.get("precision", "32-true"))
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"trainer.precision={precision} is not supported; use one of {', '.join(PRECISIONS)}"
-        )
     accelerator = str(trainer.get("accelerator", "cpu"))
-    if accelerator not in ACCELERATORS:
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} is not one of {', '.join(ACCELERATORS)}; e.g. trainer=gpu"
-        )
+    precision = str(trainer.get("precision", "32-true"))
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this "
@@ -41,14 +406,22 @@ def validate(cfg: DictConfig) -> None:
         )
     if accelerator == "cpu" and precision == "16-mixed":
         raise ConfigError(
-            "trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32-true"
+            "trainer.precision=16-mixed needs a GPU; on CPU use trainer.precision=bf16-mixed or 32-true"
         )
-    for key, optional in POSITIVE_INTS.items():
-        group, _, name = key.partition(".")
-        if group in cfg and cfg[group] is not None:
-            # eval and analyze start from data=from_checkpoint, where null means "as the checkpoint says"
-            from_checkpoint = group == "data" and "_target_" not in cfg[group]
-            check_positive_int(key, cfg[group].get(name), optional=optional or from_checkpoint)
+    min_epochs, max_epochs = trainer.get("min_epochs"), trainer.get("max_epochs")
+    if is_int(min_epochs) and is_int(max_epochs) and min_epochs > max_epochs:
+        raise ConfigError(
+            f"trainer.min_epochs={min_epochs} is more than trainer.max_epochs={max_epochs}; "
+            f"lower it, e.g. trainer.min_epochs={max_epochs}"
+        )
+
+
+def check_monitor(cfg: DictConfig, logged: list[str]) -> None:
+    """``callbacks.model_checkpoint.monitor`` names a metric the model logs, found before training."""
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
+    if monitor is not None and monitor not in logged:
+        rule = OneOf(values=tuple(logged))
+        raise ConfigError(_message("callbacks.model_checkpoint.monitor", monitor, rule))
 
 
 def device_of(cfg: DictConfig) -> torch.device:

@@ -15,6 +15,7 @@ described inside them are rebuilt through ``aelab.registry`` only.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import pickle
@@ -25,13 +26,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 import aelab.data  # noqa: F401 - registers the datamodules that checkpoints name
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
-from aelab.files import write_json
+from aelab.files import atomic_path, write_json
 from aelab.models.backbones import backbone_label
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
@@ -201,12 +203,32 @@ def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None
             )
         return candidates[-1]
     path = Path(ckpt_path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} is a directory; pass a .ckpt file, e.g. ckpt_path={path / CHECKPOINT_DIR / LAST}"
+        )
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file")
     return path
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through ``aelab.files.atomic_path``: a kill or a full disk
+    mid-write leaves the previous file whole (Lightning's own writer renames without fsync, so
+    after a crash a file can exist under its final name with nothing in it)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("aelab's checkpoint writer takes no storage_options")
+        # serialised first, so that a full disk surfaces as the OSError it is (torch.save
+        # straight to a file reports it as a RuntimeError from its C++ writer)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)

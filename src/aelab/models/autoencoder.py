@@ -102,6 +102,14 @@ class AutoEncoder(L.LightningModule):
         """
         return {"mse": F.mse_loss(self(x).float(), x)}
 
+    def logged_metrics(self) -> list[str]:
+        """The per-epoch metrics a checkpoint callback may monitor: they follow the objective's terms."""
+        with torch.no_grad():
+            terms = list(self.loss_terms(torch.zeros(2, *IMAGE_SHAPE)))
+        if len(terms) > 1:
+            terms.append(LOSS)
+        return [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]
+
     def setup(self, stage: str) -> None:
         mode = self.hparams.compile
         if mode:

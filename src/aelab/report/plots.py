@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from aelab.files import atomic_path
 from aelab.names import KMEANS_ACC, KNN_ACCURACY, TEST_MSE, UMAP_GMM_ACC, VAL_MSE_BEST, VAL_PCA_MSE
 
 
@@ -16,6 +17,12 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_png(figure, path) -> None:
+    """A figure as a PNG that readers never see half-written."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
 
 
 def latent_map(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str):

@@ -143,7 +143,7 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
     for name, fig in figures.items():
         if fig is None:
             continue
-        fig.savefig(sweep_dir / name, dpi=100)
+        plots.save_png(fig, sweep_dir / name)
         writer.add_figure(f"sweep/{Path(name).stem}", fig)
     writer.add_text("sweep/summary", (sweep_dir / "summary.md").read_text())
     writer.close()

@@ -38,7 +38,6 @@ from aelab.report.tables import write_table
 
 log = logging.getLogger(__name__)
 
-MAPS = ("tsne", "umap", "pca", "all")
 SUMMARY_COLUMNS = [
     "job", "data", "backbone", "latent_size", TEST_MSE, TEST_PCA_MSE, KNN_ACCURACY, LINEAR_PROBE_ACCURACY,
     *(f"latent/{method}_{score}" for method in ("kmeans", "umap_gmm") for score in ("acc", "nmi", "ari")),
@@ -58,8 +57,6 @@ def stage(name: str):
 def analyze(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     quiet_known_warnings()
-    if str(cfg.map) not in MAPS:
-        raise ConfigError(f"map={cfg.map} is not one of {', '.join(MAPS)}")
     if bool(cfg.ckpt_path) == bool(cfg.sweep_dir):
         raise ConfigError(
             "give exactly one of ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last) "
@@ -138,7 +135,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
 
     write_json(out / "analysis.json", result)
     for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=100)
+        plots.save_png(fig, out / f"{name}.png")
     with stage("TensorBoard: figures, scalars and projector"):
         write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images)
     log.info("analysis of %s written to %s", loaded.path, out)
@@ -210,5 +207,5 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
                 f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "
                 "latents. Clustering of test latents into as many clusters as classes, scored against the "
                 "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.")
-    plots.metrics_vs_latent_size(rows).savefig(sweep_dir / "analysis_vs_latent_size.png", dpi=100)
+    plots.save_png(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size.png")
     return {"jobs": rows}

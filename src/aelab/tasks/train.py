@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from aelab import runs
 from aelab.callbacks import EpochTimer
 from aelab.cli import quiet_known_warnings
-from aelab.config import GPU_ACCELERATORS, validate
+from aelab.config import GPU_ACCELERATORS, check_monitor, validate
+from aelab.files import remove_temporaries
 from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.registry import import_targets
 
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import_targets(OmegaConf.to_container(cfg.model, resolve=True), "model")
     import_targets(OmegaConf.to_container(cfg.data, resolve=True), "data")
     model = instantiate(cfg.model)
+    check_monitor(cfg, model.logged_metrics())
     datamodule = instantiate(cfg.data)
     with runs.exclusive(output_dir):
         return _train(cfg, model, datamodule, output_dir, started)
@@ -47,6 +49,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float) -> dict[str, Any]:
     """The rest of ``train``, while this process holds ``output_dir``."""
+    for leftover in remove_temporaries(runs.checkpoint_dir(output_dir)) + remove_temporaries(output_dir):
+        log.warning("removed %s, left by a process killed while writing it", leftover)
     identity = runs.run_identity(cfg, datamodule)
     previous = runs.read_summary(output_dir)
     if previous.get("status") == "ok":
@@ -66,9 +70,12 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     model.run_identity = identity
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[runs.AtomicCheckpointIO()])
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     if ckpt_path is not None:
+        for leftover in remove_temporaries(ckpt_path.parent):
+            log.warning("removed %s, left by a process killed while writing it", leftover)
         # a sweep job found unfinished may have done all its epochs: it only lacks its summary
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
         runs.check_resumable(ckpt_path, dict(model.hparams), asked)
