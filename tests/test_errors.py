@@ -98,6 +98,12 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
         torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     elif kind == "trained":
         return trained
+    elif kind.startswith("overrides:"):
+        # a real checkpoint whose stored command-line overrides were rewritten
+        checkpoint = torch.load(trained, weights_only=True)
+        checkpoint["aelab_overrides"] = [kind.split(":", 1)[1].replace("{tmp}", str(tmp))]
+        torch.save(checkpoint, tmp / "overrides.ckpt")
+        return tmp / "overrides.ckpt"
     return path
 
 
@@ -254,6 +260,15 @@ CASES = {
     "checkpoint of another latent size": ("train", ["#trained", "model.latent_dim=5"], "holds a different network"),
     "checkpoint of another backbone": ("train", ["#trained", "model=conv"], "holds a different network"),
     "loss diverges": ("train", ["model.optimizer.lr=1e30"], "loss became non-finite in epoch 0"),
+    "checkpoint resuming with a callback that runs a command": (
+        "train", ["#overrides:+callbacks.evil={_target_:os.system,command:'touch {tmp}/pwned'}"],
+        'is refused: it asks to resume with the override "+callbacks.evil='),
+    "checkpoint resuming with a model class of its choosing": (
+        "train", ["#overrides:model._target_=os.system"], "is refused: it asks to resume with the override 'model._target_"),
+    "checkpoint resuming with an interpolation": (
+        "train", ["#overrides:model.latent_dim=${oc.env:HOME}"], "neither an option of configs/ nor a plain setting"),
+    "checkpoint resuming with a config file outside configs/": (
+        "train", ["#overrides:model=../../etc/passwd"], "is refused: it asks to resume with the override 'model=../../etc/passwd'"),
     # eval and analyze share the groups and their checks
     "eval without a checkpoint": ("eval", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
     "eval of a missing checkpoint": ("eval", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),

@@ -104,6 +104,36 @@ def test_resume_from_the_command_line_with_ckpt_path_last(tmp_path, mnist):
     assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2
 
 
+def test_ckpt_path_alone_resumes_a_run_with_the_overrides_it_was_started_with(tmp_path, tiny_mnist):
+    env = {"AELAB_DATA_DIR": str(tiny_mnist)}
+    first = run_cli("train.py", "model=conv", "model.latent_dim=4", "data.batch_size=32", "trainer.max_epochs=1",
+                    f"paths.log_dir={tmp_path}", QUIET, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    # no model=conv, no latent_dim, no batch size: the checkpoint knows them; max_epochs is raised
+    second = run_cli("train.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2",
+                     f"paths.log_dir={tmp_path}", QUIET, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
+    summary = json.loads((newest / "run_summary.json").read_text())
+    assert (summary["backbone"], summary["latent_dim"], summary["epochs"]) == ("conv", 4, 2)
+    assert summary["identity"]["data.batch_size"] == 32
+    overrides = (newest / ".hydra" / "overrides.yaml").read_text().splitlines()
+    assert overrides[:3] == ["- model=conv", "- model.latent_dim=4", "- data.batch_size=32"]
+    assert "- trainer.max_epochs=2" in overrides
+
+
+def test_ckpt_path_last_never_means_a_debug_run(tmp_path, tiny_mnist):
+    env = {"AELAB_DATA_DIR": str(tiny_mnist)}
+    debug = run_cli("train.py", "debug=limit", f"paths.log_dir={tmp_path}", QUIET, env=env)
+    assert debug.returncode == 0, debug.stderr[-3000:]
+    assert list((tmp_path / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+    result = run_cli("eval.py", "ckpt_path=last", f"paths.log_dir={tmp_path}", env=env)
+    assert result.returncode == 2
+    assert "ckpt_path=last found no checkpoints/last.ckpt under" in result.stderr
+    assert "(debug= runs do not count)" in result.stderr
+
+
 def test_eval_reports_the_test_mse_of_a_checkpoint(tmp_path, tiny_mnist):
     summary = train_tiny(tmp_path, tiny_mnist)
     result = run_cli("eval.py", f"ckpt_path={summary['last_checkpoint']}", f"paths.log_dir={tmp_path}")

@@ -32,4 +32,5 @@ def metric(split: str, term: str) -> str:
 MODEL_CLASS_KEY = "aelab_model_class"
 DATA_CLASS_KEY = "aelab_data_class"
 EPOCH_SUMS_KEY = "aelab_epoch_sums"
-IDENTITY_KEY = "identity"  # in run_summary.json and checkpoints: what the run is (aelab.runs.run_identity)  # the interrupted epoch's loss sums, for an exact mid-epoch resume
+IDENTITY_KEY = "identity"  # in run_summary.json and checkpoints: what the run is (aelab.runs.run_identity)
+OVERRIDES_KEY = "aelab_overrides"  # the run's command-line overrides: ckpt_path= alone resumes it as started

@@ -35,7 +35,7 @@ from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import atomic_path, write_json
 from aelab.models.backbones import backbone_label
-from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY
+from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
 
 log = logging.getLogger(__name__)
@@ -189,16 +189,26 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/config.yaml"))
 
 
+def is_debug_run(run_dir: Path) -> bool:
+    """Started with ``debug=...`` (a wiring check, never the run to resume or measure)."""
+    overrides = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        lines = overrides.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.lstrip("- '\"").startswith(("debug=", "+debug=")) for line in lines)
+
+
 def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None:
     """``None``, an existing file, or ``last``: the newest ``last.ckpt`` under the training logs."""
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        candidates = sorted(Path(train_log_dir).glob(f"*/*/**/{CHECKPOINT_DIR}/{LAST}"),
-                            key=lambda p: p.stat().st_mtime)
+        candidates = sorted((p for p in Path(train_log_dir).glob(f"*/*/**/{CHECKPOINT_DIR}/{LAST}")
+                             if not is_debug_run(run_dir_of(p))), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise CheckpointError(
-                f"ckpt_path=last found no {CHECKPOINT_DIR}/{LAST} under {train_log_dir}; "
+                f"ckpt_path=last found no {CHECKPOINT_DIR}/{LAST} under {train_log_dir} (debug= runs do not count); "
                 "train once first or pass ckpt_path=/path/to/file.ckpt"
             )
         return candidates[-1]
@@ -317,6 +327,57 @@ def load_run(
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} holds a data config aelab cannot use: {err}") from None
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
+
+
+# Overrides that say where things are or how they are shown, not what the run is: a resumed run
+# takes them from the command that resumes it.
+_PLACE_KEYS = ("ckpt_path", "paths", "hydra", "data.data_dir", "data.mirrors", "data.download",
+               "data.num_workers", "callbacks.progress_bar.refresh_rate")
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[str]:
+    """The overrides that resume the run of checkpoint ``path``: the ones it was started with (kept
+    in the checkpoint), then ``current`` ones, which win: ``ckpt_path=`` alone resumes a conv run as
+    a conv run, and ``trainer.max_epochs=20`` extends it.
+
+    The stored overrides are data from a file: each must choose an option that exists in
+    ``config_dir`` (``model=conv``) or set a plain value the schema checks (``model.latent_dim=5``);
+    anything that could name code (``_target_``, new groups with ``+``) refuses the checkpoint.
+    """
+    stored = load_checkpoint(path).get(OVERRIDES_KEY)
+    if stored is None:
+        return list(current)
+    if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
+        raise CheckpointError(f"checkpoint {path} is refused: its {OVERRIDES_KEY} is not a list of overrides")
+    given = {override_key(o) for o in current}
+    kept = []
+    for override in stored:
+        key = override_key(override)
+        if key in given or any(key == k or key.startswith(f"{k}.") for k in _PLACE_KEYS):
+            continue
+        _check_stored_override(path, override, config_dir)
+        kept.append(override)
+    return kept + list(current)
+
+
+def _check_stored_override(path: Path, override: str, config_dir: Path) -> None:
+    from aelab.config import SCHEMA, Group, Open
+    from aelab.paths import is_safe_name
+
+    key, _, value = override.partition("=")
+    group_option = (is_safe_name(value) and "." not in key and key.isidentifier()
+                    and (config_dir / key / f"{value}.yaml").is_file())
+    plain_value = (not key.startswith(("+", "~")) and "${" not in value
+                   and not isinstance(SCHEMA.get(key, Open()), (Open, Group)))
+    if not (group_option or plain_value):
+        raise CheckpointError(
+            f"checkpoint {path} is refused: it asks to resume with the override {override!r}, which is "
+            "neither an option of configs/ nor a plain setting; pass the run's overrides yourself"
+        )
 
 
 def diverged(path: Path, what: str) -> CheckpointError:

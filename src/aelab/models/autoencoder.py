@@ -21,7 +21,8 @@ from torch import Tensor
 
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
-from aelab.names import DATA_CLASS_KEY, EPOCH_SUMS_KEY, IDENTITY_KEY, LOSS, MODEL_CLASS_KEY, VAL_MSE_BEST, metric
+from aelab.names import (DATA_CLASS_KEY, EPOCH_SUMS_KEY, IDENTITY_KEY, LOSS, MODEL_CLASS_KEY, OVERRIDES_KEY,
+                         VAL_MSE_BEST, metric)
 from aelab.registry import build, qualified_name, register
 
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
@@ -61,6 +62,8 @@ class AutoEncoder(L.LightningModule):
         self._count = 0
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
+        # the command-line overrides the run was started with (aelab.runs.resume_overrides)
+        self.run_overrides: list[str] | None = None
         self._validating = False
         # The step is four lines, and Lightning's automatic-optimisation closure costs ~0.3 ms per
         # step on CPU, a third of an MLP step: measured with scripts/benchmark.py.
@@ -228,6 +231,8 @@ class AutoEncoder(L.LightningModule):
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
         if self.run_identity is not None:
             checkpoint[IDENTITY_KEY] = self.run_identity
+        if self.run_overrides is not None:
+            checkpoint[OVERRIDES_KEY] = list(self.run_overrides)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))

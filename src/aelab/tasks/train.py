@@ -11,13 +11,13 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab import runs
 from aelab.callbacks import EpochTimer
 from aelab.cli import quiet_known_warnings
 from aelab.config import GPU_ACCELERATORS, check_monitor, validate
-from aelab.files import remove_temporaries
+from aelab.files import remove_temporaries, write_atomic
 from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.registry import import_targets
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one autoencoder as ``cfg`` says; returns (and writes) the run summary."""
+    cfg, overrides = with_the_resumed_runs_overrides(cfg)
     validate(cfg)
     quiet_known_warnings()
     started = time.perf_counter()
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model)
     check_monitor(cfg, model.logged_metrics())
     datamodule = instantiate(cfg.data)
+    model.run_overrides = overrides
     with runs.exclusive(output_dir):
         return _train(cfg, model, datamodule, output_dir, started)
 
@@ -106,6 +108,42 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     }
     runs.write_summary(output_dir, summary)
     return summary
+
+
+def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[str] | None]:
+    """``ckpt_path=`` resumes the run as it was started: the config is composed again from the
+    overrides stored in the checkpoint, with this command's overrides on top. Returns the config
+    and the overrides it was composed from (``None`` outside a Hydra command)."""
+    current = _command_line_overrides()
+    if not cfg.get("ckpt_path") or current is None:
+        return cfg, current
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    path = runs.resolve_ckpt_path(str(cfg.ckpt_path), Path(cfg.paths.log_dir) / "train")
+    overrides = runs.resume_overrides(path, current, Path(cfg.paths.root_dir) / "configs")
+    if overrides == current:
+        return cfg, current
+    log.info("resuming %s with the overrides it was started with: %s", path, " ".join(overrides))
+    composed = GlobalHydra.instance().hydra.compose_config(
+        config_name=HydraConfig.get().job.config_name, overrides=overrides, run_mode=RunMode.RUN,
+        with_log_configuration=False,
+    )
+    with open_dict(composed):
+        del composed["hydra"]
+    # what the run directory says it holds is what trains in it
+    hydra_dir = Path(cfg.paths.output_dir) / HydraConfig.get().output_subdir
+    if hydra_dir.is_dir():
+        write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(composed))
+        write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
+    return composed, overrides
+
+
+def _command_line_overrides() -> list[str] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
