@@ -32,15 +32,22 @@ class PoisonAt(L.Callback):
 
 
 class SignalAt(L.Callback):
-    """Sends its own process a signal at a known training batch: a real SIGTERM mid-epoch."""
+    """Sends its own process a signal at a known training batch: a real SIGTERM mid-epoch. With
+    ``once`` (a file path) it fires only if that file does not exist yet, and creates it, so that
+    the command it interrupted can be run again verbatim."""
 
-    def __init__(self, epoch: int, batch: int, signum: int = signal.SIGTERM) -> None:
+    def __init__(self, epoch: int, batch: int, signum: int = signal.SIGTERM, once: str | None = None) -> None:
         self.epoch = epoch
         self.batch = batch
         self.signum = signum
+        self.once = once
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            if self.once is not None:
+                if os.path.exists(self.once):
+                    return
+                open(self.once, "w").close()
             os.kill(os.getpid(), self.signum)
 
 

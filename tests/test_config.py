@@ -55,12 +55,12 @@ def test_names_made_from_user_strings_stay_one_directory():
 
 @pytest.mark.parametrize("task", ["train", "eval", "analyze"])
 def test_the_schema_has_a_rule_for_every_key_each_task_composes(tmp_path, task):
-    from aelab.config import _leaves, rule_for
+    from aelab.config import _leaves, rule_of
 
     cfg = compose_config(task, tmp_path, ["model=conv", "logger=csv"] if task == "train" else [])
     keys = [key for key, _ in _leaves(cfg)]
     assert "trainer.max_epochs" in keys and "paths.log_dir" in keys
-    assert [key for key in keys if rule_for(key) is None] == []
+    assert [key for key in keys if rule_of(cfg, key) is None] == []
 
 
 @pytest.mark.parametrize("model", options("model"))

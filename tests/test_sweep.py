@@ -83,6 +83,26 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnis
     assert json.loads((job / "run_summary.json").read_text())["epochs"] == 1
 
 
+def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, tiny_mnist):
+    from test_errors import TESTS, run_printed
+
+    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
+    stopped = run_cli("train.py", "-m", "model.latent_dim=2,3", "trainer.max_epochs=2", "data.batch_size=32",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", QUIET,
+                      "+callbacks.stop._target_=fault_callbacks.SignalAt", "+callbacks.stop.epoch=1",
+                      "+callbacks.stop.batch=1", f"+callbacks.stop.once={tmp_path / 'fired'}", env=env)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    (line,) = [line for line in stopped.stderr.splitlines() if "Resume the sweep" in line]
+    command = line.split(" with: ", 1)[1]
+    assert command.startswith("python src/train.py -m ") and f"hydra.sweep.dir='{tmp_path / 'sweep'}'" in command
+    resumed = run_printed(command, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted job from" in resumed.stdout + resumed.stderr
+    assert "interrupted.ckpt" in resumed.stdout + resumed.stderr
+    rows = read_rows(tmp_path / "sweep")
+    assert [(row["latent_dim"], row["status"], row["epochs"]) for row in rows] == [("2", "ok", "2"), ("3", "ok", "2")]
+
+
 def test_report_script_recreates_the_summary(failed_sweep):
     sweep_dir, _ = failed_sweep
     before = (sweep_dir / "summary.csv").read_text()

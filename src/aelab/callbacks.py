@@ -152,8 +152,22 @@ class InterruptCheckpoint(L.Callback):
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
-        print(f"\naelab: interrupted; saved {self.ckpt_path}. Resume with: {resume_command(self.ckpt_path)}",
-              file=sys.stderr, flush=True)
+        sweep = resume_sweep_command()
+        advice = (f"Resume the sweep (finished jobs are skipped, this one goes on from here) with: {sweep}"
+                  if sweep else f"Resume with: {resume_command(self.ckpt_path)}")
+        print(f"\naelab: interrupted; saved {self.ckpt_path}. {advice}", file=sys.stderr, flush=True)
+
+
+def resume_sweep_command() -> str | None:
+    """In a sweep (``-m``): the sweep's own command into its own directory; ``None`` otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    given = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not a.startswith("hydra.sweep.dir=")]
+    sweep_dir = HydraConfig.get().sweep.dir
+    return " ".join(["python src/train.py -m", *map(shlex.quote, given), f"\"hydra.sweep.dir='{sweep_dir}'\""])
 
 
 def resume_command(ckpt_path: str) -> str:

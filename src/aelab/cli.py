@@ -27,6 +27,7 @@ log = logging.getLogger("aelab")
 EXIT_USER_ERROR = 2
 EXIT_TERMINATED = 128 + 15  # the shell's convention for "ended by SIGTERM"
 EXIT_INTERRUPTED = 128 + 2  # ... and for Ctrl-C
+INTERRUPTED_BEFORE = {"train": "training had not started, so nothing was saved"}
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
@@ -46,8 +47,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             sys.exit(EXIT_TERMINATED)
         raise
     except KeyboardInterrupt:
-        # Ctrl-C during fit saves interrupted.ckpt and is handled by Lightning; this is start-up
-        print("aelab: interrupted before training started; nothing was saved", file=sys.stderr)
+        # Ctrl-C during fit is Lightning's to handle (InterruptCheckpoint saves interrupted.ckpt);
+        # this is Ctrl-C in start-up, or in eval / analyze, whose results are written at the end
+        print(f"aelab: interrupted; {INTERRUPTED_BEFORE.get(task.__name__, 'its results were not written')}"
+              + (" (finished jobs of the sweep are kept)" if multirun else ""), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as raised:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -70,9 +73,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
 def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError | None:
     """The translation layer: what a user can fix, as one ``AelabError`` line; ``None`` for a bug.
 
-    Looks through Hydra's wrapping (``instantiate`` re-raises what constructors raise) for an
-    ``AelabError``, an OS error a user can fix (disk full, permissions), Lightning's
-    misconfiguration, or an OmegaConf/Hydra error about a key.
+    Follows explicit causes (``raise ... from``: Hydra's ``instantiate`` wraps what constructors
+    raise) to an ``AelabError``, an OS error a user can fix (disk full, permissions) or Lightning's
+    refusal of trainer settings. An error raised while handling another one is not followed: a
+    bug in a handler keeps its traceback.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
@@ -80,7 +84,8 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
     chain = []
     while err is not None and err not in chain:
         chain.append(err)
-        err = err.__cause__ or err.__context__
+        # OmegaConf reports what a resolver raised (a refused task_name) as the error's context
+        err = err.__cause__ or (err.__context__ if isinstance(err, OmegaConfBaseException) else None)
     for cause in chain:
         if isinstance(cause, AelabError):
             return cause
@@ -89,13 +94,12 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
             return ConfigError(os_error_line(cause, output_dir))
         if isinstance(cause, MisconfigurationException):
             return ConfigError(f"Lightning refuses the trainer settings: {first_line(cause)}")
-        if isinstance(cause, OmegaConfBaseException):
-            return ConfigError(omegaconf_line(cause))
     return None
 
 
 # what a user can fix: full disks and quotas, permissions, read-only mounts, missing folders
-USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                  errno.ENAMETOOLONG}
 OS_ERROR_FIXES = {
     errno.ENOSPC: "free some space",
     errno.EDQUOT: "free some space within your quota",
@@ -103,18 +107,21 @@ OS_ERROR_FIXES = {
     errno.EPERM: "make it writable, or point paths.log_dir (or data.data_dir) elsewhere",
     errno.EROFS: "point paths.log_dir at a writable disk, e.g. paths.log_dir=/tmp/aelab-logs",
     errno.ENOTDIR: "a file stands where a folder is needed; move it or choose another path",
+    errno.ENAMETOOLONG: "shorten it: fewer or shorter overrides in a sweep, or a shorter paths.log_dir",
 }
 
 
 def os_error_line(err: OSError, output_dir: Path | None) -> str:
     path = err.filename or "a file"
     line = f"{path}: {err.strerror or err}; {OS_ERROR_FIXES.get(err.errno, 'fix the path')}"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None:
-        from aelab.callbacks import resume_command
+    # a training run (it has checkpoints) can go on from its last one; eval and analyze just rerun
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None and (output_dir / "checkpoints").is_dir():
+        from aelab.callbacks import resume_command, resume_sweep_command
 
         kept = last_checkpoint(output_dir)
-        line += (f", then resume with: {resume_command(str(kept))}" if kept
-                 else "; no checkpoint of this run had been saved")
+        sweep = resume_sweep_command()
+        line += (f", then resume the sweep with: {sweep}" if sweep
+                 else f", then resume with: {resume_command(str(kept))}" if kept else "")
     return line
 
 
@@ -217,7 +224,7 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        print("aelab: interrupted before training started; nothing was saved", file=sys.stderr)
+        print("aelab: interrupted while starting; nothing was written", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         hydra_utils.run_and_report = hydra_report

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
 import re
 from collections.abc import Iterator
@@ -26,9 +27,10 @@ from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
 from aelab.models.autoencoder import COMPILE_MODES
 from aelab.paths import SAFE_NAME_RULE, is_safe_name
+from aelab.registry import import_targets
 
 # 64-true and bf16-true are not offered: the data arrive as float32 and meet float64/bf16 weights
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+PRECISIONS = ("32-true", 32, "bf16-mixed", "16-mixed")  # trainer.precision=32 arrives as an integer
 GPU_ACCELERATORS = ("gpu", "cuda")
 ACCELERATORS = ("cpu", *GPU_ACCELERATORS, "auto")
 MAPS = ("tsne", "umap", "pca", "all")
@@ -74,15 +76,19 @@ class Int(Rule):
 
 @dataclass(frozen=True)
 class Number(Rule):
-    above: float = 0.0  # exclusive
+    above: float = 0.0  # exclusive, unless from_zero
     max: float | None = None
+    from_zero: bool = False
 
     def accepts_value(self, value: Any) -> bool:
-        return ((is_int(value) or isinstance(value, float)) and value > self.above
-                and (self.max is None or value <= self.max))
+        if not (is_int(value) or isinstance(value, float)):
+            return False
+        low_ok = value >= 0 if self.from_zero else value > self.above
+        return low_ok and (self.max is None or value <= self.max)
 
     def describe(self) -> str:
-        return f"a number > {self.above:g}" + (f" and <= {self.max:g}" if self.max is not None else "")
+        low = "a number >= 0" if self.from_zero else f"a number > {self.above:g}"
+        return low + (f" and <= {self.max:g}" if self.max is not None else "")
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ class Text(Rule):
 @dataclass(frozen=True)
 class Name(Rule):
     def accepts_value(self, value: Any) -> bool:
-        return is_safe_name(value)
+        return is_safe_name(str(value) if is_int(value) else value)
 
     def describe(self) -> str:
         return SAFE_NAME_RULE
@@ -178,6 +184,19 @@ class Group(Rule):
 
 
 @dataclass(frozen=True)
+class Component(Rule):
+    """One entry of the callbacks or logger group: a config naming the class to build."""
+
+    example: str = ""
+
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, dict)
+
+    def describe(self) -> str:
+        return f"a config with a _target_, e.g. {self.example}"
+
+
+@dataclass(frozen=True)
 class Unsupported(Rule):
     reason: str = ""
     harmless: tuple = ()  # values that change nothing
@@ -207,7 +226,7 @@ class Metric(Rule):
 
 
 POSITIVE = Int(min=1)
-FRACTION_OR_COUNT = Either(rules=(Number(above=0.0, max=1.0), Int(min=0)))
+FRACTION_OR_COUNT = Either(rules=(Number(from_zero=True, max=1.0), Int(min=0)))
 MANUAL_STEP = ("not supported: aelab's training step optimises manually (Lightning applies it only to "
                "automatic optimisation); remove it with ~{key}")
 
@@ -247,9 +266,10 @@ SCHEMA: dict[str, Rule] = {
     # trainer
     "trainer": Group(hint="e.g. trainer=cpu"),
     "trainer.accelerator": OneOf(values=ACCELERATORS),
-    "trainer.devices": Either(rules=(POSITIVE, OneOf(values=("auto",)))),
+    # a count, -1 (all), "auto", or which GPUs: [0, 1]
+    "trainer.devices": Either(rules=(POSITIVE, OneOf(values=("auto", -1)), IntList(min=0))),
     "trainer.precision": OneOf(values=PRECISIONS),
-    "trainer.min_epochs": Int(min=0),
+    "trainer.min_epochs": Int(min=0, null=True),
     # null would mean Lightning's default of 1000 epochs, never what a user meant
     "trainer.max_epochs": POSITIVE,
     "trainer.max_steps": Int(min=-1),
@@ -271,13 +291,14 @@ SCHEMA: dict[str, Rule] = {
     # callbacks and loggers: each class checks its own arguments; these are read by aelab too
     "callbacks": Group(hint="drop one callback with ~callbacks.<name>, e.g. ~callbacks.reconstruction_grid"),
     # which metrics a model logs depends on its objective's terms: the train task checks the name
-    "callbacks.model_checkpoint.monitor": Metric(),
+    "callbacks.model_checkpoint.monitor": Metric(null=True),
     "callbacks.model_checkpoint.mode": OneOf(values=("min", "max")),
     "callbacks.model_checkpoint.save_top_k": Int(min=-1),
     "callbacks.progress_bar.refresh_rate": Int(min=0),
     "callbacks.reconstruction_grid.num_images": Int(min=1, max=64),
-    "callbacks.*": Open(),
-    "logger": Open(),
+    "callbacks.*": Component(null=True, example="{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/mse}"),
+    "logger": Group(null=True, hint="e.g. logger=csv, or ~logger for none"),
+    "logger.*": Component(null=True, example="{_target_: lightning.pytorch.loggers.CSVLogger, save_dir: logs}"),
     "paths": Group(hint="e.g. paths.log_dir=/scratch/logs"),
     # a free label for a run or sweep, e.g. +tag=baseline (it becomes part of sweep job names)
     "tag": Text(null=True),
@@ -292,22 +313,38 @@ def validate(cfg: DictConfig) -> None:
     """Check every key of ``cfg`` against ``SCHEMA``; raise one ``ConfigError`` for the first bad one."""
     # eval and analyze start from data=from_checkpoint, where null means "as the checkpoint says"
     from_checkpoint = "data" in cfg and isinstance(cfg.data, DictConfig) and "_target_" not in cfg.data
-    for key, value in _leaves(cfg):
-        rule = SCHEMA.get(key)
-        name = key.rpartition(".")[2]
-        target = _target_of_group(cfg, key) if rule is None and not name.startswith("_") else None
-        if target is not None:
-            arguments = _arguments(target)
-            if arguments is not None and name not in arguments:
-                raise ConfigError(unknown_key_message(key, hydra_value(value), target=target))
-        rule = rule or rule_for(key) or (Open() if target else None)  # Open: the class checks it
+    leaves = list(_leaves(cfg))  # resolves every key first: a broken interpolation is named as such
+    # The user's own config is trusted: importing what it names lets user classes register; the
+    # model and data must be built from registered classes (checkpoints are rebuilt from them).
+    for group in ("model", "data"):
+        if isinstance(cfg.get(group), DictConfig):
+            import_targets(OmegaConf.to_container(cfg[group], resolve=True), group)
+    for key, value in leaves:
+        if key.endswith("._target_"):
+            _check_importable(key, value)
+        rule = rule_of(cfg, key)
         if rule is None:
-            raise ConfigError(unknown_key_message(key, hydra_value(value)))
+            raise ConfigError(unknown_key_message(key, hydra_value(value), target=_target_of_group(cfg, key)))
         if from_checkpoint and key.startswith("data."):
             rule = replace(rule, null=True)
         if not rule.accepts(value):
             raise ConfigError(_message(key, value, rule))
     _check_combinations(cfg)
+
+
+def rule_of(cfg: DictConfig, key: str) -> Rule | None:
+    """The rule for ``key`` in ``cfg``; ``None`` if the key is unknown. A key without a rule of its
+    own is known when the class its group builds (``_target_``) takes it as an argument."""
+    rule = SCHEMA.get(key)
+    if rule is not None or key.rpartition(".")[2].startswith("_"):
+        return rule or Open()
+    target = _target_of_group(cfg, key)
+    if target is None:
+        return rule_for(key)
+    arguments = _arguments(target)
+    if arguments is not None and key.rpartition(".")[2] not in arguments:
+        return None
+    return rule_for(key) or Open()  # Open: the class checks its own argument
 
 
 def rule_for(key: str) -> Rule | None:
@@ -320,7 +357,7 @@ def rule_for(key: str) -> Rule | None:
         if isinstance(rule, Open):
             return rule
     for pattern, rule in SCHEMA.items():
-        if "*" in pattern and fnmatch.fnmatchcase(key, pattern):
+        if "*" in pattern and fnmatch.fnmatchcase(key, pattern) and key.count(".") == pattern.count("."):
             return rule
     return None
 
@@ -349,6 +386,16 @@ def unknown_key_message(key: str, shown: str, config: str = "", target: str | No
     what = (f"an argument of {target}" if target
             else f"a setting of {config}" if config else "a setting aelab reads")
     return f"{key}={shown} is invalid: {name if target else key} is not {what}{hint}"
+
+
+def _check_importable(key: str, target: Any) -> None:
+    module_name, _, attribute = str(target).rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"{key}={target}: cannot import {module_name or target} ({err})") from None
+    if not hasattr(module, attribute):
+        raise ConfigError(f"{key}={target}: {module_name} has no {attribute}")
 
 
 def _target_of_group(cfg: DictConfig, key: str) -> str | None:

@@ -41,19 +41,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     ``remove_temporaries`` clears; the file under the real name is never half-written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.close(handle)
+    tmp = None
     try:
-        os.chmod(tmp, FILE_MODE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+        os.close(handle)
+        with contextlib.suppress(OSError):  # some filesystems have no modes to set
+            os.chmod(tmp, FILE_MODE)
         yield Path(tmp)
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None:
-            err.filename = str(path)  # "No space left on device" names the file it was writing
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            err.filename = str(path)  # "No space left on device" names the file, not its temporary
         raise
     _fsync_directory(path.parent)
 

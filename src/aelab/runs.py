@@ -33,7 +33,7 @@ import aelab.data  # noqa: F401 - registers the datamodules that checkpoints nam
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
-from aelab.files import atomic_path, write_json
+from aelab.files import atomic_path, remove_temporaries, write_json
 from aelab.models.backbones import backbone_label
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
@@ -45,6 +45,7 @@ SUMMARY_FILE = "run_summary.json"
 FAILURE_FILE = "run_failure.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+INTERRUPTED = "interrupted.ckpt"  # written by aelab.callbacks.InterruptCheckpoint
 # Where a checkpoint keeps each part's class and its constructor arguments, and what the class is.
 _STORED = {
     "model": (MODEL_CLASS_KEY, "hyper_parameters", L.LightningModule),
@@ -163,6 +164,16 @@ def exclusive(run_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporaries a process killed mid-write left in ``run_dir``'s checkpoints, if no
+    process is training there now (its temporaries would be files it is still writing)."""
+    try:
+        with exclusive(Path(run_dir)):
+            return remove_temporaries(checkpoint_dir(run_dir))
+    except RunDirectoryBusy:
+        return []
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
@@ -170,6 +181,13 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def last_checkpoint(run_dir: Path) -> Path | None:
     path = checkpoint_dir(run_dir) / LAST
     return path if path.is_file() else None
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """Where an unfinished run goes on from: ``interrupted.ckpt`` (Ctrl-C or SIGTERM, mid-epoch)
+    when it is newer than ``last.ckpt`` (the end of the last finished epoch)."""
+    saved = [p for p in (checkpoint_dir(run_dir) / INTERRUPTED, checkpoint_dir(run_dir) / LAST) if p.is_file()]
+    return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
@@ -344,9 +362,10 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
     in the checkpoint), then ``current`` ones, which win: ``ckpt_path=`` alone resumes a conv run as
     a conv run, and ``trainer.max_epochs=20`` extends it.
 
-    The stored overrides are data from a file: each must choose an option that exists in
-    ``config_dir`` (``model=conv``) or set a plain value the schema checks (``model.latent_dim=5``);
-    anything that could name code (``_target_``, new groups with ``+``) refuses the checkpoint.
+    The stored overrides are data from a file: one is restored only if it chooses an option that
+    exists in ``config_dir`` (``model=conv``) or sets a plain value the schema checks
+    (``model.latent_dim=5``). Anything that could name code (``_target_``, a callback added with
+    ``+``) is left out, with a warning: the user passes it again if it is theirs.
     """
     stored = load_checkpoint(path).get(OVERRIDES_KEY)
     if stored is None:
@@ -354,17 +373,19 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
     if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
         raise CheckpointError(f"checkpoint {path} is refused: its {OVERRIDES_KEY} is not a list of overrides")
     given = {override_key(o) for o in current}
-    kept = []
+    kept, refused = [], []
     for override in stored:
         key = override_key(override)
         if key in given or any(key == k or key.startswith(f"{k}.") for k in _PLACE_KEYS):
             continue
-        _check_stored_override(path, override, config_dir)
-        kept.append(override)
+        (kept if _is_plain_override(override, config_dir) else refused).append(override)
+    if refused:
+        log.warning("not restored from %s (they could name code; pass them again if they are yours): %s",
+                    path, " ".join(refused))
     return kept + list(current)
 
 
-def _check_stored_override(path: Path, override: str, config_dir: Path) -> None:
+def _is_plain_override(override: str, config_dir: Path) -> bool:
     from aelab.config import SCHEMA, Group, Open
     from aelab.paths import is_safe_name
 
@@ -373,11 +394,7 @@ def _check_stored_override(path: Path, override: str, config_dir: Path) -> None:
                     and (config_dir / key / f"{value}.yaml").is_file())
     plain_value = (not key.startswith(("+", "~")) and "${" not in value
                    and not isinstance(SCHEMA.get(key, Open()), (Open, Group)))
-    if not (group_option or plain_value):
-        raise CheckpointError(
-            f"checkpoint {path} is refused: it asks to resume with the override {override!r}, which is "
-            "neither an option of configs/ nor a plain setting; pass the run's overrides yourself"
-        )
+    return group_option or plain_value
 
 
 def diverged(path: Path, what: str) -> CheckpointError:

@@ -107,8 +107,14 @@ class AutoEncoder(L.LightningModule):
 
     def logged_metrics(self) -> list[str]:
         """The per-epoch metrics a checkpoint callback may monitor: they follow the objective's terms."""
-        with torch.no_grad():
-            terms = list(self.loss_terms(torch.zeros(2, *IMAGE_SHAPE)))
+        # in eval mode and with the random state put back: a probe, not a training step
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng():
+                terms = list(self.loss_terms(torch.zeros(2, *IMAGE_SHAPE)))
+        finally:
+            self.train(training)
         if len(terms) > 1:
             terms.append(LOSS)
         return [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]

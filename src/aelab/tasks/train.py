@@ -19,7 +19,6 @@ from aelab.cli import quiet_known_warnings
 from aelab.config import GPU_ACCELERATORS, check_monitor, validate
 from aelab.files import remove_temporaries, write_atomic
 from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
-from aelab.registry import import_targets
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +37,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     limit_threads_for_parallel_jobs()
-    # The user's own config is trusted: importing what it names lets user classes register.
-    import_targets(OmegaConf.to_container(cfg.model, resolve=True), "model")
-    import_targets(OmegaConf.to_container(cfg.data, resolve=True), "data")
     model = instantiate(cfg.model)
     check_monitor(cfg, model.logged_metrics())
     datamodule = instantiate(cfg.data)
@@ -51,7 +47,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float) -> dict[str, Any]:
     """The rest of ``train``, while this process holds ``output_dir``."""
-    for leftover in remove_temporaries(runs.checkpoint_dir(output_dir)) + remove_temporaries(output_dir):
+    # only this process writes checkpoints here (it holds the directory); another run's are its own
+    for leftover in remove_temporaries(runs.checkpoint_dir(output_dir)):
         log.warning("removed %s, left by a process killed while writing it", leftover)
     identity = runs.run_identity(cfg, datamodule)
     previous = runs.read_summary(output_dir)
@@ -62,7 +59,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
         runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
         return previous
     ckpt_path = cfg.get("ckpt_path")
-    unfinished = runs.last_checkpoint(output_dir)
+    unfinished = runs.resume_point(output_dir)
     if ckpt_path is None and unfinished is not None:
         # the same directory holds a job that stopped before its summary: a re-run sweep
         stored = runs.load_checkpoint(unfinished).get(IDENTITY_KEY)
@@ -75,9 +72,12 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[runs.AtomicCheckpointIO()])
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
-    if ckpt_path is not None:
-        for leftover in remove_temporaries(ckpt_path.parent):
+    in_a_run = ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR
+    resumed_run = runs.run_dir_of(ckpt_path) if in_a_run else None
+    if resumed_run is not None and resumed_run.resolve() != output_dir.resolve():
+        for leftover in runs.remove_leftovers(resumed_run):
             log.warning("removed %s, left by a process killed while writing it", leftover)
+    if ckpt_path is not None:
         # a sweep job found unfinished may have done all its epochs: it only lacks its summary
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
         runs.check_resumable(ckpt_path, dict(model.hparams), asked)
@@ -143,7 +143,10 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
 def _command_line_overrides() -> list[str] | None:
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    if not HydraConfig.initialized():
+        return None
+    # as typed: an override holding "${...}" is text here, resolved only in the config it makes
+    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
 
 
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
