@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench clean-logs
+.PHONY: install train test test-fast lint format bench clean-logs
 
 install: $(STAMP)
 
@@ -22,6 +22,15 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# ruff: lint (rules in pyproject.toml) and the formatter's check; .ci/run runs this before the tests
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix src tests scripts
+	$(PY) -m ruff format src tests scripts
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -95,11 +95,13 @@ def article_pipeline(model_name: str, data: str, data_dir: Path, device: str, ep
 
     dataset = getattr(torchvision.datasets, DATASETS[data].torchvision_class)
 
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Normalize([0.5], [0.5]),
-        transforms.Lambda(lambda x: x.to(device)),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+            transforms.Lambda(lambda x: x.to(device)),
+        ]
+    )
     train_dl = DataLoader(dataset(str(data_dir), train=True, transform=transform), batch_size=BATCH, shuffle=True)
     val_dl = DataLoader(dataset(str(data_dir), train=False, transform=transform), batch_size=BATCH, shuffle=False)
     model = build(model_name).to(device)
@@ -134,8 +136,9 @@ def evaluate(model: nn.Module, batches) -> float:
     return sse / count
 
 
-def resident_loop(model_name: str, data: str, data_dir: Path, device: str, epochs: int,
-                  precision: str) -> tuple[list[float], float]:
+def resident_loop(
+    model_name: str, data: str, data_dir: Path, device: str, epochs: int, precision: str
+) -> tuple[list[float], float]:
     dm = datamodule_for(data, data_dir)
     train_images = dm.split("train", device)[0]
     test_images = dm.split("test", device)[0]
@@ -156,22 +159,39 @@ def resident_loop(model_name: str, data: str, data_dir: Path, device: str, epoch
                 loss = F.mse_loss(model(x), x)
             loss.backward()
             optimizer.step()
-        val = evaluate(model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH)))
+        val = evaluate(
+            model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH))
+        )
         sync(device)
         times.append(time.perf_counter() - start)
     return times, val
 
 
-def aelab_training(model_name: str, data: str, data_dir: Path, device: str, epochs: int, workdir: Path,
-                   precision: str, extra: list[str]) -> tuple[list[float], float]:
+def aelab_training(
+    model_name: str,
+    data: str,
+    data_dir: Path,
+    device: str,
+    epochs: int,
+    workdir: Path,
+    precision: str,
+    extra: list[str],
+) -> tuple[list[float], float]:
     from omegaconf import open_dict
 
     from aelab.tasks.train import train
 
-    cfg = compose_train([
-        f"model={model_name}", f"data={data}", f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
-        f"trainer.precision={precision}", f"trainer.max_epochs={epochs}", f"seed={SEED}", *extra,
-    ])
+    cfg = compose_train(
+        [
+            f"model={model_name}",
+            f"data={data}",
+            f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
+            f"trainer.precision={precision}",
+            f"trainer.max_epochs={epochs}",
+            f"seed={SEED}",
+            *extra,
+        ]
+    )
     with open_dict(cfg):
         cfg.paths.root_dir = str(workdir)
         cfg.paths.output_dir = str(workdir / f"aelab-{model_name}-{time.time_ns()}")
@@ -185,9 +205,19 @@ def time_to_first_step(data: str, data_dir: Path) -> float:
     with tempfile.TemporaryDirectory() as logs:
         env["AELAB_T0"] = repr(time.time())
         out = subprocess.run(
-            [sys.executable, str(REPO / "src/train.py"), f"data={data}", "trainer.max_epochs=1",
-             f"paths.log_dir={logs}", "+callbacks.first_step._target_=aelab.callbacks.FirstStepTimer"],
-            env=env, capture_output=True, text=True, cwd=REPO, check=True,
+            [
+                sys.executable,
+                str(REPO / "src/train.py"),
+                f"data={data}",
+                "trainer.max_epochs=1",
+                f"paths.log_dir={logs}",
+                "+callbacks.first_step._target_=aelab.callbacks.FirstStepTimer",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
         ).stdout
     match = re.search(r"aelab: first training step ([0-9.]+) s", out)
     return float(match.group(1))
@@ -201,8 +231,12 @@ def main() -> int:
     parser.add_argument("--data", default="mnist", help="a configs/data option: mnist, fashion_mnist, kmnist")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("AELAB_DATA_DIR"))
     parser.add_argument("--tile-to", type=int, default=None, help="repeat the training split to this many images")
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
-                        help="for (b) (autocast) and (c) (trainer.precision); (a) is always fp32 like the article")
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed"],
+        help="for (b) (autocast) and (c) (trainer.precision); (a) is always fp32 like the article",
+    )
     parser.add_argument("--variants", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     parser.add_argument("--aelab-args", nargs="*", default=[], help="extra overrides for (c), e.g. model.compile=true")
     parser.add_argument("--startup", action="store_true", help="also time python src/train.py to its first step")
@@ -217,8 +251,13 @@ def main() -> int:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
-        "device": args.device, "data": f"{Path(args.data_dir).name}" + (f" tiled to {args.tile_to} (timing stand-in)" if args.tile_to else ""),
-        "precision_b_c": args.precision, "epochs_timed": args.epochs, "batch_size": BATCH, "aelab_args": args.aelab_args, "models": {},
+        "device": args.device,
+        "data": f"{Path(args.data_dir).name}" + (f" tiled to {args.tile_to} (timing stand-in)" if args.tile_to else ""),
+        "precision_b_c": args.precision,
+        "epochs_timed": args.epochs,
+        "batch_size": BATCH,
+        "aelab_args": args.aelab_args,
+        "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -226,17 +265,23 @@ def main() -> int:
         runners = {
             "a": lambda m: article_pipeline(m, args.data, data_dir, args.device, total),
             "b": lambda m: resident_loop(m, args.data, data_dir, args.device, total, args.precision),
-            "c": lambda m: aelab_training(m, args.data, data_dir, args.device, total, workdir, args.precision,
-                                          args.aelab_args),
+            "c": lambda m: aelab_training(
+                m, args.data, data_dir, args.device, total, workdir, args.precision, args.aelab_args
+            ),
         }
         for model in args.models:
             row = {}
             for variant in args.variants:
                 times, val = runners[variant](model)
-                row[variant] = {"median_s_per_epoch": statistics.median(times[1:]),
-                                "epoch_times_s": [round(t, 4) for t in times], "val_mse": val}
-                print(f"{model} ({variant}) {row[variant]['median_s_per_epoch']:.3f} s/epoch  val MSE {val:.4f}",
-                      flush=True)
+                row[variant] = {
+                    "median_s_per_epoch": statistics.median(times[1:]),
+                    "epoch_times_s": [round(t, 4) for t in times],
+                    "val_mse": val,
+                }
+                print(
+                    f"{model} ({variant}) {row[variant]['median_s_per_epoch']:.3f} s/epoch  val MSE {val:.4f}",
+                    flush=True,
+                )
             med = {k: v["median_s_per_epoch"] for k, v in row.items()}
             if "a" in med and "c" in med:
                 row["a_over_c"] = med["a"] / med["c"]
@@ -246,14 +291,25 @@ def main() -> int:
         if args.startup:
             results["time_to_first_step_s"] = time_to_first_step(args.data, Path(args.data_dir))
 
-    print(f"\n{results['machine']}; device {args.device}; data {results['data']}; precision (b),(c) {args.precision}; "
-          f"median of {args.epochs} epochs after 1 warm-up; batch {BATCH}")
-    print(f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(c) aelab':>10} {'(a)/(c)':>8} {'(c)/(b)':>8}   val MSE a/b/c")
+    print(
+        f"\n{results['machine']}; device {args.device}; data {results['data']}; "
+        f"precision (b),(c) {args.precision}; median of {args.epochs} epochs after 1 warm-up; batch {BATCH}"
+    )
+    print(
+        f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(c) aelab':>10} {'(a)/(c)':>8} {'(c)/(b)':>8}"
+        "   val MSE a/b/c"
+    )
     for model, row in results["models"].items():
-        cell = lambda v: f"{row[v]['median_s_per_epoch']:.3f}" if v in row else "-"
-        ratio = lambda k: f"{row[k]:.2f}" if k in row else "-"
+
+        def cell(variant: str, row: dict = row) -> str:
+            return f"{row[variant]['median_s_per_epoch']:.3f}" if variant in row else "-"
+
+        def ratio(key: str, row: dict = row) -> str:
+            return f"{row[key]:.2f}" if key in row else "-"
+
         vals = "/".join(f"{row[v]['val_mse']:.4f}" for v in "abc" if v in row)
-        print(f"{model:6} {cell('a'):>12} {cell('b'):>10} {cell('c'):>10} {ratio('a_over_c'):>8} {ratio('c_over_b'):>8}   {vals}")
+        times = f"{cell('a'):>12} {cell('b'):>10} {cell('c'):>10}"
+        print(f"{model:6} {times} {ratio('a_over_c'):>8} {ratio('c_over_b'):>8}   {vals}")
     if "time_to_first_step_s" in results:
         print(f"time from `python src/train.py` to the first training step: {results['time_to_first_step_s']:.2f} s")
     if args.json:

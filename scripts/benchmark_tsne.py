@@ -33,8 +33,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    loaded = load_run(args.ckpt, data_overrides={"data_dir": args.data_dir},
-                      fallback_data_dir=os.environ.get("AELAB_DATA_DIR"))
+    loaded = load_run(
+        args.ckpt, data_overrides={"data_dir": args.data_dir}, fallback_data_dir=os.environ.get("AELAB_DATA_DIR")
+    )
     datamodule = loaded.datamodule
     datamodule.setup()
     images = datamodule.split("test")[0]  # what src/analyze.py maps
@@ -48,8 +49,9 @@ def main() -> int:
     sample = np.random.default_rng(0).permutation(len(z))[:5000]
     runs = {
         "openTSNE (FFT)": lambda: np.asarray(OpenTSNE(**TSNE_SETTINGS, n_jobs=-1, random_state=args.seed).fit(z)),
-        "scikit-learn (Barnes-Hut)": lambda: SkTSNE(perplexity=30, max_iter=1000, n_jobs=-1,
-                                                    random_state=args.seed).fit_transform(z),
+        "scikit-learn (Barnes-Hut)": lambda: SkTSNE(
+            perplexity=30, max_iter=1000, n_jobs=-1, random_state=args.seed
+        ).fit_transform(z),
     }
     for name, run in runs.items():
         start = time.perf_counter()

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from aelab.tasks.analyze import analyze
 from aelab.cli import one_line_errors, run_task
+from aelab.tasks.analyze import analyze
 
 
 @hydra.main(config_path="../configs", config_name="analyze", version_base="1.3")

@@ -22,8 +22,7 @@ CONFIGS = REPO / "configs"
 QUIET = "callbacks.progress_bar.refresh_rate=0"
 
 
-def make_tiny_dataset(root: Path, dataset: str = "mnist", n_train: int = 96, n_test: int = 40,
-                      seed: int = 0) -> Path:
+def make_tiny_dataset(root: Path, dataset: str = "mnist", n_train: int = 96, n_test: int = 40, seed: int = 0) -> Path:
     """Write ``root/<Class>/raw`` with random-but-structured images: each label draws a bar."""
     rng = np.random.default_rng(seed)
     raw = DATASETS[dataset].raw_dir(root)
@@ -80,12 +79,17 @@ def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> 
     return compose_config("train", tmp_path, [f"data.data_dir={data_dir}", QUIET, *overrides])
 
 
-def run_cli(script: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run an entry point as a user does, from the repository root."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, str(REPO / "src" / script), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -7,6 +7,7 @@ import pytest
 
 from aelab.data import DATASETS
 from aelab.report import metrics as analysis
+
 from conftest import QUIET, make_tiny_dataset, run_cli
 
 
@@ -76,16 +77,26 @@ def test_two_dimensional_latents_are_their_own_map():
 
 def test_per_class_mean_is_keyed_by_class_name():
     classes = [str(d) for d in range(7)] + ["seven"]
-    assert analysis.per_class_mean(np.array([1.0, 3.0, 10.0]), np.array([0, 0, 7]), classes) == {"0": 2.0, "seven": 10.0}
+    assert analysis.per_class_mean(np.array([1.0, 3.0, 10.0]), np.array([0, 0, 7]), classes) == {
+        "0": 2.0,
+        "seven": 10.0,
+    }
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
     data = make_tiny_dataset(root / "data", n_train=200, n_test=60)
-    result = run_cli("train.py", "model=conv", "model.latent_dim=8", "data.keep_classes=[1]",
-                     "trainer.max_epochs=2", f"paths.log_dir={root / 'logs'}", QUIET,
-                     env={"AELAB_DATA_DIR": str(data)})
+    result = run_cli(
+        "train.py",
+        "model=conv",
+        "model.latent_dim=8",
+        "data.keep_classes=[1]",
+        "trainer.max_epochs=2",
+        f"paths.log_dir={root / 'logs'}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(data)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (root / "logs" / "train" / "runs").iterdir()
     return root, run
@@ -93,13 +104,25 @@ def tiny_run(tmp_path_factory):
 
 def test_analyze_writes_json_figures_and_projector(tiny_run):
     root, run = tiny_run
-    result = run_cli("analyze.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "map=pca",
-                     "umap_gmm=false", f"paths.log_dir={root / 'logs'}")
+    result = run_cli(
+        "analyze.py",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "map=pca",
+        "umap_gmm=false",
+        f"paths.log_dir={root / 'logs'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "analysis" / "analysis.json").read_text())
     assert report["latent_size"] == 8 and report["n_test"] == 60 and report["n_train"] == 200
-    for key in ("test/mse", "test/pca_mse", "latent/knn_accuracy", "latent/linear_probe_accuracy",
-                "latent/kmeans_acc", "latent/kmeans_nmi", "latent/kmeans_ari"):
+    for key in (
+        "test/mse",
+        "test/pca_mse",
+        "latent/knn_accuracy",
+        "latent/linear_probe_accuracy",
+        "latent/kmeans_acc",
+        "latent/kmeans_nmi",
+        "latent/kmeans_ari",
+    ):
         assert 0 <= report[key] < 2
     assert 0 < report["latent/trustworthiness_pca"] <= 1
     assert list(report["test/mse_per_class"]) == [str(d) for d in range(10)]
@@ -113,11 +136,19 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
 
 def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
-    trained = run_cli("train.py", "-m", "model.latent_dim=2,4", "trainer.max_epochs=1",
-                      f"hydra.sweep.dir={sweep_dir}", QUIET, env={"AELAB_DATA_DIR": str(tiny_mnist)})
+    trained = run_cli(
+        "train.py",
+        "-m",
+        "model.latent_dim=2,4",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(tiny_mnist)},
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
-    result = run_cli("analyze.py", f"sweep_dir={sweep_dir}", "map=pca", "umap_gmm=false",
-                     f"paths.log_dir={tmp_path / 'logs'}")
+    result = run_cli(
+        "analyze.py", f"sweep_dir={sweep_dir}", "map=pca", "umap_gmm=false", f"paths.log_dir={tmp_path / 'logs'}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     import csv
 
@@ -132,8 +163,14 @@ def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
 
 def test_every_map_and_the_n2d_clustering_on_a_tiny_run(tmp_path):
     data = make_tiny_dataset(tmp_path / "data", n_train=200, n_test=120)
-    trained = run_cli("train.py", "model.latent_dim=4", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}", QUIET,
-                      env={"AELAB_DATA_DIR": str(data)})
+    trained = run_cli(
+        "train.py",
+        "model.latent_dim=4",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(data)},
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = run_cli("analyze.py", "ckpt_path=last", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -148,8 +185,15 @@ def test_every_map_and_the_n2d_clustering_on_a_tiny_run(tmp_path):
 @pytest.mark.slow
 def test_fashion_mnist_trains_and_eval_and_analyze_use_its_checkpoint_and_class_names(tmp_path, fashion_mnist):
     """The issue's first must-show: no data override after training."""
-    trained = run_cli("train.py", "data=fashion_mnist", "model=conv", f"data.data_dir={fashion_mnist}",
-                      "trainer.max_epochs=1", f"paths.log_dir={tmp_path}", QUIET)
+    trained = run_cli(
+        "train.py",
+        "data=fashion_mnist",
+        "model=conv",
+        f"data.data_dir={fashion_mnist}",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()
     summary = json.loads((run / "run_summary.json").read_text())

@@ -36,6 +36,7 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_package_has_no_import_cycles():
     edges = graph()
+
     # a package depends on its own submodules through __init__; that is containment, not a cycle
     def depends(a, b):
         return b in edges[a] and not b.startswith(a + ".")
@@ -47,7 +48,7 @@ def test_the_package_has_no_import_cycles():
         state[node] = "open"
         for target in sorted(t for t in edges[node] if depends(node, t)):
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = "done"

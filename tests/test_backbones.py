@@ -12,7 +12,8 @@ def mlp(latent_dim):
     return AutoEncoder(
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": latent_dim},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": latent_dim},
-        optimizer=ADAMW, latent_dim=latent_dim,
+        optimizer=ADAMW,
+        latent_dim=latent_dim,
     )
 
 
@@ -20,7 +21,8 @@ def conv(latent_dim=None):
     return AutoEncoder(
         encoder={"_target_": "aelab.models.backbones.ConvEncoder", "latent_dim": latent_dim},
         decoder={"_target_": "aelab.models.backbones.ConvDecoder", "latent_dim": latent_dim},
-        optimizer=ADAMW, latent_dim=latent_dim,
+        optimizer=ADAMW,
+        latent_dim=latent_dim,
     )
 
 
@@ -105,7 +107,8 @@ def test_scheduler_config_returns_an_epoch_scheduler():
     model = AutoEncoder(
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 2},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": 2},
-        optimizer=ADAMW, latent_dim=2,
+        optimizer=ADAMW,
+        latent_dim=2,
         scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1},
     )
     config = model.configure_optimizers()

@@ -1,6 +1,5 @@
 """Every option of every config group composes, and the composed objects instantiate."""
 
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -9,6 +8,7 @@ from omegaconf import OmegaConf
 
 from aelab.config import validate
 from aelab.errors import ConfigError
+
 from conftest import CONFIGS, REPO, compose_config, compose_train, run_cli
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]

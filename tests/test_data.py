@@ -12,6 +12,7 @@ import torch
 from aelab.data import DATASETS, DeviceBatchLoader, MNISTLikeDataModule, normalize
 from aelab.data.idx import parse_idx, read_idx, read_split, write_idx
 from aelab.errors import ConfigError, DataError
+
 from conftest import make_tiny_dataset
 
 
@@ -260,8 +261,12 @@ def test_a_corrupted_download_is_refused_with_one_line_naming_the_file(tmp_path,
     from conftest import run_cli
 
     with mirror_of(mnist / "MNIST" / "raw", tmp_path / "mirror", corrupt="train-labels-idx1-ubyte.gz") as mirror:
-        result = run_cli("train.py", f"data.data_dir={tmp_path / 'data'}", f"data.mirrors=[{mirror}]",
-                         f"paths.log_dir={tmp_path / 'logs'}")
+        result = run_cli(
+            "train.py",
+            f"data.data_dir={tmp_path / 'data'}",
+            f"data.mirrors=[{mirror}]",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("aelab: error:")]
     assert len(errors) == 1, result.stderr[-3000:]

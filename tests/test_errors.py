@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from aelab.data.idx import parse_idx, write_idx
 from aelab.errors import CheckpointError, ConfigError, DataError
 from aelab.runs import load_checkpoint, load_run
+
 from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli
 
 TESTS = Path(__file__).parent
@@ -66,8 +67,9 @@ def trained(tmp_path_factory):
     """One finished tiny MLP run (latent_dim=3) whose checkpoints the table reuses."""
     root = tmp_path_factory.mktemp("trained")
     data = make_tiny_dataset(root / "data")
-    result = run_cli("train.py", "trainer.max_epochs=1", f"paths.log_dir={root / 'logs'}", QUIET,
-                     env={"AELAB_DATA_DIR": str(data)})
+    result = run_cli(
+        "train.py", "trainer.max_epochs=1", f"paths.log_dir={root / 'logs'}", QUIET, env={"AELAB_DATA_DIR": str(data)}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (root / "logs" / "train" / "runs").iterdir()
     return run / "checkpoints" / "last.ckpt"
@@ -76,8 +78,14 @@ def trained(tmp_path_factory):
 def run_printed(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """A command aelab printed, run by a shell from the repository root with the project's Python."""
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    return subprocess.run(["bash", "-c", command], cwd=REPO, env={**os.environ, **env, "PATH": path},
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=REPO,
+        env={**os.environ, **env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def newest_summary(log_dir: Path) -> dict:
@@ -123,60 +131,146 @@ CASES = {
     "latent_dim text": ("train", ["model.latent_dim=abc"], "model.latent_dim='abc' is invalid: " + POSITIVE),
     "latent_dim boolean": ("train", ["model.latent_dim=true"], "model.latent_dim=true is invalid: " + POSITIVE),
     "latent_dim null for mlp": ("train", ["model.latent_dim=null"], "model.latent_dim=null is invalid for model=mlp"),
-    "unknown compile mode": ("train", ["model.compile=sometimes"],
-                             "model.compile='sometimes' is invalid: it must be one of false, true, default, "
-                             "reduce-overhead, max-autotune"),
+    "unknown compile mode": (
+        "train",
+        ["model.compile=sometimes"],
+        "model.compile='sometimes' is invalid: it must be one of false, true, default, reduce-overhead, max-autotune",
+    ),
     "compile as a number": ("train", ["model.compile=1"], "model.compile=1 is invalid: it must be one of false"),
-    "negative learning rate": ("train", ["model.optimizer.lr=-1"], "model.optimizer.lr=-1 is invalid: it must be a number > 0"),
-    "zero learning rate": ("train", ["model.optimizer.lr=0"], "model.optimizer.lr=0 is invalid: it must be a number > 0"),
+    "negative learning rate": (
+        "train",
+        ["model.optimizer.lr=-1"],
+        "model.optimizer.lr=-1 is invalid: it must be a number > 0",
+    ),
+    "zero learning rate": (
+        "train",
+        ["model.optimizer.lr=0"],
+        "model.optimizer.lr=0 is invalid: it must be a number > 0",
+    ),
     "learning rate as text": ("train", ["model.optimizer.lr=fast"], "model.optimizer.lr='fast' is invalid"),
-    "negative weight decay": ("train", ["model.optimizer.weight_decay=-0.1"],
-                              "model.optimizer.weight_decay=-0.1 is invalid: it must be a number >= 0"),
-    "fused as text": ("train", ["model.optimizer.fused=yes"], "model.optimizer.fused='yes' is invalid: it must be true or false"),
-    "misspelt model key": ("train", ["model.dropout=0.1"],
-                           "model.dropout=0.1 is invalid: model.dropout is not a setting of src/train.py"),
-    "added model key": ("train", ["+model.dropout=0.1"], "model.dropout=0.1 is invalid: dropout is not an argument of aelab.models.autoencoder.AutoEncoder"),
-    "encoder class not importable": ("train", ["model.encoder._target_=nowhere.Encoder"],
-                                     "model.encoder._target_=nowhere.Encoder: cannot import nowhere"),
+    "negative weight decay": (
+        "train",
+        ["model.optimizer.weight_decay=-0.1"],
+        "model.optimizer.weight_decay=-0.1 is invalid: it must be a number >= 0",
+    ),
+    "fused as text": (
+        "train",
+        ["model.optimizer.fused=yes"],
+        "model.optimizer.fused='yes' is invalid: it must be true or false",
+    ),
+    "misspelt model key": (
+        "train",
+        ["model.dropout=0.1"],
+        "model.dropout=0.1 is invalid: model.dropout is not a setting of src/train.py",
+    ),
+    "added model key": (
+        "train",
+        ["+model.dropout=0.1"],
+        "model.dropout=0.1 is invalid: dropout is not an argument of aelab.models.autoencoder.AutoEncoder",
+    ),
+    "encoder class not importable": (
+        "train",
+        ["model.encoder._target_=nowhere.Encoder"],
+        "model.encoder._target_=nowhere.Encoder: cannot import nowhere",
+    ),
     "encoder naming a non-project class": ("train", ["model.encoder._target_=os.system"], "model.encoder"),
-    "unknown model option": ("train", ["model=transformer"], "model=transformer is invalid: it must be one of conv, mlp"),
+    "unknown model option": (
+        "train",
+        ["model=transformer"],
+        "model=transformer is invalid: it must be one of conv, mlp",
+    ),
     # trainer
-    "max_epochs null (Lightning's 1000)": ("train", ["trainer.max_epochs=null"], "trainer.max_epochs=null is invalid: " + POSITIVE),
+    "max_epochs null (Lightning's 1000)": (
+        "train",
+        ["trainer.max_epochs=null"],
+        "trainer.max_epochs=null is invalid: " + POSITIVE,
+    ),
     "max_epochs zero": ("train", ["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: " + POSITIVE),
     "max_epochs negative": ("train", ["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is invalid: " + POSITIVE),
     "max_epochs text": ("train", ["trainer.max_epochs=ten"], "trainer.max_epochs='ten' is invalid: " + POSITIVE),
     "max_epochs float": ("train", ["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5 is invalid: " + POSITIVE),
-    "accelerator tpu": ("train", ["trainer.accelerator=tpu"],
-                        "trainer.accelerator='tpu' is invalid: it must be one of cpu, gpu, cuda, auto"),
-    "accelerator gpu without a GPU": ("train", ["trainer.accelerator=gpu"],
-                                      "trainer.accelerator=gpu needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu"),
+    "accelerator tpu": (
+        "train",
+        ["trainer.accelerator=tpu"],
+        "trainer.accelerator='tpu' is invalid: it must be one of cpu, gpu, cuda, auto",
+    ),
+    "accelerator gpu without a GPU": (
+        "train",
+        ["trainer.accelerator=gpu"],
+        "trainer.accelerator=gpu needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu",
+    ),
     "trainer=gpu without a GPU": ("train", ["trainer=gpu"], "needs a CUDA GPU"),
     "unknown trainer option": ("train", ["trainer=tpu"], "trainer=tpu is invalid: it must be one of cpu, default, gpu"),
     "legacy precision 16": ("train", ["trainer.precision=16"], "trainer.precision=16 is invalid: " + PRECISIONS),
     "made-up precision": ("train", ["trainer.precision=bf17"], "trainer.precision='bf17' is invalid: " + PRECISIONS),
     "fp16 on cpu": ("train", ["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU"),
-    "64-true (does not run)": ("train", ["trainer.precision=64-true"], "trainer.precision='64-true' is invalid: " + PRECISIONS),
+    "64-true (does not run)": (
+        "train",
+        ["trainer.precision=64-true"],
+        "trainer.precision='64-true' is invalid: " + PRECISIONS,
+    ),
     "bf16-true (does not run)": ("train", ["trainer.precision=bf16-true"], "trainer.precision='bf16-true' is invalid"),
-    "zero devices": ("train", ["trainer.devices=0"], "trainer.devices=0 is invalid: it must be a positive integer or one of auto"),
+    "zero devices": (
+        "train",
+        ["trainer.devices=0"],
+        "trainer.devices=0 is invalid: it must be a positive integer or one of auto",
+    ),
     "devices as a word": ("train", ["trainer.devices=two"], "trainer.devices='two' is invalid"),
-    "min_epochs above max_epochs": ("train", ["trainer.min_epochs=9"],
-                                    "trainer.min_epochs=9 is more than trainer.max_epochs=5; lower it, e.g. trainer.min_epochs=5"),
-    "min_epochs negative": ("train", ["trainer.min_epochs=-1"], "trainer.min_epochs=-1 is invalid: it must be an integer >= 0"),
-    "validate every 0 epochs": ("train", ["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is invalid"),
-    "sanity steps below -1": ("train", ["trainer.num_sanity_val_steps=-2"], "trainer.num_sanity_val_steps=-2 is invalid"),
-    "deterministic maybe": ("train", ["trainer.deterministic=maybe"],
-                            "trainer.deterministic='maybe' is invalid: it must be true or false or one of warn"),
-    "limit_train_batches above 1.0": ("train", ["+trainer.limit_train_batches=1.5"],
-                                      "trainer.limit_train_batches=1.5 is invalid: it must be a number >= 0 and <= 1 or an integer >= 0"),
-    "limit_val_batches negative": ("train", ["+trainer.limit_val_batches=-1"], "trainer.limit_val_batches=-1 is invalid"),
+    "min_epochs above max_epochs": (
+        "train",
+        ["trainer.min_epochs=9"],
+        "trainer.min_epochs=9 is more than trainer.max_epochs=5; lower it, e.g. trainer.min_epochs=5",
+    ),
+    "min_epochs negative": (
+        "train",
+        ["trainer.min_epochs=-1"],
+        "trainer.min_epochs=-1 is invalid: it must be an integer >= 0",
+    ),
+    "validate every 0 epochs": (
+        "train",
+        ["trainer.check_val_every_n_epoch=0"],
+        "trainer.check_val_every_n_epoch=0 is invalid",
+    ),
+    "sanity steps below -1": (
+        "train",
+        ["trainer.num_sanity_val_steps=-2"],
+        "trainer.num_sanity_val_steps=-2 is invalid",
+    ),
+    "deterministic maybe": (
+        "train",
+        ["trainer.deterministic=maybe"],
+        "trainer.deterministic='maybe' is invalid: it must be true or false or one of warn",
+    ),
+    "limit_train_batches above 1.0": (
+        "train",
+        ["+trainer.limit_train_batches=1.5"],
+        "trainer.limit_train_batches=1.5 is invalid: it must be a number >= 0 and <= 1 or an integer >= 0",
+    ),
+    "limit_val_batches negative": (
+        "train",
+        ["+trainer.limit_val_batches=-1"],
+        "trainer.limit_val_batches=-1 is invalid",
+    ),
     "overfit_batches negative": ("train", ["+trainer.overfit_batches=-1"], "trainer.overfit_batches=-1 is invalid"),
     "fast_dev_run negative": ("train", ["+trainer.fast_dev_run=-1"], "trainer.fast_dev_run=-1 is invalid"),
     "gradient clipping": ("train", ["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 " + MANUAL),
-    "gradient accumulation": ("train", ["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches=4 " + MANUAL),
+    "gradient accumulation": (
+        "train",
+        ["+trainer.accumulate_grad_batches=4"],
+        "trainer.accumulate_grad_batches=4 " + MANUAL,
+    ),
     "trainer plugins": ("train", ["+trainer.plugins=[]"], "trainer.plugins=[] is not supported"),
     "trainer callbacks": ("train", ["+trainer.callbacks=[]"], "trainer.callbacks=[] is set in the callbacks group"),
-    "not a Trainer argument": ("train", ["+trainer.foo=1"], "trainer.foo=1 is invalid: foo is not an argument of lightning.pytorch.Trainer"),
-    "misspelt Trainer argument": ("train", ["+trainer.max_epoch=1"], "max_epoch is not an argument of lightning.pytorch.Trainer; did you mean trainer.max_epochs?"),
+    "not a Trainer argument": (
+        "train",
+        ["+trainer.foo=1"],
+        "trainer.foo=1 is invalid: foo is not an argument of lightning.pytorch.Trainer",
+    ),
+    "misspelt Trainer argument": (
+        "train",
+        ["+trainer.max_epoch=1"],
+        "max_epoch is not an argument of lightning.pytorch.Trainer; did you mean trainer.max_epochs?",
+    ),
     "misspelt trainer key": ("train", ["trainer.max_epoch=1"], "trainer.max_epoch=1 is invalid"),
     # data
     "batch size zero": ("train", ["data.batch_size=0"], "data.batch_size=0 is invalid: " + POSITIVE),
@@ -184,27 +278,64 @@ CASES = {
     "batch size text": ("train", ["data.batch_size=big"], "data.batch_size='big' is invalid: " + POSITIVE),
     "batch size float": ("train", ["data.batch_size=2.5"], "data.batch_size=2.5 is invalid: " + POSITIVE),
     "batch size null": ("train", ["data.batch_size=null"], "data.batch_size=null is invalid: " + POSITIVE),
-    "unknown loader": ("train", ["data.loader=fast"], "data.loader='fast' is invalid: it must be one of device, dataloader"),
-    "keep_classes out of range": ("train", ["data.keep_classes=[12]"],
-                                  "data.keep_classes=[12] is invalid: list class indices 0-9 of MNIST"),
-    "keep_classes empty": ("train", ["data.keep_classes=[]"], "data.keep_classes=[] is invalid: it must be a non-empty list"),
+    "unknown loader": (
+        "train",
+        ["data.loader=fast"],
+        "data.loader='fast' is invalid: it must be one of device, dataloader",
+    ),
+    "keep_classes out of range": (
+        "train",
+        ["data.keep_classes=[12]"],
+        "data.keep_classes=[12] is invalid: list class indices 0-9 of MNIST",
+    ),
+    "keep_classes empty": (
+        "train",
+        ["data.keep_classes=[]"],
+        "data.keep_classes=[] is invalid: it must be a non-empty list",
+    ),
     "keep_classes negative": ("train", ["data.keep_classes=[-1]"], "data.keep_classes=[-1] is invalid"),
     "keep_classes as text": ("train", ["data.keep_classes=three"], "data.keep_classes='three' is invalid"),
-    "unknown dataset name": ("train", ["data.dataset=cifar"],
-                             "data.dataset='cifar' is invalid: it must be one of mnist, fashion_mnist, kmnist"),
+    "unknown dataset name": (
+        "train",
+        ["data.dataset=cifar"],
+        "data.dataset='cifar' is invalid: it must be one of mnist, fashion_mnist, kmnist",
+    ),
     "unknown data option": ("train", ["data=cifar"], "data=cifar is invalid: it must be one of fashion_mnist"),
     "val_size as large as training": ("train", ["data.val_size=96"], "data.val_size=96 leaves no training images"),
-    "val_size negative": ("train", ["data.val_size=-1"], "data.val_size=-1 is invalid: it must be a positive integer or null"),
+    "val_size negative": (
+        "train",
+        ["data.val_size=-1"],
+        "data.val_size=-1 is invalid: it must be a positive integer or null",
+    ),
     "val_size zero": ("train", ["data.val_size=0"], "data.val_size=0 is invalid"),
-    "num_workers negative": ("train", ["data.num_workers=-1"], "data.num_workers=-1 is invalid: it must be an integer >= 0"),
+    "num_workers negative": (
+        "train",
+        ["data.num_workers=-1"],
+        "data.num_workers=-1 is invalid: it must be an integer >= 0",
+    ),
     "download as text": ("train", ["data.download=yes"], "data.download='yes' is invalid: it must be true or false"),
-    "mirrors as one string": ("train", ["data.mirrors=https://example.org/mnist/"], "data.mirrors='https://example.org/mnist/' is invalid"),
-    "mirrors empty": ("train", ["data.mirrors=[]"], "data.mirrors=[] is invalid: it must be a non-empty list of strings"),
+    "mirrors as one string": (
+        "train",
+        ["data.mirrors=https://example.org/mnist/"],
+        "data.mirrors='https://example.org/mnist/' is invalid",
+    ),
+    "mirrors empty": (
+        "train",
+        ["data.mirrors=[]"],
+        "data.mirrors=[] is invalid: it must be a non-empty list of strings",
+    ),
     "data seed negative": ("train", ["data.seed=-1"], "data.seed=-1 is invalid"),
     "data_dir empty": ("train", ["data.data_dir=''"], "data.data_dir='' is invalid: it must be a non-empty string"),
-    "misspelt data key": ("train", ["data.batchsize=64"], "data.batchsize=64 is invalid: data.batchsize is not a setting of src/train.py; did you mean data.batch_size?"),
-    "data dir missing, download off": ("train", ["data.data_dir=/nonexistent/mnist", "data.download=false"],
-                                       "MNIST not found in /nonexistent/mnist/MNIST/raw"),
+    "misspelt data key": (
+        "train",
+        ["data.batchsize=64"],
+        "data.batchsize=64 is invalid: data.batchsize is not a setting of src/train.py; did you mean data.batch_size?",
+    ),
+    "data dir missing, download off": (
+        "train",
+        ["data.data_dir=/nonexistent/mnist", "data.download=false"],
+        "MNIST not found in /nonexistent/mnist/MNIST/raw",
+    ),
     "data dir is a file": ("train", ["data.data_dir={tmp}/a_file"], "cannot write to"),
     "missing label file, offline": ("train", ["@missing"], "train-labels-idx1-ubyte"),
     "truncated image file": ("train", ["@truncated"], "truncated"),
@@ -218,37 +349,86 @@ CASES = {
     "seed negative": ("train", ["seed=-1"], "seed=-1 is invalid"),
     "seed above 2**32-1": ("train", ["seed=4294967296"], "seed=4294967296 is invalid"),
     "seed text": ("train", ["seed=abc"], "seed='abc' is invalid"),
-    "task_name climbing out of the logs": ("train", ["task_name=../../x"], "task_name='../../x' is invalid: it must be a plain name"),
+    "task_name climbing out of the logs": (
+        "train",
+        ["task_name=../../x"],
+        "task_name='../../x' is invalid: it must be a plain name",
+    ),
     "task_name with a slash": ("train", ["task_name=a/b"], "task_name='a/b' is invalid"),
     "task_name empty": ("train", ["task_name=''"], "task_name='' is invalid"),
-    "unknown top-level key": ("train", ["learning_rate=1"],
-                              "learning_rate=1 is invalid: learning_rate is not a setting of src/train.py; remove it"),
+    "unknown top-level key": (
+        "train",
+        ["learning_rate=1"],
+        "learning_rate=1 is invalid: learning_rate is not a setting of src/train.py; remove it",
+    ),
     "added top-level key": ("train", ["+foo=bar"], "foo='bar' is invalid: foo is not a setting aelab reads; remove it"),
-    "appending a key that exists": ("train", ["+seed=1"], "+seed=1 adds a key that exists; set it without the +, e.g. seed=1"),
-    "unknown experiment": ("train", ["experiment=nope"], "experiment=nope is invalid: it must be one of seed_conv, seed_mlp"),
+    "appending a key that exists": (
+        "train",
+        ["+seed=1"],
+        "+seed=1 adds a key that exists; set it without the +, e.g. seed=1",
+    ),
+    "unknown experiment": (
+        "train",
+        ["experiment=nope"],
+        "experiment=nope is invalid: it must be one of seed_conv, seed_mlp",
+    ),
     "unknown debug option": ("train", ["debug=nope"], "debug=nope is invalid: it must be one of fdr, limit, overfit"),
     "unknown logger option": ("train", ["logger=wandb"], "logger=wandb is invalid: it must be one of csv, tensorboard"),
     "unknown callbacks option": ("train", ["callbacks=none"], "callbacks=none is invalid: it must be one of default"),
     "callbacks=null": ("train", ["callbacks=null"], "callbacks=null is invalid: a config group is chosen by name"),
-    "logger=null": ("train", ["logger=null"], "logger=null is invalid: a config group is chosen by name, e.g. logger=<option>, or left out with ~logger"),
+    "logger=null": (
+        "train",
+        ["logger=null"],
+        "logger=null is invalid: a config group is chosen by name, e.g. logger=<option>, or left out with ~logger",
+    ),
     "unclosed bracket": ("train", ["data.keep_classes=[1"], "data.keep_classes=[1 is not a valid override"),
     "a space in a value": ("train", ["model.latent_dim= 3 4"], "model.latent_dim='3 4' is invalid"),
     "a space in a key": ("train", ["model.latent dim=3"], "model.latent dim=3 is not a valid override"),
     "unknown hydra key": ("train", ["hydra.foo=1"], "hydra.foo=1 is invalid"),
     "missing config dir": ("train", ["--config-dir=/nonexistent"], "/nonexistent"),
-    "unresolvable interpolation": ("train", ["model.latent_dim=${nope}"], "model.latent_dim=${nope} cannot be resolved"),
+    "unresolvable interpolation": (
+        "train",
+        ["model.latent_dim=${nope}"],
+        "model.latent_dim=${nope} cannot be resolved",
+    ),
     "log dir empty": ("train", ["paths.log_dir=''"], "paths"),
     "log dir below a file": ("train", ["paths.log_dir={tmp}/a_file/logs"], "Not a directory"),
     # callbacks
-    "misspelt monitor key": ("train", ["callbacks.model_checkpoint.monitor=val/mes"],
-                             "callbacks.model_checkpoint.monitor='val/mes' is invalid: it must be one of val/mse, train/mse, val/mse_best"),
-    "monitor without a split": ("train", ["callbacks.model_checkpoint.monitor=mse"], "callbacks.model_checkpoint.monitor='mse' is invalid"),
-    "monitor mode": ("train", ["callbacks.model_checkpoint.mode=maximize"], "callbacks.model_checkpoint.mode='maximize' is invalid: it must be one of min, max"),
-    "save_top_k below -1": ("train", ["callbacks.model_checkpoint.save_top_k=-2"], "callbacks.model_checkpoint.save_top_k=-2 is invalid"),
-    "refresh rate negative": ("train", ["callbacks.progress_bar.refresh_rate=-1"], "callbacks.progress_bar.refresh_rate=-1 is invalid"),
-    "no reconstruction images": ("train", ["callbacks.reconstruction_grid.num_images=0"], "callbacks.reconstruction_grid.num_images=0 is invalid"),
-    "too many reconstruction images": ("train", ["callbacks.reconstruction_grid.num_images=1000"],
-                                       "callbacks.reconstruction_grid.num_images=1000 is invalid: it must be an integer from 1 to 64"),
+    "misspelt monitor key": (
+        "train",
+        ["callbacks.model_checkpoint.monitor=val/mes"],
+        "callbacks.model_checkpoint.monitor='val/mes' is invalid: it must be one of val/mse, train/mse, val/mse_best",
+    ),
+    "monitor without a split": (
+        "train",
+        ["callbacks.model_checkpoint.monitor=mse"],
+        "callbacks.model_checkpoint.monitor='mse' is invalid",
+    ),
+    "monitor mode": (
+        "train",
+        ["callbacks.model_checkpoint.mode=maximize"],
+        "callbacks.model_checkpoint.mode='maximize' is invalid: it must be one of min, max",
+    ),
+    "save_top_k below -1": (
+        "train",
+        ["callbacks.model_checkpoint.save_top_k=-2"],
+        "callbacks.model_checkpoint.save_top_k=-2 is invalid",
+    ),
+    "refresh rate negative": (
+        "train",
+        ["callbacks.progress_bar.refresh_rate=-1"],
+        "callbacks.progress_bar.refresh_rate=-1 is invalid",
+    ),
+    "no reconstruction images": (
+        "train",
+        ["callbacks.reconstruction_grid.num_images=0"],
+        "callbacks.reconstruction_grid.num_images=0 is invalid",
+    ),
+    "too many reconstruction images": (
+        "train",
+        ["callbacks.reconstruction_grid.num_images=1000"],
+        "callbacks.reconstruction_grid.num_images=1000 is invalid: it must be an integer from 1 to 64",
+    ),
     # checkpoints
     "checkpoint missing": ("train", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),
     "checkpoint is a directory": ("train", ["ckpt_path={tmp}"], "is a directory; pass a .ckpt file, e.g. ckpt_path="),
@@ -264,18 +444,41 @@ CASES = {
     "eval without a checkpoint": ("eval", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
     "eval of a missing checkpoint": ("eval", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),
     "eval of a malicious checkpoint": ("eval", ["#malicious"], "could run code"),
-    "eval batch size zero": ("eval", ["#trained", "data.batch_size=0"], "data.batch_size=0 is invalid: it must be a positive integer or null"),
+    "eval batch size zero": (
+        "eval",
+        ["#trained", "data.batch_size=0"],
+        "data.batch_size=0 is invalid: it must be a positive integer or null",
+    ),
     "eval on a TPU": ("eval", ["#trained", "trainer.accelerator=tpu"], "trainer.accelerator='tpu' is invalid"),
-    "eval with an analyze key": ("eval", ["#trained", "map=pca"], "map=pca is invalid: map is not a setting of src/eval.py; remove it"),
+    "eval with an analyze key": (
+        "eval",
+        ["#trained", "map=pca"],
+        "map=pca is invalid: map is not a setting of src/eval.py; remove it",
+    ),
     "eval of an unknown dataset": ("eval", ["#trained", "data.dataset=cifar"], "data.dataset='cifar' is invalid"),
-    "analyze missing checkpoint": ("analyze", ["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
+    "analyze missing checkpoint": (
+        "analyze",
+        ["ckpt_path=/no/such/last.ckpt"],
+        "ckpt_path=/no/such/last.ckpt does not exist",
+    ),
     "analyze with neither checkpoint nor sweep": ("analyze", [], "give exactly one of ckpt_path="),
     "analyze with both": ("analyze", ["#trained", "sweep_dir={tmp}"], "give exactly one of ckpt_path="),
-    "analyze unknown map": ("analyze", ["#trained", "map=sne"], "map='sne' is invalid: it must be one of tsne, umap, pca, all"),
+    "analyze unknown map": (
+        "analyze",
+        ["#trained", "map=sne"],
+        "map='sne' is invalid: it must be one of tsne, umap, pca, all",
+    ),
     "analyze knn_k zero": ("analyze", ["#trained", "knn_k=0"], "knn_k=0 is invalid: " + POSITIVE),
-    "analyze too few trustworthiness points": ("analyze", ["#trained", "trustworthiness_points=5"],
-                                               "trustworthiness_points=5 is invalid: it must be an integer >= 10"),
-    "analyze umap_gmm maybe": ("analyze", ["#trained", "umap_gmm=maybe"], "umap_gmm='maybe' is invalid: it must be true or false"),
+    "analyze too few trustworthiness points": (
+        "analyze",
+        ["#trained", "trustworthiness_points=5"],
+        "trustworthiness_points=5 is invalid: it must be an integer >= 10",
+    ),
+    "analyze umap_gmm maybe": (
+        "analyze",
+        ["#trained", "umap_gmm=maybe"],
+        "umap_gmm='maybe' is invalid: it must be true or false",
+    ),
     "analyze a folder with no sweep": ("analyze", ["sweep_dir={tmp}"], "holds no sweep jobs with checkpoints"),
     "analyze with no runs": ("analyze", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt under"),
     "analyze legacy precision": ("analyze", ["#trained", "trainer.precision=16"], "trainer.precision=16 is invalid"),
@@ -340,8 +543,10 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["unknown top-level key", "latent_dim zero", "truncated image file",
-                                  "malicious checkpoint", "analyze unknown map"])
+@pytest.mark.parametrize(
+    "case",
+    ["unknown top-level key", "latent_dim zero", "truncated image file", "malicious checkpoint", "analyze unknown map"],
+)
 def test_the_table_matches_the_real_command_line(case, tmp_path, trained):
     script, args, env = case_arguments(case, tmp_path, trained)
     result = run_cli(f"{script}.py", *args, env=env)
@@ -351,21 +556,29 @@ def test_the_table_matches_the_real_command_line(case, tmp_path, trained):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("override", [
-    "+callbacks.evil={_target_:os.system,command:'touch {tmp}/pwned'}",
-    "model._target_=os.system",
-    "model.latent_dim=${oc.env:HOME}",
-    "model=../../etc/passwd",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "+callbacks.evil={_target_:os.system,command:'touch {tmp}/pwned'}",
+        "model._target_=os.system",
+        "model.latent_dim=${oc.env:HOME}",
+        "model=../../etc/passwd",
+    ],
+)
 def test_stored_overrides_that_could_name_code_are_not_restored_on_resume(override, tmp_path, trained, capfd):
     checkpoint = bad_checkpoint(tmp_path, f"overrides:{override}", trained)
     env = {"AELAB_DATA_DIR": str(make_tiny_dataset(tmp_path / "data"))}
     code, stderr, stdout = run_in_process(
-        "train", [f"ckpt_path={checkpoint}", "trainer.max_epochs=2", f"paths.log_dir={tmp_path / 'logs'}", QUIET],
-        capfd, env)
+        "train",
+        [f"ckpt_path={checkpoint}", "trainer.max_epochs=2", f"paths.log_dir={tmp_path / 'logs'}", QUIET],
+        capfd,
+        env,
+    )
     assert code == 0, stderr[-3000:]
-    assert f"not restored from {checkpoint} (they could name code; pass them again if they are yours): " \
-           f"{override.replace('{tmp}', str(tmp_path))}" in stdout + stderr
+    assert (
+        f"not restored from {checkpoint} (they could name code; pass them again if they are yours): "
+        f"{override.replace('{tmp}', str(tmp_path))}" in stdout + stderr
+    )
     assert not (tmp_path / "pwned").exists()
     assert newest_summary(tmp_path / "logs")["epochs"] == 2
 
@@ -382,8 +595,12 @@ def test_a_diverged_checkpoint_fails_with_one_line_instead_of_reporting_nan(tmp_
         tensor.fill_(float("nan"))
     path = tmp_path / "diverged.ckpt"
     torch.save(checkpoint, path)
-    result = run_cli(script, f"ckpt_path={path}", f"paths.log_dir={tmp_path}",
-                     env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")})
+    result = run_cli(
+        script,
+        f"ckpt_path={path}",
+        f"paths.log_dir={tmp_path}",
+        env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"aelab: error: checkpoint {path} reconstructs to non-finite values (test/mse nan)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -402,7 +619,10 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     result = subprocess.run(
         [sys.executable, str(REPO / "src/train.py"), "model.latent_dim=0", f"paths.log_dir={tmp_path}"],
-        cwd=REPO, env={**os.environ, **env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True,
+        cwd=REPO,
+        env={**os.environ, **env, "HYDRA_FULL_ERROR": "1"},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
@@ -414,11 +634,14 @@ def payloads(marker: Path) -> dict[str, tuple[str, object]]:
     command = {"_target_": "os.system", "command": f"touch {marker}"}
     pickled = pickle.dumps(Evil(marker))
     return {
-        "torch.load of embedded pickle bytes": ("hyper_parameters.encoder", {
-            "_target_": "torch.load", "weights_only": False,
-            "f": {"_target_": "io.BytesIO", "_args_": [pickled]}}),
-        "builtins.open truncating a file": ("hyper_parameters.decoder", {
-            "_target_": "builtins.open", "_args_": [str(marker.parent / "victim.ckpt"), "w"]}),
+        "torch.load of embedded pickle bytes": (
+            "hyper_parameters.encoder",
+            {"_target_": "torch.load", "weights_only": False, "f": {"_target_": "io.BytesIO", "_args_": [pickled]}},
+        ),
+        "builtins.open truncating a file": (
+            "hyper_parameters.decoder",
+            {"_target_": "builtins.open", "_args_": [str(marker.parent / "victim.ckpt"), "w"]},
+        ),
         "model class": ("aelab_model_class", "os.system"),
         "data class": ("aelab_data_class", "subprocess.getoutput"),
         "encoder": ("hyper_parameters.encoder", command),
@@ -448,8 +671,10 @@ def test_a_checkpoint_naming_a_non_project_target_is_refused_and_never_runs_it(t
     victim.write_bytes(b"another run's checkpoint")
     where, payload = payloads(marker)[case]
     path = poisoned(trained, tmp_path, where, payload)
-    with pytest.raises(CheckpointError, match=f"checkpoint {path} is refused: its .* names .*, which is not "
-                                              "one of aelab's registered classes"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"checkpoint {path} is refused: its .* names .*, which is not one of aelab's registered classes",
+    ):
         load_run(path)
     assert not marker.exists()
     assert victim.read_bytes() == b"another run's checkpoint"
@@ -457,16 +682,24 @@ def test_a_checkpoint_naming_a_non_project_target_is_refused_and_never_runs_it(t
 
 def test_the_sweep_report_reads_a_poisoned_job_without_running_it(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("train.py", "-m", "model.latent_dim=2,3", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}",
-                     QUIET, env={"AELAB_DATA_DIR": str(tiny_mnist)})
+    result = run_cli(
+        "train.py",
+        "-m",
+        "model.latent_dim=2,3",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(tiny_mnist)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     marker = tmp_path / "pwned"
     job = sweep_dir / "model.latent_dim=2,trainer.max_epochs=1" / "checkpoints"
     for checkpoint in job.glob("*.ckpt"):
         poisoned_copy = poisoned(checkpoint, tmp_path, "hyper_parameters.encoder", payloads(marker)["encoder"][1])
         poisoned_copy.replace(checkpoint)
-    report = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)],
-                            capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)], capture_output=True, text=True
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "is refused: its hyper_parameters.encoder._target_ names os.system" in report.stderr
     assert not marker.exists()
@@ -478,9 +711,13 @@ def test_the_sweep_report_reads_a_poisoned_job_without_running_it(tmp_path, tiny
 def test_every_entry_point_refuses_a_poisoned_checkpoint_with_one_line(tmp_path, trained, script):
     marker = tmp_path / "pwned"
     path = poisoned(trained, tmp_path, "hyper_parameters.encoder", payloads(marker)["encoder"][1])
-    result = run_cli(script, f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'logs'}",
-                     *([QUIET] if script == "train.py" else []),
-                     env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")})
+    result = run_cli(
+        script,
+        f"ckpt_path={path}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *([QUIET] if script == "train.py" else []),
+        env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error:")]
     assert f"checkpoint {path} is refused: its hyper_parameters.encoder._target_ names os.system" in line
@@ -499,8 +736,15 @@ def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
 
 def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
-    result = run_cli("train.py", "trainer.max_epochs=3", f"paths.log_dir={tmp_path}", QUIET,
-                     "+callbacks.poison._target_=fault_callbacks.PoisonAt", "+callbacks.poison.epoch=1", env=env)
+    result = run_cli(
+        "train.py",
+        "trainer.max_epochs=3",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
+        "+callbacks.poison._target_=fault_callbacks.PoisonAt",
+        "+callbacks.poison.epoch=1",
+        env=env,
+    )
     assert result.returncode == 2
     (run,) = (tmp_path / "train" / "runs").iterdir()
     last = run / "checkpoints" / "last.ckpt"
@@ -515,10 +759,19 @@ def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, tiny_mnist):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum):
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "src/train.py"), "model=conv", "trainer.max_epochs=50",
-         f"paths.log_dir={tmp_path}", QUIET],
-        cwd=REPO, env={**os.environ, "AELAB_DATA_DIR": str(mnist)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(REPO / "src/train.py"),
+            "model=conv",
+            "trainer.max_epochs=50",
+            f"paths.log_dir={tmp_path}",
+            QUIET,
+        ],
+        cwd=REPO,
+        env={**os.environ, "AELAB_DATA_DIR": str(mnist)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # a shell without job control starts background jobs with SIGINT ignored, and the child
         # would inherit that: give it the disposition a terminal gives, so Ctrl-C is Ctrl-C
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -548,9 +801,15 @@ def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tin
     straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'killed'}",
-                     "+callbacks.kill._target_=fault_callbacks.KillAt", "+callbacks.kill.epoch=2",
-                     "+callbacks.kill.batch=1", env=env)
+    killed = run_cli(
+        "train.py",
+        *common,
+        f"paths.log_dir={tmp_path / 'killed'}",
+        "+callbacks.kill._target_=fault_callbacks.KillAt",
+        "+callbacks.kill.epoch=2",
+        "+callbacks.kill.batch=1",
+        env=env,
+    )
     assert killed.returncode == -signal.SIGKILL
     (run,) = (tmp_path / "killed" / "train" / "runs").iterdir()
     assert not (run / "run_summary.json").exists()
@@ -567,6 +826,7 @@ def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tin
 
 # --- fuzzing: only the project's own clear errors may come out --------------------------------
 
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=3))
 def test_idx_reader_on_random_bytes_raises_only_data_error(raw, ndim):
@@ -582,8 +842,10 @@ VALID_IDX = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (2, 3, 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(VALID_IDX) - 1), st.integers(0, 255)), max_size=4),
-       st.integers(0, len(VALID_IDX)))
+@given(
+    st.lists(st.tuples(st.integers(0, len(VALID_IDX) - 1), st.integers(0, 255)), max_size=4),
+    st.integers(0, len(VALID_IDX)),
+)
 def test_idx_reader_on_mutated_files_raises_only_data_error(mutations, cut):
     raw = bytearray(VALID_IDX)
     for index, value in mutations:
@@ -594,14 +856,16 @@ def test_idx_reader_on_mutated_files_raises_only_data_error(mutations, cut):
         assert str(err).startswith("mutant: ")
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                   st.text(max_size=8))
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=8)
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(latent_dim=VALUES, batch_size=VALUES, precision=VALUES, max_epochs=VALUES)
-def test_config_validation_on_random_values_raises_only_config_error(tmp_path, latent_dim, batch_size,
-                                                                    precision, max_epochs):
+def test_config_validation_on_random_values_raises_only_config_error(
+    tmp_path, latent_dim, batch_size, precision, max_epochs
+):
     from omegaconf import open_dict
 
     from aelab.config import validate
@@ -620,7 +884,9 @@ def test_config_validation_on_random_values_raises_only_config_error(tmp_path, l
 
 def test_a_checkpoint_naming_a_registered_class_in_the_wrong_role_is_refused(tmp_path, trained):
     path = poisoned(trained, tmp_path, "aelab_model_class", "torch.optim.SGD")
-    with pytest.raises(CheckpointError, match="its aelab_model_class names torch.optim.SGD, which is not a LightningModule"):
+    with pytest.raises(
+        CheckpointError, match="its aelab_model_class names torch.optim.SGD, which is not a LightningModule"
+    ):
         load_run(path)
 
 
@@ -628,7 +894,8 @@ def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, tra
     target = tmp_path / "chosen-by-the-file"
     checkpoint = torch.load(trained, weights_only=True)
     checkpoint["datamodule_hyper_parameters"].update(
-        data_dir=str(target), download=True, mirrors=["http://127.0.0.1:9/"], num_workers=64)
+        data_dir=str(target), download=True, mirrors=["http://127.0.0.1:9/"], num_workers=64
+    )
     path = tmp_path / "beacon.ckpt"
     torch.save(checkpoint, path)
     loaded = load_run(path)
@@ -647,9 +914,15 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    stopped = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'stopped'}",
-                      "+callbacks.stop._target_=fault_callbacks.SignalAt", "+callbacks.stop.epoch=2",
-                      "+callbacks.stop.batch=3", env=env)
+    stopped = run_cli(
+        "train.py",
+        *common,
+        f"paths.log_dir={tmp_path / 'stopped'}",
+        "+callbacks.stop._target_=fault_callbacks.SignalAt",
+        "+callbacks.stop.epoch=2",
+        "+callbacks.stop.batch=3",
+        env=env,
+    )
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     (printed,) = re.findall(r"Resume with: (.+)", stopped.stderr)
     interrupted = next((tmp_path / "stopped").glob("train/runs/*/checkpoints/interrupted.ckpt"))
@@ -667,10 +940,21 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
 
 def test_an_argument_of_a_users_own_class_is_checked_by_that_class_not_refused(tmp_path):
     from aelab.config import validate
+
     from conftest import compose_config
 
-    cfg = compose_config("train", tmp_path, ["+trainer.log_every_n_steps=5", "+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x}"])
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        ["+trainer.log_every_n_steps=5", "+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x}"],
+    )
     validate(cfg)
-    cfg = compose_config("train", tmp_path, ["+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x, colour: red}"])
-    with pytest.raises(ConfigError, match=r"^logger.csv.colour='red' is invalid: colour is not an argument of lightning.pytorch.loggers.CSVLogger; remove it$"):
+    cfg = compose_config(
+        "train", tmp_path, ["+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x, colour: red}"]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^logger.csv.colour='red' is invalid: colour is not an argument of "
+        r"lightning.pytorch.loggers.CSVLogger; remove it$",
+    ):
         validate(cfg)

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aelab.registry import REGISTRY
 from aelab.runs import load_run
 from aelab.tasks.train import train
+
 from conftest import compose_train, run_cli
 
 EXTRA = '''
@@ -52,7 +53,7 @@ class SparseAutoEncoder(AutoEncoder):
         return {"mse": torch.nn.functional.mse_loss(self.decode(z), x), "l1": self.hparams.l1 * z.abs().mean()}
 '''
 
-MODEL_YAML = '''
+MODEL_YAML = """
 defaults:
   - optimizer: adamw
   - _self_
@@ -70,7 +71,7 @@ decoder:
   latent_dim: ${{model.latent_dim}}
 scheduler: null
 compile: false
-'''
+"""
 
 
 @pytest.fixture
@@ -89,8 +90,9 @@ def test_a_new_backbone_and_objective_train_for_one_batch_and_reload(tmp_path, t
     configs = tmp_path / "configs" / "model"
     configs.mkdir(parents=True)
     (configs / "sparse.yaml").write_text(MODEL_YAML.format(module=extra_module))
-    cfg = compose_train(tmp_path, tiny_mnist, ["debug=fdr", "model=sparse",
-                                               f"hydra.searchpath=[file://{tmp_path / 'configs'}]"])
+    cfg = compose_train(
+        tmp_path, tiny_mnist, ["debug=fdr", "model=sparse", f"hydra.searchpath=[file://{tmp_path / 'configs'}]"]
+    )
     summary = train(cfg)
     assert summary["status"] == "ok"
     assert summary["backbone"] == "tiny"
@@ -103,9 +105,15 @@ def test_a_new_backbone_and_objective_train_for_one_batch_and_reload(tmp_path, t
 
 def test_an_objective_with_several_terms_logs_each_and_their_sum(tmp_path, tiny_mnist, extra_module):
     importlib.import_module(extra_module)
-    cfg = compose_train(tmp_path, tiny_mnist, [
-        "trainer.max_epochs=1", f"model._target_={extra_module}.SparseAutoEncoder", "+model.l1=0.5",
-    ])
+    cfg = compose_train(
+        tmp_path,
+        tiny_mnist,
+        [
+            "trainer.max_epochs=1",
+            f"model._target_={extra_module}.SparseAutoEncoder",
+            "+model.l1=0.5",
+        ],
+    )
     train(cfg)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
@@ -121,13 +129,15 @@ def test_an_unregistered_class_in_the_users_config_is_refused_with_the_fix(tmp_p
     cfg = compose_train(tmp_path, tiny_mnist, ["model.encoder._target_=torch.nn.Identity"])
     from aelab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"model.encoder._target_=torch.nn.Identity is not a registered aelab "
-                                          r"class; decorate the class with @aelab.registry.register"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.encoder._target_=torch.nn.Identity is not a registered aelab "
+        r"class; decorate the class with @aelab.registry.register",
+    ):
         train(cfg)
 
 
-def test_a_checkpoint_of_a_user_class_is_refused_where_that_class_is_not_registered(tmp_path, tiny_mnist,
-                                                                                     extra_module):
+def test_a_checkpoint_of_a_user_class_is_refused_where_that_class_is_not_registered(tmp_path, tiny_mnist, extra_module):
     importlib.import_module(extra_module)
     cfg = compose_train(tmp_path, tiny_mnist, ["debug=fdr", f"model._target_={extra_module}.SparseAutoEncoder"])
     checkpoint = train(cfg)["last_checkpoint"]

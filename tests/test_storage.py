@@ -11,6 +11,7 @@ import pytest
 
 from aelab.files import TEMPORARY_SUFFIX, atomic_path, remove_temporaries, write_atomic
 from aelab.runs import load_checkpoint
+
 from conftest import QUIET, run_cli
 from test_errors import TESTS, newest_summary, run_printed
 
@@ -50,18 +51,27 @@ def all_checkpoints_load(run: Path) -> list[str]:
 
 
 def test_a_full_disk_stops_with_one_line_keeps_every_saved_checkpoint_and_the_printed_command_resumes(
-        small_disk, tmp_path, tiny_mnist):
+    small_disk, tmp_path, tiny_mnist
+):
     # Room for the first epoch's best and last checkpoints, not for the second epoch's new best.
     disk = small_disk(f"{int(CHECKPOINT_MB * 2.5 * 1024)}k")
-    common = ["trainer.max_epochs=3", "callbacks.model_checkpoint.save_top_k=-1", f"paths.log_dir={disk / 'logs'}", QUIET]
+    common = [
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        f"paths.log_dir={disk / 'logs'}",
+        QUIET,
+    ]
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     full = run_cli("train.py", *common, env=env)
     assert full.returncode == 2, full.stderr[-3000:]
     assert "Traceback" not in full.stderr
     (line,) = [line for line in full.stderr.splitlines() if line.startswith("aelab: error: ")]
     (run,) = (disk / "logs" / "train" / "runs").iterdir()
-    assert re.search(rf"{run}/checkpoints/best-epoch001.ckpt: No space left on device; free some space, "
-                     r"then resume with: python src/train.py .*ckpt_path=", line), line
+    assert re.search(
+        rf"{run}/checkpoints/best-epoch001.ckpt: No space left on device; free some space, "
+        r"then resume with: python src/train.py .*ckpt_path=",
+        line,
+    ), line
     # what had been saved is whole; the torn temporary is gone
     assert all_checkpoints_load(run) == ["best-epoch000.ckpt", "last.ckpt"]
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
@@ -84,14 +94,20 @@ def test_a_read_only_log_disk_is_one_line_naming_the_path_and_the_fix(small_disk
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"aelab: error: {disk / 'logs'}: Read-only file system; point paths.log_dir at a writable disk, "
-        "e.g. paths.log_dir=/tmp/aelab-logs")
+        "e.g. paths.log_dir=/tmp/aelab-logs"
+    )
 
 
 def test_kill_9_while_a_checkpoint_is_written_loses_nothing_and_the_run_resumes(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
     common = ["trainer.max_epochs=4", "data.batch_size=32", "seed=3", f"paths.log_dir={tmp_path / 'logs'}", QUIET]
-    killed = run_cli("train.py", *common, "+callbacks.kill._target_=fault_callbacks.KillWhileSaving",
-                     "+callbacks.kill.epoch=2", env=env)
+    killed = run_cli(
+        "train.py",
+        *common,
+        "+callbacks.kill._target_=fault_callbacks.KillWhileSaving",
+        "+callbacks.kill.epoch=2",
+        env=env,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     (torn,) = list((run / "checkpoints").glob(f"*{TEMPORARY_SUFFIX}"))
@@ -135,9 +151,9 @@ def test_checkpoints_are_written_through_the_atomic_writer(tmp_path, tiny_mnist,
     """The trainer the train task builds saves through ``atomic_path`` (not Lightning's fsspec
     rename): every checkpoint file went through a temporary first."""
     import aelab.runs
+    from aelab.tasks.train import train
 
     from conftest import compose_train
-    from aelab.tasks.train import train
 
     seen = []
     original = aelab.runs.atomic_path

@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 
 from aelab.report.metrics import pca_reconstruction_mse
+
 from conftest import QUIET, run_cli
 
 
 def sweep(tmp_path, data, *overrides):
     return run_cli(
-        "train.py", "-m", *overrides, "trainer.max_epochs=1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}", QUIET, env={"AELAB_DATA_DIR": str(data)},
+        "train.py",
+        "-m",
+        *overrides,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(data)},
     )
 
 
@@ -87,10 +93,20 @@ def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, t
     from test_errors import TESTS, run_printed
 
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
-    stopped = run_cli("train.py", "-m", "model.latent_dim=2,3", "trainer.max_epochs=2", "data.batch_size=32",
-                      f"hydra.sweep.dir={tmp_path / 'sweep'}", QUIET,
-                      "+callbacks.stop._target_=fault_callbacks.SignalAt", "+callbacks.stop.epoch=1",
-                      "+callbacks.stop.batch=1", f"+callbacks.stop.once={tmp_path / 'fired'}", env=env)
+    stopped = run_cli(
+        "train.py",
+        "-m",
+        "model.latent_dim=2,3",
+        "trainer.max_epochs=2",
+        "data.batch_size=32",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        QUIET,
+        "+callbacks.stop._target_=fault_callbacks.SignalAt",
+        "+callbacks.stop.epoch=1",
+        "+callbacks.stop.batch=1",
+        f"+callbacks.stop.once={tmp_path / 'fired'}",
+        env=env,
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     (line,) = [line for line in stopped.stderr.splitlines() if "Resume the sweep" in line]
     command = line.split(" with: ", 1)[1]
@@ -112,8 +128,9 @@ def test_report_script_recreates_the_summary(failed_sweep):
 
     from conftest import REPO
 
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)], capture_output=True, text=True
+    )
     assert result.returncode == 1  # one job failed
     assert (sweep_dir / "summary.csv").read_text() == before
 
@@ -134,8 +151,9 @@ def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mn
     assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2,5").returncode == 0
     dm = MNISTLikeDataModule(str(tiny_mnist))
     dm.setup()
-    expected = pca_reconstruction_mse(normalized_rows(dm.splits["train"][0]), normalized_rows(dm.splits["val"][0]),
-                                      [2, 5])
+    expected = pca_reconstruction_mse(
+        normalized_rows(dm.splits["train"][0]), normalized_rows(dm.splits["val"][0]), [2, 5]
+    )
     rows = read_rows(tmp_path / "sweep")
     assert [float(r["val/pca_mse"]) for r in rows] == [round(expected[2], 5), round(expected[5], 5)]
 
@@ -173,7 +191,10 @@ def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mn
     (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
     other = sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
     assert other.returncode == 1
-    assert "holds an unfinished run (last.ckpt) with other settings (data.content: " in read_rows(tmp_path / "sweep")[0]["error"]
+    assert (
+        "holds an unfinished run (last.ckpt) with other settings (data.content: "
+        in read_rows(tmp_path / "sweep")[0]["error"]
+    )
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
@@ -183,8 +204,13 @@ def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
     run_dir.mkdir()
     with open(run_dir / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        result = run_cli("train.py", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", QUIET,
-                         env={"AELAB_DATA_DIR": str(tiny_mnist)})
+        result = run_cli(
+            "train.py",
+            f"hydra.run.dir={run_dir}",
+            "trainer.max_epochs=1",
+            QUIET,
+            env={"AELAB_DATA_DIR": str(tiny_mnist)},
+        )
     assert result.returncode == 2
     assert f"aelab: error: {run_dir} is in use by another training process" in result.stderr
     assert not (run_dir / "checkpoints").exists()

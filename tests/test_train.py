@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aelab.names import TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.runs import load_run
 from aelab.tasks.train import train
+
 from conftest import QUIET, compose_train, run_cli
 
 
@@ -78,7 +79,10 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny
 @pytest.mark.slow
 def test_one_real_epoch_on_mnist_from_the_command_line(tmp_path, mnist):
     result = run_cli(
-        "train.py", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}", QUIET,
+        "train.py",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
         env={"AELAB_DATA_DIR": str(mnist)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,8 +100,7 @@ def test_resume_from_the_command_line_with_ckpt_path_last(tmp_path, mnist):
     env = {"AELAB_DATA_DIR": str(mnist)}
     first = run_cli("train.py", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}", QUIET, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli("train.py", "trainer.max_epochs=2", "ckpt_path=last", f"paths.log_dir={tmp_path}",
-                     QUIET, env=env)
+    second = run_cli("train.py", "trainer.max_epochs=2", "ckpt_path=last", f"paths.log_dir={tmp_path}", QUIET, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
     newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
@@ -106,13 +109,27 @@ def test_resume_from_the_command_line_with_ckpt_path_last(tmp_path, mnist):
 
 def test_ckpt_path_alone_resumes_a_run_with_the_overrides_it_was_started_with(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
-    first = run_cli("train.py", "model=conv", "model.latent_dim=4", "data.batch_size=32", "trainer.max_epochs=1",
-                    f"paths.log_dir={tmp_path}", QUIET, env=env)
+    first = run_cli(
+        "train.py",
+        "model=conv",
+        "model.latent_dim=4",
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
+        env=env,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()
     # no model=conv, no latent_dim, no batch size: the checkpoint knows them; max_epochs is raised
-    second = run_cli("train.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2",
-                     f"paths.log_dir={tmp_path}", QUIET, env=env)
+    second = run_cli(
+        "train.py",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_epochs=2",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
+        env=env,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
     summary = json.loads((newest / "run_summary.json").read_text())

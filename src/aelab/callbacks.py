@@ -130,8 +130,10 @@ class FirstStepTimer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._done and "AELAB_T0" in os.environ:
             self._done = True
-            print(f"aelab: first training step {time.time() - float(os.environ['AELAB_T0']):.2f} s "
-                  "after launch", flush=True)
+            print(
+                f"aelab: first training step {time.time() - float(os.environ['AELAB_T0']):.2f} s after launch",
+                flush=True,
+            )
 
 
 class InterruptCheckpoint(L.Callback):
@@ -153,8 +155,11 @@ class InterruptCheckpoint(L.Callback):
             return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         sweep = resume_sweep_command()
-        advice = (f"Resume the sweep (finished jobs are skipped, this one goes on from here) with: {sweep}"
-                  if sweep else f"Resume with: {resume_command(self.ckpt_path)}")
+        advice = (
+            f"Resume the sweep (finished jobs are skipped, this one goes on from here) with: {sweep}"
+            if sweep
+            else f"Resume with: {resume_command(self.ckpt_path)}"
+        )
         print(f"\naelab: interrupted; saved {self.ckpt_path}. {advice}", file=sys.stderr, flush=True)
 
 

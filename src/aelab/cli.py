@@ -49,8 +49,11 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     except KeyboardInterrupt:
         # Ctrl-C during fit is Lightning's to handle (InterruptCheckpoint saves interrupted.ckpt);
         # this is Ctrl-C in start-up, or in eval / analyze, whose results are written at the end
-        print(f"aelab: interrupted; {INTERRUPTED_BEFORE.get(task.__name__, 'its results were not written')}"
-              + (" (finished jobs of the sweep are kept)" if multirun else ""), file=sys.stderr)
+        print(
+            f"aelab: interrupted; {INTERRUPTED_BEFORE.get(task.__name__, 'its results were not written')}"
+            + (" (finished jobs of the sweep are kept)" if multirun else ""),
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERRUPTED)
     except Exception as raised:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -98,8 +101,7 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
 
 
 # what a user can fix: full disks and quotas, permissions, read-only mounts, missing folders
-USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                  errno.ENAMETOOLONG}
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENAMETOOLONG}
 OS_ERROR_FIXES = {
     errno.ENOSPC: "free some space",
     errno.EDQUOT: "free some space within your quota",
@@ -120,8 +122,13 @@ def os_error_line(err: OSError, output_dir: Path | None) -> str:
 
         kept = last_checkpoint(output_dir)
         sweep = resume_sweep_command()
-        line += (f", then resume the sweep with: {sweep}" if sweep
-                 else f", then resume with: {resume_command(str(kept))}" if kept else "")
+        line += (
+            f", then resume the sweep with: {sweep}"
+            if sweep
+            else f", then resume with: {resume_command(str(kept))}"
+            if kept
+            else ""
+        )
     return line
 
 
@@ -163,8 +170,10 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> str:
             reason = "it holds a character Hydra cannot read here"
         elif reason.startswith("Error parsing override") and len(lines) > 1:
             reason = lines[1]
-        return (f"{err.override} is not a valid override ({reason}); write key=value, and quote a value "
-                "holding spaces or brackets, e.g. 'data.mirrors=[\"https://host/mnist/\"]'")
+        return (
+            f"{err.override} is not a valid override ({reason}); write key=value, and quote a value "
+            "holding spaces or brackets, e.g. 'data.mirrors=[\"https://host/mnist/\"]'"
+        )
     exists = re.search(r"An item is already at '([^']+)'", text)
     if exists:
         key = exists.group(1)
@@ -172,8 +181,10 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> str:
         return f"+{key}={typed} adds a key that exists; set it without the +, e.g. {key}={typed}"
     if "Config group override must be a string" in text:
         group = next((arg.split("=", 1)[0] for arg in argv if arg.endswith("=null") and "." not in arg), "a group")
-        return (f"{group}=null is invalid: a config group is chosen by name, e.g. {group}=<option>, or left out "
-                f"with ~{group}")
+        return (
+            f"{group}=null is invalid: a config group is chosen by name, e.g. {group}=<option>, or left out "
+            f"with ~{group}"
+        )
     cause = err.__cause__
     parts = [first_line(err)] + ([first_line(cause)] if cause is not None else [])
     return "; ".join(parts)
@@ -181,8 +192,12 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> str:
 
 def is_composition_error(err: BaseException) -> bool:
     """Hydra could not compose the config the command line asks for."""
-    from hydra.errors import (ConfigCompositionException, MissingConfigException, OverrideParseException,
-                              SearchPathException)
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+        SearchPathException,
+    )
 
     composition = (ConfigCompositionException, MissingConfigException, OverrideParseException, SearchPathException)
     return isinstance(err, composition) or "Config group override must be a string" in str(err)
@@ -254,4 +269,6 @@ class _DropAdvert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage().lower()
         # and the note that configs/callbacks adds its own ModelSummary (to set its depth)
-        return not any(noise in message for noise in ("litlogger", "litmodels", "already configured with model summary"))
+        return not any(
+            noise in message for noise in ("litlogger", "litmodels", "already configured with model summary")
+        )

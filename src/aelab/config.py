@@ -227,8 +227,10 @@ class Metric(Rule):
 
 POSITIVE = Int(min=1)
 FRACTION_OR_COUNT = Either(rules=(Number(from_zero=True, max=1.0), Int(min=0)))
-MANUAL_STEP = ("not supported: aelab's training step optimises manually (Lightning applies it only to "
-               "automatic optimisation); remove it with ~{key}")
+MANUAL_STEP = (
+    "not supported: aelab's training step optimises manually (Lightning applies it only to "
+    "automatic optimisation); remove it with ~{key}"
+)
 
 SCHEMA: dict[str, Rule] = {
     "task_name": Name(),
@@ -296,7 +298,9 @@ SCHEMA: dict[str, Rule] = {
     "callbacks.model_checkpoint.save_top_k": Int(min=-1),
     "callbacks.progress_bar.refresh_rate": Int(min=0),
     "callbacks.reconstruction_grid.num_images": Int(min=1, max=64),
-    "callbacks.*": Component(null=True, example="{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/mse}"),
+    "callbacks.*": Component(
+        null=True, example="{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/mse}"
+    ),
     "logger": Group(null=True, hint="e.g. logger=csv, or ~logger for none"),
     "logger.*": Component(null=True, example="{_target_: lightning.pytorch.loggers.CSVLogger, save_dir: logs}"),
     "paths": Group(hint="e.g. paths.log_dir=/scratch/logs"),
@@ -375,16 +379,16 @@ def _message(key: str, value: Any, rule: Rule) -> str:
 
 
 def unknown_key_message(key: str, shown: str, config: str = "", target: str | None = None) -> str:
-    """``shown``: the value as the user typed it (``hydra_value`` of a composed one); ``config`` names the task's config when Hydra found the key missing from it, ``target`` the
-    class whose arguments the key's group holds."""
+    """``shown``: the value as the user typed it (``hydra_value`` of a composed one); ``config``
+    names the task's config when Hydra found the key missing from it, ``target`` the class whose
+    arguments the key's group holds."""
     group, _, name = key.rpartition(".")
     siblings = [k for k in SCHEMA if "*" not in k and k != key and k.rpartition(".")[0] == group]
     if target is not None:
         siblings += [f"{group}.{argument}" for argument in _arguments(target) or ()]
     close = difflib.get_close_matches(key, sorted(set(siblings)), n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]}?" if close else "; remove it"
-    what = (f"an argument of {target}" if target
-            else f"a setting of {config}" if config else "a setting aelab reads")
+    what = f"an argument of {target}" if target else f"a setting of {config}" if config else "a setting aelab reads"
     return f"{key}={shown} is invalid: {name if target else key} is not {what}{hint}"
 
 
@@ -448,13 +452,10 @@ def _check_combinations(cfg: DictConfig) -> None:
     precision = str(trainer.get("precision", "32-true"))
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
         raise ConfigError(
-            f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this "
-            "machine; use trainer=cpu"
+            f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu"
         )
     if accelerator == "cpu" and precision == "16-mixed":
-        raise ConfigError(
-            "trainer.precision=16-mixed needs a GPU; on CPU use trainer.precision=bf16-mixed or 32-true"
-        )
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on CPU use trainer.precision=bf16-mixed or 32-true")
     min_epochs, max_epochs = trainer.get("min_epochs"), trainer.get("max_epochs")
     if is_int(min_epochs) and is_int(max_epochs) and min_epochs > max_epochs:
         raise ConfigError(

@@ -26,6 +26,7 @@ LOSS = "loss"  # the optimised objective: logged as <split>/loss only when it ha
 def metric(split: str, term: str) -> str:
     return f"{split}/{term}"
 
+
 # What a checkpoint adds to Lightning's own keys so that it can be rebuilt anywhere: the registered
 # classes of its LightningModule and datamodule (their arguments are Lightning's
 # ``hyper_parameters`` and ``datamodule_hyper_parameters``).

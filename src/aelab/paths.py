@@ -43,7 +43,10 @@ def path_component(value: object) -> str:
 
 
 def register_resolvers() -> None:
-    for name, resolver in (("project_root", lambda: str(project_root())), ("checked_name", checked_name),
-                           ("path_component", path_component)):
+    for name, resolver in (
+        ("project_root", lambda: str(project_root())),
+        ("checked_name", checked_name),
+        ("path_component", path_component),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -66,8 +66,8 @@ def targets(spec: Any, where: str = "") -> list[tuple[str, str]]:
 def check_registered(spec: Any, source: str, where: str = "") -> None:
     """Refuse ``spec`` if any ``_target_`` in it is not a registered class. ``source`` names where
     it came from, ``where`` the key path of ``spec`` inside it."""
-    for where, target in targets(spec, where):
-        check_registered_name(target, source, where)
+    for key_path, target in targets(spec, where):
+        check_registered_name(target, source, key_path)
 
 
 def check_registered_name(target: str, source: str, where: str) -> None:

@@ -58,6 +58,7 @@ _NOT_FROM_CHECKPOINTS = {"download": False, "mirrors": None, "num_workers": 0}
 
 # --- run directories -----------------------------------------------------------------------------
 
+
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """The run's summary; ``{}`` when there is none or it is unreadable (a run that never finished)."""
     path = Path(run_dir) / SUMMARY_FILE
@@ -130,8 +131,9 @@ def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wa
 
     Runs made before identities were recorded have none: they are taken as they are."""
     if stored is None:
-        log.warning("%s holds %s that records no identity (made by an older aelab); taking it as this run",
-                    run_dir, what)
+        log.warning(
+            "%s holds %s that records no identity (made by an older aelab); taking it as this run", run_dir, what
+        )
         return
     differences = identity_differences(stored, wanted)
     if differences:
@@ -222,8 +224,10 @@ def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        candidates = sorted((p for p in Path(train_log_dir).glob(f"*/*/**/{CHECKPOINT_DIR}/{LAST}")
-                             if not is_debug_run(run_dir_of(p))), key=lambda p: p.stat().st_mtime)
+        candidates = sorted(
+            (p for p in Path(train_log_dir).glob(f"*/*/**/{CHECKPOINT_DIR}/{LAST}") if not is_debug_run(run_dir_of(p))),
+            key=lambda p: p.stat().st_mtime,
+        )
         if not candidates:
             raise CheckpointError(
                 f"ckpt_path=last found no {CHECKPOINT_DIR}/{LAST} under {train_log_dir} (debug= runs do not count); "
@@ -241,6 +245,7 @@ def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer through ``aelab.files.atomic_path``: a kill or a full disk
@@ -292,7 +297,9 @@ def stored_config(checkpoint: dict[str, Any], part: str, path: str | Path) -> di
         raise CheckpointError(f"checkpoint {path} was not written by aelab (no {part} config)")
     check_registered_name(target, f"checkpoint {path}", class_key)
     if not issubclass(REGISTRY[target], base):
-        raise CheckpointError(f"checkpoint {path} is refused: its {class_key} names {target}, which is not a {base.__name__}")
+        raise CheckpointError(
+            f"checkpoint {path} is refused: its {class_key} names {target}, which is not a {base.__name__}"
+        )
     check_registered(values, f"checkpoint {path}", values_key)
     return {key: value for key, value in values.items() if key not in SPECIAL_KEYS} | {"_target_": target}
 
@@ -349,8 +356,16 @@ def load_run(
 
 # Overrides that say where things are or how they are shown, not what the run is: a resumed run
 # takes them from the command that resumes it.
-_PLACE_KEYS = ("ckpt_path", "paths", "hydra", "data.data_dir", "data.mirrors", "data.download",
-               "data.num_workers", "callbacks.progress_bar.refresh_rate")
+_PLACE_KEYS = (
+    "ckpt_path",
+    "paths",
+    "hydra",
+    "data.data_dir",
+    "data.mirrors",
+    "data.download",
+    "data.num_workers",
+    "callbacks.progress_bar.refresh_rate",
+)
 
 
 def override_key(override: str) -> str:
@@ -380,8 +395,11 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
             continue
         (kept if _is_plain_override(override, config_dir) else refused).append(override)
     if refused:
-        log.warning("not restored from %s (they could name code; pass them again if they are yours): %s",
-                    path, " ".join(refused))
+        log.warning(
+            "not restored from %s (they could name code; pass them again if they are yours): %s",
+            path,
+            " ".join(refused),
+        )
     return kept + list(current)
 
 
@@ -390,10 +408,12 @@ def _is_plain_override(override: str, config_dir: Path) -> bool:
     from aelab.paths import is_safe_name
 
     key, _, value = override.partition("=")
-    group_option = (is_safe_name(value) and "." not in key and key.isidentifier()
-                    and (config_dir / key / f"{value}.yaml").is_file())
-    plain_value = (not key.startswith(("+", "~")) and "${" not in value
-                   and not isinstance(SCHEMA.get(key, Open()), (Open, Group)))
+    group_option = (
+        is_safe_name(value) and "." not in key and key.isidentifier() and (config_dir / key / f"{value}.yaml").is_file()
+    )
+    plain_value = (
+        not key.startswith(("+", "~")) and "${" not in value and not isinstance(SCHEMA.get(key, Open()), (Open, Group))
+    )
     return group_option or plain_value
 
 
@@ -445,8 +465,9 @@ def _describe(part: dict[str, Any]) -> str:
     return f"{name}({args})"
 
 
-def load_run_from_config(cfg: Any, ckpt_path: str | Path | None = None,
-                         map_location: str | torch.device = "cpu") -> LoadedRun:
+def load_run_from_config(
+    cfg: Any, ckpt_path: str | Path | None = None, map_location: str | torch.device = "cpu"
+) -> LoadedRun:
     """What eval and analyze open: ``ckpt_path`` (or ``cfg.ckpt_path``; ``last`` = the newest
     training run), with the ``data.*`` keys the user set replacing the checkpoint's."""
     value = ckpt_path if ckpt_path is not None else cfg.get("ckpt_path")

@@ -179,7 +179,9 @@ class MNISTLikeDataModule(L.LightningDataModule):
         if not missing:
             return
         if not self.hparams.download:
-            raise DataError(missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false"))
+            raise DataError(
+                missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false")
+            )
         download(self.spec, self.data_dir, self.hparams.mirrors)
 
     def setup(self, stage: str | None = None) -> None:

@@ -37,9 +37,9 @@ DATASETS = {
     for spec in (
         DatasetSpec("mnist", "MNIST", tuple(str(d) for d in range(10)), "MNIST"),
         DatasetSpec(
-            "fashion_mnist", "FashionMNIST",
-            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-             "Ankle boot"),
+            "fashion_mnist",
+            "FashionMNIST",
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
             "Fashion-MNIST",
         ),
         # Kuzushiji-MNIST: one cursive Japanese character per class, named by its romanisation

@@ -19,9 +19,7 @@ def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
     if len(raw) < 4:
         raise DataError(f"{name}: truncated IDX file ({len(raw)} bytes, no header)")
     if raw[0] != 0 or raw[1] != 0 or raw[2] != _UBYTE:
-        raise DataError(
-            f"{name}: wrong IDX magic {raw[:4].hex()} (expected 0000 08 0{ndim}: unsigned bytes)"
-        )
+        raise DataError(f"{name}: wrong IDX magic {raw[:4].hex()} (expected 0000 08 0{ndim}: unsigned bytes)")
     if raw[3] != ndim:
         raise DataError(f"{name}: has {raw[3]} dimensions, expected {ndim}")
     header = 4 + 4 * ndim
@@ -31,9 +29,7 @@ def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64))
     if len(raw) != expected:
         kind = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(
-            f"{name}: {kind}: header says shape {shape} = {expected} bytes, file has {len(raw)}"
-        )
+        raise DataError(f"{name}: {kind}: header says shape {shape} = {expected} bytes, file has {len(raw)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -56,9 +52,7 @@ def read_split(raw_dir: Path, split: str, num_classes: int = 10) -> tuple[np.nda
     if images.shape[1:] != (28, 28):
         raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if len(images) != len(labels):
-        raise DataError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
-        )
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if len(labels) and labels.max() >= num_classes:
         raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0-{num_classes - 1}")
     return images, labels
@@ -74,9 +68,7 @@ def find_idx(raw_dir: Path, stem: str) -> Path:
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as IDX (used to build tiny datasets for tests and tools)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, _UBYTE, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
+    header = bytes([0, 0, _UBYTE, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     payload = header + array.tobytes()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,16 @@ from torch import Tensor
 
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
-from aelab.names import (DATA_CLASS_KEY, EPOCH_SUMS_KEY, IDENTITY_KEY, LOSS, MODEL_CLASS_KEY, OVERRIDES_KEY,
-                         VAL_MSE_BEST, metric)
+from aelab.names import (
+    DATA_CLASS_KEY,
+    EPOCH_SUMS_KEY,
+    IDENTITY_KEY,
+    LOSS,
+    MODEL_CLASS_KEY,
+    OVERRIDES_KEY,
+    VAL_MSE_BEST,
+    metric,
+)
 from aelab.registry import build, qualified_name, register
 
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
@@ -48,9 +56,7 @@ class AutoEncoder(L.LightningModule):
     ) -> None:
         super().__init__()
         if compile not in COMPILE_MODES:
-            raise ConfigError(
-                f"model.compile={compile!r} is not one of {', '.join(map(str, COMPILE_MODES))}"
-            )
+            raise ConfigError(f"model.compile={compile!r} is not one of {', '.join(map(str, COMPILE_MODES))}")
         # logger=False: the HyperparameterSummary callback logs a curated, flat set instead.
         self.save_hyperparameters(logger=False)
         self.encoder = build(encoder, "model.encoder")
@@ -202,8 +208,11 @@ class AutoEncoder(L.LightningModule):
         last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
         lr = self.hparams.optimizer.get("lr")
-        shown = ", ".join(f"{split} {name} {float(v)}" for split, terms in (("train", train), ("val", val))
-                          for name, v in terms.items())
+        shown = ", ".join(
+            f"{split} {name} {float(v)}"
+            for split, terms in (("train", train), ("val", val))
+            for name, v in terms.items()
+        )
         return (
             f"the loss became non-finite in epoch {self.current_epoch} ({shown}); training stopped "
             f"and {kept}. Lower model.optimizer.lr (now {lr})"

@@ -30,7 +30,7 @@ def check_latent_dim(latent_dim: object, *, optional: bool, backbone: str) -> No
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU(inplace=True))

@@ -19,4 +19,3 @@ def encode_images(model, images: torch.Tensor, device: torch.device, batch_size:
         latents.append(z.flatten(1).float().cpu())
         errors.append((reconstruction.float() - x).pow(2).flatten(1).mean(1).cpu())
     return torch.cat(latents).numpy(), torch.cat(errors).numpy()
-

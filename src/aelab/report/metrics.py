@@ -90,8 +90,13 @@ MAP_METHODS = ("tsne", "umap", "pca")
 # openTSNE with FFT-interpolated repulsion. Two grid intervals per unit of the map instead of one:
 # on 10,000 conv latents the optimisation took 8.8 s instead of 40.6 s at the same
 # trustworthiness (0.992); scripts/benchmark_tsne.py measures it against scikit-learn.
-TSNE_SETTINGS = {"perplexity": 30, "negative_gradient_method": "fft", "ints_in_interval": 2,
-                 "early_exaggeration_iter": 250, "n_iter": 750}
+TSNE_SETTINGS = {
+    "perplexity": 30,
+    "negative_gradient_method": "fft",
+    "ints_in_interval": 2,
+    "early_exaggeration_iter": 250,
+    "n_iter": 750,
+}
 
 
 def embed_2d(z: np.ndarray, method: str, seed: int = 0, n_jobs: int = -1) -> np.ndarray:

@@ -88,10 +88,10 @@ def mse_vs_latent_size(rows: list[dict], data: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     for backbone in sorted({r["backbone"] for r in rows}):
         points = sorted((r["latent_size"], r[VAL_MSE_BEST]) for r in rows if r["backbone"] == backbone)
-        ax.plot(*zip(*points), marker="o", label=backbone)
+        ax.plot(*zip(*points, strict=True), marker="o", label=backbone)
     pca = sorted({(r["latent_size"], r[VAL_PCA_MSE]) for r in rows if r[VAL_PCA_MSE] is not None})
     if pca:
-        ax.plot(*zip(*pca), linestyle="--", color="gray", marker=".", label="PCA")
+        ax.plot(*zip(*pca, strict=True), linestyle="--", color="gray", marker=".", label="PCA")
     if rows:
         _latent_size_axis(ax, [r["latent_size"] for r in rows])
         ax.legend()
@@ -101,27 +101,33 @@ def mse_vs_latent_size(rows: list[dict], data: str):
     return fig
 
 
-def reconstructions_by_latent_size(panels: list[tuple[str, "np.ndarray"]], data: str):
+def reconstructions_by_latent_size(panels: list[tuple[str, np.ndarray]], data: str):
     """Rows of images: the inputs, then each job's reconstructions of them."""
-    return image_rows([np.asarray(images.cpu()) for _, images in panels], [title for title, _ in panels],
-                      f"Reconstructions of fixed validation images by latent size ({data})")
+    return image_rows(
+        [np.asarray(images.cpu()) for _, images in panels],
+        [title for title, _ in panels],
+        f"Reconstructions of fixed validation images by latent size ({data})",
+    )
 
 
 def metrics_vs_latent_size(rows: list[dict]):
     """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [(KNN_ACCURACY, "kNN accuracy"), (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)"),
-              (TEST_MSE, TEST_MSE)]
+    panels = [
+        (KNN_ACCURACY, "kNN accuracy"),
+        (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)"),
+        (TEST_MSE, TEST_MSE),
+    ]
     backbones = sorted({r["backbone"] for r in rows})
-    for ax, (key, label) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for backbone in backbones:
             points = sorted((r["latent_size"], r[key]) for r in rows if r["backbone"] == backbone)
-            ax.plot(*zip(*points), marker="o", label=backbone)
+            ax.plot(*zip(*points, strict=True), marker="o", label=backbone)
         if key == KMEANS_ACC and any(r.get(UMAP_GMM_ACC) is not None for r in rows):
             for backbone in backbones:
                 points = sorted((r["latent_size"], r[UMAP_GMM_ACC]) for r in rows if r["backbone"] == backbone)
-                ax.plot(*zip(*points), marker=".", linestyle="--", label=f"{backbone} UMAP+GMM")
+                ax.plot(*zip(*points, strict=True), marker=".", linestyle="--", label=f"{backbone} UMAP+GMM")
         _latent_size_axis(ax, [r["latent_size"] for r in rows])
         ax.set_title(label)
         ax.legend(fontsize=7)

@@ -28,8 +28,20 @@ from aelab.report.tables import write_table
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "job", "data", "backbone", "latent_dim", "latent_size", "params", "compression", VAL_MSE_BEST,
-    VAL_MSE, VAL_PCA_MSE, "epochs", "wall_time_s", "status", "error",
+    "job",
+    "data",
+    "backbone",
+    "latent_dim",
+    "latent_size",
+    "params",
+    "compression",
+    VAL_MSE_BEST,
+    VAL_MSE,
+    VAL_PCA_MSE,
+    "epochs",
+    "wall_time_s",
+    "status",
+    "error",
 ]
 FIGURE_MSE = "mse_vs_latent_size.png"
 FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
@@ -43,29 +55,32 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         hydra_file = job_dir / ".hydra" / "hydra.yaml"
         job_num = OmegaConf.load(hydra_file).hydra.job.num if hydra_file.is_file() else len(rows)
         summary = runs.read_status(job_dir) or {
-            "status": "failed", "error": "the job stopped before writing its summary (crash or kill)"
+            "status": "failed",
+            "error": "the job stopped before writing its summary (crash or kill)",
         }
         # the summary's own record first: Hydra rewrites .hydra/ whenever the job is launched again
         latent_dim = summary.get("latent_dim", (job_cfg.get("model") or {}).get("latent_dim"))
-        rows.append({
-            "job_num": job_num,
-            "job_dir": job_dir,
-            "job": job_dir.name,
-            "data": summary.get("data"),
-            "backbone": summary.get("backbone"),
-            "latent_dim": latent_dim if isinstance(latent_dim, int) else None,
-            "latent_size": summary.get("latent_size"),
-            "params": summary.get("params"),
-            "compression": _rounded(summary.get("compression"), 4),
-            VAL_MSE_BEST: summary.get(VAL_MSE_BEST),
-            VAL_MSE: summary.get(VAL_MSE),
-            VAL_PCA_MSE: None,
-            "epochs": summary.get("epochs"),
-            "wall_time_s": _rounded(summary.get("wall_time_s"), 1),
-            "status": summary.get("status", "failed"),
-            "error": summary.get("error", ""),
-            "checkpoint": runs.best_checkpoint(job_dir) if summary.get("status") == "ok" else None,
-        })
+        rows.append(
+            {
+                "job_num": job_num,
+                "job_dir": job_dir,
+                "job": job_dir.name,
+                "data": summary.get("data"),
+                "backbone": summary.get("backbone"),
+                "latent_dim": latent_dim if isinstance(latent_dim, int) else None,
+                "latent_size": summary.get("latent_size"),
+                "params": summary.get("params"),
+                "compression": _rounded(summary.get("compression"), 4),
+                VAL_MSE_BEST: summary.get(VAL_MSE_BEST),
+                VAL_MSE: summary.get(VAL_MSE),
+                VAL_PCA_MSE: None,
+                "epochs": summary.get("epochs"),
+                "wall_time_s": _rounded(summary.get("wall_time_s"), 1),
+                "status": summary.get("status", "failed"),
+                "error": summary.get("error", ""),
+                "checkpoint": runs.best_checkpoint(job_dir) if summary.get("status") == "ok" else None,
+            }
+        )
     return sorted(rows, key=lambda r: r["job_num"])
 
 
@@ -100,7 +115,8 @@ def add_pca_baseline(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRu
         datamodule = opened[group[0]["job"]].datamodule
         datamodule.setup()
         mse = pca_reconstruction_mse(
-            normalized_rows(datamodule.split("train")[0]), normalized_rows(datamodule.split("val")[0]),
+            normalized_rows(datamodule.split("train")[0]),
+            normalized_rows(datamodule.split("val")[0]),
             [r["latent_size"] for r in group],
         )
         for row in group:
@@ -129,9 +145,13 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
     opened = _open_runs(rows)
     add_pca_baseline(rows, opened)
     data = ", ".join(sorted({r["data"] for r in rows if r["data"]})) or "unknown data"
-    write_table(rows, COLUMNS, sweep_dir / "summary",
-                f"# Sweep {sweep_dir.name} ({data})\n\nMSE per pixel on the [-1, 1] scale, on the validation "
-                "split; PCA: the best linear code of the same size, fit on the same training data.")
+    write_table(
+        rows,
+        COLUMNS,
+        sweep_dir / "summary",
+        f"# Sweep {sweep_dir.name} ({data})\n\nMSE per pixel on the [-1, 1] scale, on the validation "
+        "split; PCA: the best linear code of the same size, fit on the same training data.",
+    )
     panels = reconstruction_panels(rows, opened)
     figures = {
         FIGURE_MSE: plots.mse_vs_latent_size([r for r in rows if r["status"] == "ok" and r["latent_size"]], data),
@@ -161,6 +181,5 @@ class SweepReport(Callback):
         if failed:
             for row in failed:
                 print(f"aelab: job {row['job']} failed: {row['error']}", file=sys.stderr)
-            print(f"aelab: {len(failed)} of {len(rows)} jobs failed; see {sweep_dir / 'summary.md'}",
-                  file=sys.stderr)
+            print(f"aelab: {len(failed)} of {len(rows)} jobs failed; see {sweep_dir / 'summary.md'}", file=sys.stderr)
             sys.exit(1)

@@ -39,9 +39,17 @@ from aelab.report.tables import write_table
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = [
-    "job", "data", "backbone", "latent_size", TEST_MSE, TEST_PCA_MSE, KNN_ACCURACY, LINEAR_PROBE_ACCURACY,
+    "job",
+    "data",
+    "backbone",
+    "latent_size",
+    TEST_MSE,
+    TEST_PCA_MSE,
+    KNN_ACCURACY,
+    LINEAR_PROBE_ACCURACY,
     *(f"latent/{method}_{score}" for method in ("kmeans", "umap_gmm") for score in ("acc", "nmi", "ari")),
-    TRUSTWORTHINESS, ANOMALY_AUROC,
+    TRUSTWORTHINESS,
+    ANOMALY_AUROC,
 ]
 
 
@@ -89,9 +97,14 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
         raise runs.diverged(loaded.path, f"{TEST_MSE} {float(test_errors.mean())}")
 
     result: dict[str, Any] = {
-        "checkpoint": str(loaded.path), "dataset": datamodule.spec.name, "data": datamodule.name,
-        "data_dir": str(datamodule.data_dir), "backbone": model.backbone,
-        "latent_size": int(test_z.shape[1]), "n_train": len(train_z), "n_test": len(test_z),
+        "checkpoint": str(loaded.path),
+        "dataset": datamodule.spec.name,
+        "data": datamodule.name,
+        "data_dir": str(datamodule.data_dir),
+        "backbone": model.backbone,
+        "latent_size": int(test_z.shape[1]),
+        "n_train": len(train_z),
+        "n_test": len(test_z),
         TEST_MSE: float(test_errors.mean()),
     }
     with stage("PCA baseline"):
@@ -103,12 +116,19 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
         result[LINEAR_PROBE_ACCURACY] = analysis.linear_probe_accuracy(train_z, train_y, test_z, test_y, seed)
     n_clusters = len(classes)
     with stage("k-means clustering of test latents"):
-        result.update(_prefixed("latent/kmeans_", analysis.clustering_scores(
-            test_y, analysis.kmeans_clusters(test_z, n_clusters, seed))))
+        result.update(
+            _prefixed(
+                "latent/kmeans_", analysis.clustering_scores(test_y, analysis.kmeans_clusters(test_z, n_clusters, seed))
+            )
+        )
     if cfg.umap_gmm:
         with stage("UMAP + Gaussian mixture clustering (N2D) of test latents"):
-            result.update(_prefixed("latent/umap_gmm_", analysis.clustering_scores(
-                test_y, analysis.umap_gmm_clusters(test_z, n_clusters, seed))))
+            result.update(
+                _prefixed(
+                    "latent/umap_gmm_",
+                    analysis.clustering_scores(test_y, analysis.umap_gmm_clusters(test_z, n_clusters, seed)),
+                )
+            )
 
     figures = {}
     methods = analysis.MAP_METHODS if cfg.map == "all" else (str(cfg.map),)
@@ -125,7 +145,8 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
 
     result[TEST_MSE_PER_CLASS] = analysis.per_class_mean(test_errors, test_y, classes)
     figures["per_class_errors"] = plots.per_class_errors(
-        test_errors, test_y, classes, f"reconstruction error by class, {title}")
+        test_errors, test_y, classes, f"reconstruction error by class, {title}"
+    )
     if keep:
         result["normal_classes"] = [classes[c] for c in keep]
         result[ANOMALY_AUROC] = analysis.anomaly_auroc(test_errors, test_y, keep)
@@ -158,14 +179,18 @@ def generation_figures(model, test_images, test_y, classes, train_z, device, see
     path = (1 - weights) * z[0] + weights * z[1]
     strip = model.decode(path.view(-1, *z_shape)).cpu().numpy()
     interpolation = plots.image_rows(
-        [ends.cpu().numpy(), strip], ["ends", "decoded"],
+        [ends.cpu().numpy(), strip],
+        ["ends", "decoded"],
         f"interpolation {classes[int(test_y[0])]} -> {classes[int(test_y[first])]}, {title}",
     )
     mean, cov = analysis.fit_gaussian(train_z)
     samples = np.random.default_rng(seed).multivariate_normal(mean, cov, size=32).astype(np.float32)
     decoded = model.decode(torch.from_numpy(samples).to(device).view(-1, *z_shape)).cpu().numpy()
-    grid = plots.image_rows([decoded[i : i + 8] for i in range(0, 32, 8)], ["", "", "", ""],
-                            f"decoded from the fitted latent Gaussian, {title}")
+    grid = plots.image_rows(
+        [decoded[i : i + 8] for i in range(0, 32, 8)],
+        ["", "", "", ""],
+        f"decoded from the fitted latent Gaussian, {title}",
+    )
     return interpolation, grid
 
 
@@ -183,8 +208,10 @@ def write_tensorboard(log_dir: Path, result, figures, test_z, test_y, classes, t
     for name, fig in figures.items():
         writer.add_figure(f"analysis/{name}", fig)
     writer.add_embedding(
-        torch.from_numpy(test_z), metadata=[classes[int(y)] for y in test_y],
-        label_img=test_images.unsqueeze(1).float() / 255, tag="test_latents",
+        torch.from_numpy(test_z),
+        metadata=[classes[int(y)] for y in test_y],
+        label_img=test_images.unsqueeze(1).float() / 255,
+        tag="test_latents",
     )
     writer.close()
 
@@ -199,13 +226,25 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         log.info("job %d of %d: %s", i, len(jobs), job.name)
         result = analyze_checkpoint(cfg, ckpt)
         trust = [v for k, v in result.items() if k.startswith(TRUSTWORTHINESS)]
-        rows.append({**numbers(result), "job": job.name, "dataset": result["dataset"], "data": result["data"],
-                     "backbone": result["backbone"], "latent_size": result["latent_size"],
-                     TRUSTWORTHINESS: trust[0] if trust else None})
+        rows.append(
+            {
+                **numbers(result),
+                "job": job.name,
+                "dataset": result["dataset"],
+                "data": result["data"],
+                "backbone": result["backbone"],
+                "latent_size": result["latent_size"],
+                TRUSTWORTHINESS: trust[0] if trust else None,
+            }
+        )
     rows.sort(key=lambda r: (r["backbone"], r["latent_size"]))
-    write_table(rows, SUMMARY_COLUMNS, sweep_dir / "analysis_summary",
-                f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "
-                "latents. Clustering of test latents into as many clusters as classes, scored against the "
-                "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.")
+    write_table(
+        rows,
+        SUMMARY_COLUMNS,
+        sweep_dir / "analysis_summary",
+        f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "
+        "latents. Clustering of test latents into as many clusters as classes, scored against the "
+        "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.",
+    )
     plots.save_png(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size.png")
     return {"jobs": rows}

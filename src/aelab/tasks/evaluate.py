@@ -28,8 +28,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_warnings()
     loaded = runs.load_run_from_config(cfg)
     model, datamodule = loaded.model, loaded.datamodule
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
-                          enable_model_summary=False)
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False, enable_model_summary=False
+    )
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     if not math.isfinite(metrics[TEST_MSE]):
         raise runs.diverged(loaded.path, f"{TEST_MSE} {metrics[TEST_MSE]}")
@@ -50,6 +51,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = loaded.run_dir / EVAL_FILE
     write_json(out, result)
     worst = max(result[TEST_MSE_PER_CLASS].items(), key=lambda item: item[1])
-    print(f"{TEST_MSE} {result[TEST_MSE]:.5f} on {result['n_test']} test images of {result['data']} "
-          f"(hardest class: {worst[0]}, {worst[1]:.5f}); written to {out}")
+    print(
+        f"{TEST_MSE} {result[TEST_MSE]:.5f} on {result['n_test']} test images of {result['data']} "
+        f"(hardest class: {worst[0]}, {worst[1]:.5f}); written to {out}"
+    )
     return result

@@ -69,8 +69,9 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     model.run_identity = identity
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     plugins=[runs.AtomicCheckpointIO()])
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[runs.AtomicCheckpointIO()]
+    )
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     in_a_run = ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR
     resumed_run = runs.run_dir_of(ckpt_path) if in_a_run else None
@@ -127,7 +128,9 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
         return cfg, current
     log.info("resuming %s with the overrides it was started with: %s", path, " ".join(overrides))
     composed = GlobalHydra.instance().hydra.compose_config(
-        config_name=HydraConfig.get().job.config_name, overrides=overrides, run_mode=RunMode.RUN,
+        config_name=HydraConfig.get().job.config_name,
+        overrides=overrides,
+        run_mode=RunMode.RUN,
         with_log_configuration=False,
     )
     with open_dict(composed):
