@@ -23,10 +23,12 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
-# ruff: lint (rules in pyproject.toml) and the formatter's check; .ci/run runs this before the tests
+# ruff (lint rules in pyproject.toml, and the formatter's check) and mypy on src/aelab;
+# .ci/run runs this before the tests
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix src tests scripts

@@ -28,7 +28,7 @@ def first_validation_images(trainer: L.Trainer, count: int) -> Tensor:
     """The first ``count`` validation images: the val loader is unshuffled, so they are fixed."""
     batches = []
     seen = 0
-    for images, _ in trainer.val_dataloaders:
+    for images, _ in trainer.val_dataloaders or ():
         batches.append(images[: count - seen])
         seen += len(batches[-1])
         if seen >= count:
@@ -62,10 +62,11 @@ class ReconstructionGrid(L.Callback):
             logger.experiment.add_image("val/reconstructions", grid, trainer.global_step)
 
 
-def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-    """The flat, comparable description of a run that TensorBoard's HPARAMS tab shows."""
-    hp = pl_module.hparams
-    datamodule = trainer.datamodule
+def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
+    """The flat, comparable description of a run that TensorBoard's HPARAMS tab shows
+    (``pl_module``: an ``aelab.models.AutoEncoder``)."""
+    hp = pl_module.settings
+    datamodule: Any = getattr(trainer, "datamodule", None)
     latent_size = pl_module.latent_size
     return {
         "dataset": datamodule.spec.name if datamodule is not None else "",
@@ -75,7 +76,7 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dic
         "compression": round(pl_module.compression, 4),
         "lr": hp.optimizer.get("lr", float("nan")),
         "weight_decay": hp.optimizer.get("weight_decay", float("nan")),
-        "batch_size": datamodule.hparams.batch_size if datamodule is not None else -1,
+        "batch_size": datamodule.settings.batch_size if datamodule is not None else -1,
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
         "compile": str(hp.compile),

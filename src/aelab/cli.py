@@ -84,11 +84,12 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
 
-    chain = []
-    while err is not None and err not in chain:
-        chain.append(err)
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None and link not in chain:
+        chain.append(link)
         # OmegaConf reports what a resolver raised (a refused task_name) as the error's context
-        err = err.__cause__ or (err.__context__ if isinstance(err, OmegaConfBaseException) else None)
+        link = link.__cause__ or (link.__context__ if isinstance(link, OmegaConfBaseException) else None)
     for cause in chain:
         if isinstance(cause, AelabError):
             return cause
@@ -115,7 +116,8 @@ OS_ERROR_FIXES = {
 
 def os_error_line(err: OSError, output_dir: Path | None) -> str:
     path = err.filename or "a file"
-    line = f"{path}: {err.strerror or err}; {OS_ERROR_FIXES.get(err.errno, 'fix the path')}"
+    fix = OS_ERROR_FIXES.get(err.errno, "fix the path") if err.errno is not None else "fix the path"
+    line = f"{path}: {err.strerror or err}; {fix}"
     # a training run (it has checkpoints) can go on from its last one; eval and analyze just rerun
     if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None and (output_dir / "checkpoints").is_dir():
         from aelab.callbacks import resume_command, resume_sweep_command

@@ -427,11 +427,12 @@ def _arguments(target: str) -> tuple[str, ...] | None:
 def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every key's resolved value, a list as one value; a failed interpolation names its key."""
     for key in cfg.keys():
-        path = f"{prefix}{key}"
+        path = f"{prefix}{key!s}"
         try:
             node = cfg[key]
         except OmegaConfBaseException as err:
-            raw = OmegaConf.to_container(cfg, resolve=False).get(key)
+            unresolved = OmegaConf.to_container(cfg, resolve=False)
+            raw = unresolved.get(key) if isinstance(unresolved, dict) else "?"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"{path}={raw} cannot be resolved: {first}") from None
         if isinstance(node, DictConfig):

@@ -4,6 +4,8 @@ Entry points print an ``AelabError`` as a single line and exit non-zero; anythin
 and keeps its traceback.
 """
 
+from typing import TypeGuard
+
 
 class AelabError(Exception):
     """A user-fixable problem: the message names the culprit and the fix."""
@@ -21,7 +23,7 @@ class CheckpointError(AelabError):
     pass
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """True for integers, False for floats, text and booleans (``True == 1`` in Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -388,7 +388,8 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
     if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
         raise CheckpointError(f"checkpoint {path} is refused: its {OVERRIDES_KEY} is not a list of overrides")
     given = {override_key(o) for o in current}
-    kept, refused = [], []
+    kept: list[str] = []
+    refused: list[str] = []
     for override in stored:
         key = override_key(override)
         if key in given or any(key == k or key.startswith(f"{k}.") for k in _PLACE_KEYS):
@@ -476,7 +477,9 @@ def load_run_from_config(
             "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
         )
     path = resolve_ckpt_path(str(value), Path(cfg.paths.log_dir) / "train")
+    assert path is not None  # a value was given
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    loaded = load_run(path, map_location, overrides, cfg.paths.data_dir)
+    assert isinstance(overrides, dict)
+    loaded = load_run(path, map_location, {str(k): v for k, v in overrides.items()}, cfg.paths.data_dir)
     loaded.datamodule.setup()
     return loaded

@@ -10,6 +10,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -153,11 +154,16 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self._resume_batches = 0
 
     @property
+    def settings(self) -> Any:
+        """``hparams``, read as attributes (Lightning types ``hparams`` as a plain mapping)."""
+        return self.hparams
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return self.spec.classes
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # Lightning's optional attribute, here always known
         """What the data is, for titles and tables: e.g. ``Fashion-MNIST`` or ``MNIST (mnist-10k)``."""
         folder = self.data_dir.name
         plain = {self.spec.name, self.spec.torchvision_class.lower(), self.spec.name.replace("_", "-"), "data"}
@@ -170,7 +176,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
     def with_all_classes(self) -> MNISTLikeDataModule:
         """The same data without ``keep_classes``: a one-class run's latent space is measured
         against every class."""
-        if self.hparams.keep_classes is None:
+        if self.settings.keep_classes is None:
             return self
         return type(self)(**{**self.hparams, "keep_classes": None})
 
@@ -178,11 +184,11 @@ class MNISTLikeDataModule(L.LightningDataModule):
         missing = missing_files(self.raw_dir)
         if not missing:
             return
-        if not self.hparams.download:
+        if not self.settings.download:
             raise DataError(
                 missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false")
             )
-        download(self.spec, self.data_dir, self.hparams.mirrors)
+        download(self.spec, self.data_dir, self.settings.mirrors)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -191,7 +197,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         n_classes = len(self.spec.classes)
         train_images, train_labels = read_split(self.raw_dir, "train", n_classes)
         test_images, test_labels = read_split(self.raw_dir, "test", n_classes)
-        hp = self.hparams
+        hp = self.settings
         if hp.val_size is not None:
             if hp.val_size >= len(train_images):
                 raise ConfigError(
@@ -238,7 +244,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _loader(self, split: str, shuffle: bool):
-        hp = self.hparams
+        hp = self.settings
         if hp.loader == "device":
             images, labels = self.split(split, self._device())
             loader = DeviceBatchLoader(images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed)

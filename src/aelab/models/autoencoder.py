@@ -10,7 +10,9 @@ stochastic: analysis reads ``encode`` as the deterministic code), plus a ``confi
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +78,11 @@ class AutoEncoder(L.LightningModule):
         self.automatic_optimization = False
 
     @property
+    def settings(self) -> Any:
+        """``hparams``, read as attributes (Lightning types ``hparams`` as a plain mapping)."""
+        return self.hparams
+
+    @property
     def backbone(self) -> str:
         """A short label derived from the encoder's class: ``MLPEncoder`` -> ``mlp``."""
         return backbone_label(type(self.encoder).__name__)
@@ -126,7 +133,7 @@ class AutoEncoder(L.LightningModule):
         return [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]
 
     def setup(self, stage: str) -> None:
-        mode = self.hparams.compile
+        mode = self.settings.compile
         if mode:
             self._reconstruct = torch.compile(
                 self.reconstruct, mode=None if mode is True or mode == "default" else mode
@@ -164,9 +171,10 @@ class AutoEncoder(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
         optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one
         optimizer.zero_grad(set_to_none=True)
         terms = self.loss_terms(x)
-        loss = sum(terms.values())
+        loss = functools.reduce(operator.add, terms.values())
         self.manual_backward(loss)
         optimizer.step()
         self._accumulate(terms, x.shape[0], torch.float32)
@@ -177,7 +185,7 @@ class AutoEncoder(L.LightningModule):
         if self._count:
             self._log_means("train", self._epoch_means())
         scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if scheduler is not None and not isinstance(scheduler, list):
             scheduler.step()
 
     def on_validation_epoch_start(self) -> None:
@@ -207,7 +215,7 @@ class AutoEncoder(L.LightningModule):
         callback = self.trainer.checkpoint_callback
         last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
-        lr = self.hparams.optimizer.get("lr")
+        lr = self.settings.optimizer.get("lr")
         shown = ", ".join(
             f"{split} {name} {float(v)}"
             for split, terms in (("train", train), ("val", val))
@@ -230,10 +238,10 @@ class AutoEncoder(L.LightningModule):
             self._log_means("test", self._epoch_means())
 
     def configure_optimizers(self):
-        optimizer = build(self.hparams.optimizer, "model.optimizer")(self.parameters())
-        if not self.hparams.scheduler:
+        optimizer = build(self.settings.optimizer, "model.optimizer")(self.parameters())
+        if not self.settings.scheduler:
             return optimizer
-        scheduler = build(self.hparams.scheduler, "model.scheduler")(optimizer)
+        scheduler = build(self.settings.scheduler, "model.scheduler")(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -248,7 +256,7 @@ class AutoEncoder(L.LightningModule):
             checkpoint[IDENTITY_KEY] = self.run_identity
         if self.run_overrides is not None:
             checkpoint[OVERRIDES_KEY] = list(self.run_overrides)
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = getattr(self._trainer, "datamodule", None)
         if datamodule is not None:
             checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def mse_vs_latent_size(rows: list[dict], data: str):
     return fig
 
 
-def reconstructions_by_latent_size(panels: list[tuple[str, np.ndarray]], data: str):
+def reconstructions_by_latent_size(panels: list[tuple[str, Any]], data: str):
     """Rows of images: the inputs, then each job's reconstructions of them."""
     return image_rows(
         [np.asarray(images.cpu()) for _, images in panels],

@@ -49,7 +49,7 @@ FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job, in the order Hydra numbered them; PCA filled in by ``add_pca_baseline``."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for job_dir in runs.job_dirs(sweep_dir):
         job_cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         hydra_file = job_dir / ".hydra" / "hydra.yaml"
@@ -59,7 +59,8 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "error": "the job stopped before writing its summary (crash or kill)",
         }
         # the summary's own record first: Hydra rewrites .hydra/ whenever the job is launched again
-        latent_dim = summary.get("latent_dim", (job_cfg.get("model") or {}).get("latent_dim"))
+        model_cfg = job_cfg.get("model") if isinstance(job_cfg, DictConfig) else None
+        latent_dim = summary.get("latent_dim", model_cfg.get("latent_dim") if model_cfg else None)
         rows.append(
             {
                 "job_num": job_num,

@@ -81,13 +81,13 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     model, datamodule = loaded.model, loaded.datamodule
     out = loaded.run_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    keep = datamodule.hparams.keep_classes
+    keep = datamodule.settings.keep_classes
     train_images, train_labels = datamodule.with_all_classes().split("train")
     test_images, test_labels = datamodule.split("test")
     train_y, test_y = train_labels.numpy(), test_labels.numpy()
     classes = datamodule.classes
     seed = int(cfg.seed)
-    batch_size = datamodule.hparams.batch_size
+    batch_size = datamodule.settings.batch_size
     title = f"{model.backbone} d={model.latent_size} ({datamodule.name})"
 
     with stage(f"encoding {len(train_images)} train and {len(test_images)} test images on {device}"):

@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = device_of(cfg)
     # under the Trainer's precision (bf16 autocast with trainer=cpu), so the classes average to test/mse
     with trainer.precision_plugin.forward_context():
-        _, errors = encode_images(model.to(device), images, device, datamodule.hparams.batch_size)
+        _, errors = encode_images(model.to(device), images, device, datamodule.settings.batch_size)
     result = {
         "checkpoint": str(loaded.path),
         "dataset": datamodule.spec.name,

@@ -73,8 +73,9 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[runs.AtomicCheckpointIO()]
     )
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
-    in_a_run = ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR
-    resumed_run = runs.run_dir_of(ckpt_path) if in_a_run else None
+    resumed_run = None
+    if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:
+        resumed_run = runs.run_dir_of(ckpt_path)
     if resumed_run is not None and resumed_run.resolve() != output_dir.resolve():
         for leftover in runs.remove_leftovers(resumed_run):
             log.warning("removed %s, left by a process killed while writing it", leftover)
@@ -92,7 +93,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
         "data": datamodule.name,
         "data_dir": str(datamodule.data_dir),
         "backbone": model.backbone,
-        "latent_dim": model.hparams.latent_dim,
+        "latent_dim": model.settings.latent_dim,
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
         "compression": model.compression,
@@ -123,11 +124,14 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     from hydra.types import RunMode
 
     path = runs.resolve_ckpt_path(str(cfg.ckpt_path), Path(cfg.paths.log_dir) / "train")
+    assert path is not None  # ckpt_path was given
     overrides = runs.resume_overrides(path, current, Path(cfg.paths.root_dir) / "configs")
     if overrides == current:
         return cfg, current
     log.info("resuming %s with the overrides it was started with: %s", path, " ".join(overrides))
-    composed = GlobalHydra.instance().hydra.compose_config(
+    hydra = GlobalHydra.instance().hydra
+    assert hydra is not None  # inside a Hydra command (_command_line_overrides said so)
+    composed = hydra.compose_config(
         config_name=HydraConfig.get().job.config_name,
         overrides=overrides,
         run_mode=RunMode.RUN,
@@ -136,8 +140,9 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     with open_dict(composed):
         del composed["hydra"]
     # what the run directory says it holds is what trains in it
-    hydra_dir = Path(cfg.paths.output_dir) / HydraConfig.get().output_subdir
-    if hydra_dir.is_dir():
+    subdir = HydraConfig.get().output_subdir
+    hydra_dir = Path(cfg.paths.output_dir) / subdir if subdir else None
+    if hydra_dir is not None and hydra_dir.is_dir():
         write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(composed))
         write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
     return composed, overrides
@@ -149,7 +154,8 @@ def _command_line_overrides() -> list[str] | None:
     if not HydraConfig.initialized():
         return None
     # as typed: an override holding "${...}" is text here, resolved only in the config it makes
-    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    return [str(o) for o in typed] if isinstance(typed, list) else []
 
 
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
