@@ -172,28 +172,16 @@ class Either(Rule):
 
 @dataclass(frozen=True)
 class Group(Rule):
-    """A config group that must be present: ``callbacks=null`` would drop checkpoints too."""
+    """A mapping of settings: a config group (``callbacks=null`` would drop checkpoints too) or
+    one entry of callbacks/logger; ``what`` says which, with an example."""
 
-    hint: str = ""
-
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, dict)
-
-    def describe(self) -> str:
-        return f"a group of settings ({self.hint})"
-
-
-@dataclass(frozen=True)
-class Component(Rule):
-    """One entry of the callbacks or logger group: a config naming the class to build."""
-
-    example: str = ""
+    what: str = ""
 
     def accepts_value(self, value: Any) -> bool:
         return isinstance(value, dict)
 
     def describe(self) -> str:
-        return f"a config with a _target_, e.g. {self.example}"
+        return self.what
 
 
 @dataclass(frozen=True)
@@ -243,7 +231,7 @@ SCHEMA: dict[str, Rule] = {
     "umap_gmm": Flag(),
     "trustworthiness_points": Int(min=10),
     # data
-    "data": Group(hint="e.g. data=mnist"),
+    "data": Group(what="a group of settings (e.g. data=mnist)"),
     "data.dataset": OneOf(values=tuple(DATASETS)),
     "data.data_dir": Text(),
     "data.batch_size": POSITIVE,
@@ -255,7 +243,7 @@ SCHEMA: dict[str, Rule] = {
     "data.download": Flag(),
     "data.mirrors": TextList(null=True),
     # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
-    "model": Group(hint="e.g. model=conv"),
+    "model": Group(what="a group of settings (e.g. model=conv)"),
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
     "model.compile": OneOf(values=COMPILE_MODES),
     "model.encoder": Open(),
@@ -266,7 +254,7 @@ SCHEMA: dict[str, Rule] = {
     "model.optimizer": Open(),
     "model.scheduler": Open(),
     # trainer
-    "trainer": Group(hint="e.g. trainer=cpu"),
+    "trainer": Group(what="a group of settings (e.g. trainer=cpu)"),
     "trainer.accelerator": OneOf(values=ACCELERATORS),
     # a count, -1 (all), "auto", or which GPUs: [0, 1]
     "trainer.devices": Either(rules=(POSITIVE, OneOf(values=("auto", -1)), IntList(min=0))),
@@ -291,19 +279,24 @@ SCHEMA: dict[str, Rule] = {
     "trainer.logger": Unsupported(reason="set in the logger group, e.g. logger=csv"),
     "trainer.plugins": Unsupported(reason="not supported: aelab sets the checkpoint writer plugin itself"),
     # callbacks and loggers: each class checks its own arguments; these are read by aelab too
-    "callbacks": Group(hint="drop one callback with ~callbacks.<name>, e.g. ~callbacks.reconstruction_grid"),
+    "callbacks": Group(
+        what="a group of settings (drop one callback with ~callbacks.<name>, e.g. ~callbacks.reconstruction_grid)"
+    ),
     # which metrics a model logs depends on its objective's terms: the train task checks the name
     "callbacks.model_checkpoint.monitor": Metric(null=True),
     "callbacks.model_checkpoint.mode": OneOf(values=("min", "max")),
     "callbacks.model_checkpoint.save_top_k": Int(min=-1),
     "callbacks.progress_bar.refresh_rate": Int(min=0),
     "callbacks.reconstruction_grid.num_images": Int(min=1, max=64),
-    "callbacks.*": Component(
-        null=True, example="{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/mse}"
+    "callbacks.*": Group(
+        null=True,
+        what="a config with a _target_, e.g. {_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/mse}",
     ),
-    "logger": Group(null=True, hint="e.g. logger=csv, or ~logger for none"),
-    "logger.*": Component(null=True, example="{_target_: lightning.pytorch.loggers.CSVLogger, save_dir: logs}"),
-    "paths": Group(hint="e.g. paths.log_dir=/scratch/logs"),
+    "logger": Group(null=True, what="a group of settings (e.g. logger=csv, or ~logger for none)"),
+    "logger.*": Group(
+        null=True, what="a config with a _target_, e.g. {_target_: lightning.pytorch.loggers.CSVLogger, save_dir: logs}"
+    ),
+    "paths": Group(what="a group of settings (e.g. paths.log_dir=/scratch/logs)"),
     # a free label for a run or sweep, e.g. +tag=baseline (it becomes part of sweep job names)
     "tag": Text(null=True),
     "paths.root_dir": Text(),

@@ -14,6 +14,7 @@ described inside them are rebuilt through ``aelab.registry`` only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -166,14 +167,17 @@ def exclusive(run_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def remove_leftovers(run_dir: Path) -> list[Path]:
+def remove_leftovers(run_dir: Path, *, held: bool = False) -> None:
     """Remove the temporaries a process killed mid-write left in ``run_dir``'s checkpoints, if no
-    process is training there now (its temporaries would be files it is still writing)."""
+    process is training there now (its temporaries would be files it is still writing); ``held``:
+    this process holds ``run_dir`` already."""
     try:
-        with exclusive(Path(run_dir)):
-            return remove_temporaries(checkpoint_dir(run_dir))
+        with contextlib.nullcontext() if held else exclusive(Path(run_dir)):
+            leftovers = remove_temporaries(checkpoint_dir(run_dir))
     except RunDirectoryBusy:
-        return []
+        return
+    for leftover in leftovers:
+        log.warning("removed %s, left by a process killed while writing it", leftover)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -17,7 +17,7 @@ from aelab import runs
 from aelab.callbacks import EpochTimer
 from aelab.cli import quiet_known_warnings
 from aelab.config import GPU_ACCELERATORS, check_monitor, validate
-from aelab.files import remove_temporaries, write_atomic
+from aelab.files import write_atomic
 from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float) -> dict[str, Any]:
     """The rest of ``train``, while this process holds ``output_dir``."""
-    # only this process writes checkpoints here (it holds the directory); another run's are its own
-    for leftover in remove_temporaries(runs.checkpoint_dir(output_dir)):
-        log.warning("removed %s, left by a process killed while writing it", leftover)
+    runs.remove_leftovers(output_dir, held=True)
     identity = runs.run_identity(cfg, datamodule)
     previous = runs.read_summary(output_dir)
     if previous.get("status") == "ok":
@@ -77,8 +75,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:
         resumed_run = runs.run_dir_of(ckpt_path)
     if resumed_run is not None and resumed_run.resolve() != output_dir.resolve():
-        for leftover in runs.remove_leftovers(resumed_run):
-            log.warning("removed %s, left by a process killed while writing it", leftover)
+        runs.remove_leftovers(resumed_run)
     if ckpt_path is not None:
         # a sweep job found unfinished may have done all its epochs: it only lacks its summary
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
@@ -125,6 +122,9 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
 
     path = runs.resolve_ckpt_path(str(cfg.ckpt_path), Path(cfg.paths.log_dir) / "train")
     assert path is not None  # ckpt_path was given
+    # resolved once: the overrides restored and the weights resumed come from the same file, even
+    # if a newer run writes a last.ckpt meanwhile (ckpt_path=last)
+    cfg.ckpt_path = str(path)
     overrides = runs.resume_overrides(path, current, Path(cfg.paths.root_dir) / "configs")
     if overrides == current:
         return cfg, current
@@ -139,6 +139,7 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     )
     with open_dict(composed):
         del composed["hydra"]
+        composed.ckpt_path = str(path)
     # what the run directory says it holds is what trains in it
     subdir = HydraConfig.get().output_subdir
     hydra_dir = Path(cfg.paths.output_dir) / subdir if subdir else None
