@@ -373,7 +373,11 @@ CASES = {
         "experiment=nope is invalid: it must be one of seed_conv, seed_mlp",
     ),
     "unknown debug option": ("train", ["debug=nope"], "debug=nope is invalid: it must be one of fdr, limit, overfit"),
-    "unknown logger option": ("train", ["logger=wandb"], "logger=wandb is invalid: it must be one of csv, tensorboard"),
+    "unknown logger option": (
+        "train",
+        ["logger=neptune"],
+        "logger=neptune is invalid: it must be one of csv, many, mlflow, tensorboard, wandb",
+    ),
     "unknown callbacks option": ("train", ["callbacks=none"], "callbacks=none is invalid: it must be one of default"),
     "callbacks=null": ("train", ["callbacks=null"], "callbacks=null is invalid: a config group is chosen by name"),
     "logger=null": (

@@ -1,4 +1,4 @@
-"""Lightning callbacks: reconstruction grids and a curated hyperparameter record for TensorBoard."""
+"""Lightning callbacks: reconstruction grids and a curated hyperparameter record for the loggers."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from aelab.names import VAL_MSE_BEST
+from aelab.paths import command_line
 
 
 def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
@@ -47,7 +48,7 @@ class ReconstructionGrid(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, IMAGE_LOGGERS)]
         if not loggers:
             return
         if self._images is None:
@@ -59,7 +60,22 @@ class ReconstructionGrid(L.Callback):
             return  # the module stops the run with a clear message; no garbage image first
         grid = reconstruction_grid(images, reconstructions).cpu()
         for logger in loggers:
-            logger.experiment.add_image("val/reconstructions", grid, trainer.global_step)
+            log_image(logger, "val/reconstructions", grid, trainer.global_step)
+
+
+# the loggers that show images (CSV does not)
+IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)
+
+
+def log_image(logger: Logger, tag: str, image: Tensor, step: int) -> None:
+    """``image``: (3, H, W) in [0, 1], as each logger of ``IMAGE_LOGGERS`` takes it."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, image, step)
+    elif isinstance(logger, MLFlowLogger):
+        pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(tag, images=[image], step=step)
 
 
 def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
@@ -173,7 +189,7 @@ def resume_sweep_command() -> str | None:
         return None
     given = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not a.startswith("hydra.sweep.dir=")]
     sweep_dir = HydraConfig.get().sweep.dir
-    return " ".join(["python src/train.py -m", *map(shlex.quote, given), f"\"hydra.sweep.dir='{sweep_dir}'\""])
+    return " ".join([command_line(), "-m", *map(shlex.quote, given), f"\"hydra.sweep.dir='{sweep_dir}'\""])
 
 
 def resume_command(ckpt_path: str) -> str:
@@ -184,4 +200,4 @@ def resume_command(ckpt_path: str) -> str:
     overrides = []
     if HydraConfig.initialized():
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    return " ".join(["python src/train.py", *map(shlex.quote, overrides), f"\"ckpt_path='{ckpt_path}'\""])
+    return " ".join([command_line(), *map(shlex.quote, overrides), f"\"ckpt_path='{ckpt_path}'\""])

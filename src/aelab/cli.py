@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from aelab.errors import AelabError, ConfigError
 from aelab.names import VAL_MSE_BEST
+from aelab.paths import entry_point
 from aelab.runs import RunDirectoryBusy, last_checkpoint, record_failure
 
 log = logging.getLogger("aelab")
@@ -38,6 +39,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     the sweep report then exits non-zero.
     """
     quiet_known_warnings()
+    log_lightning_through_the_root_logger()
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = task(cfg)
@@ -94,12 +96,24 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
         if isinstance(cause, AelabError):
             return cause
     for cause in chain:
+        library_fix = LIBRARY_USER_ERRORS.get((type(cause).__module__.partition(".")[0], type(cause).__name__))
+        if library_fix is not None:
+            return ConfigError(f"{first_line(cause)}; {library_fix}")
         if isinstance(cause, OSError) and cause.errno in USER_OS_ERRORS:
             return ConfigError(os_error_line(cause, output_dir))
         if isinstance(cause, MisconfigurationException):
             return ConfigError(f"Lightning refuses the trainer settings: {first_line(cause)}")
     return None
 
+
+# what other libraries raise for what a user can fix: (top-level package, exception class) -> the fix
+LIBRARY_USER_ERRORS = {
+    # logger=wandb without an account: wandb.errors.UsageError("No API key configured. ...")
+    ("wandb", "UsageError"): (
+        "log in with: wandb login, or train offline with WANDB_MODE=offline "
+        "(then upload with: wandb sync <run dir>/wandb)"
+    ),
+}
 
 # what a user can fix: full disks and quotas, permissions, read-only mounts, missing folders
 USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENAMETOOLONG}
@@ -163,7 +177,7 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> str:
         if "not in struct" in str(err.__cause__) and not key.startswith("hydra."):
             from aelab.config import unknown_key_message
 
-            return unknown_key_message(key, typed, f"src/{Path(sys.argv[0]).stem}.py")
+            return unknown_key_message(key, typed, entry_point())
         return f"{key}={typed} is invalid: {first_line(err.__cause__ or err)}"
     if isinstance(err, OverrideParseException):
         lines = text.splitlines()
@@ -250,6 +264,24 @@ def one_line_errors() -> Iterator[None]:
 def error_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def log_lightning_through_the_root_logger() -> None:
+    """Lightning's messages into the run's ``<task>.log`` as well as the console.
+
+    Imported before Hydra configures logging, Lightning found the root logger bare and gave its
+    loggers private console handlers (``lightning.pytorch`` and ``lightning.fabric`` stopped from
+    propagating); once Hydra's handlers (console and ``<task>.log``) are on the root logger,
+    Lightning's records go there instead, once each.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lightning_log = logging.getLogger(name)
+        for handler in list(lightning_log.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_log.removeHandler(handler)
+        lightning_log.propagate = True
 
 
 def quiet_known_warnings() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import importlib.util
 import inspect
 import re
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aelab.data.datamodule import LOADERS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
+from aelab.loggers import EXTRAS
 from aelab.models.autoencoder import COMPILE_MODES
 from aelab.paths import SAFE_NAME_RULE, is_safe_name
 from aelab.registry import import_targets
@@ -319,6 +321,7 @@ def validate(cfg: DictConfig) -> None:
     for key, value in leaves:
         if key.endswith("._target_"):
             _check_importable(key, value)
+            _check_extra_installed(key, value)
         rule = rule_of(cfg, key)
         if rule is None:
             raise ConfigError(unknown_key_message(key, hydra_value(value), target=_target_of_group(cfg, key)))
@@ -337,11 +340,22 @@ def rule_of(cfg: DictConfig, key: str) -> Rule | None:
         return rule or Open()
     target = _target_of_group(cfg, key)
     if target is None:
-        return rule_for(key)
+        return rule_for(key) or _inside_an_argument(cfg, key)
     arguments = _arguments(target)
     if arguments is not None and key.rpartition(".")[2] not in arguments:
         return None
     return rule_for(key) or Open()  # Open: the class checks its own argument
+
+
+def _inside_an_argument(cfg: DictConfig, key: str) -> Rule | None:
+    """A key inside a mapping that is itself an argument of a class (``logger.mlflow.tags.run_dir``:
+    ``tags`` of the MLflow logger) is that class's to check."""
+    for prefix in _prefixes(key):
+        target = _target_of_group(cfg, prefix)
+        if target is not None:
+            arguments = _arguments(target)
+            return Open() if arguments is None or prefix.rpartition(".")[2] in arguments else None
+    return None
 
 
 def rule_for(key: str) -> Rule | None:
@@ -393,6 +407,23 @@ def _check_importable(key: str, target: Any) -> None:
         raise ConfigError(f"{key}={target}: cannot import {module_name or target} ({err})") from None
     if not hasattr(module, attribute):
         raise ConfigError(f"{key}={target}: {module_name} has no {attribute}")
+
+
+def _check_extra_installed(key: str, target: Any) -> None:
+    """A logger from an optional extra (``aelab.loggers.EXTRAS``) needs that extra installed."""
+    if str(target) not in EXTRAS:
+        return
+    module, extra = EXTRAS[str(target)]
+    try:
+        installed = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or the module blocked
+        installed = False
+    if not installed:
+        owner = key.removesuffix("._target_")
+        raise ConfigError(
+            f"{owner} needs {module}, an optional extra of aelab: pip install -e '.[{extra}]' "
+            f"(in the repository; or leave it out with ~{owner}, e.g. logger=tensorboard)"
+        )
 
 
 def _target_of_group(cfg: DictConfig, key: str) -> str | None:

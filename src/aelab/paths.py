@@ -1,12 +1,14 @@
 """Where the project lives, so ``logs/`` and ``data/`` do not depend on the working directory.
 
 ``configs/paths/default.yaml`` reads ``${project_root:}``. In a checkout (the package installed
-editable from ``src/``) that is the repository; installed elsewhere, the working directory.
+editable from ``src/``) that is the repository; installed elsewhere (a wheel), the working
+directory. The configs are the checkout's ``configs/``, or the copy a wheel carries.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -18,11 +20,35 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*")
 SAFE_NAME_RULE = "a plain name of letters, digits and _ . - (it names a directory under the log root), e.g. my_run"
 
 
+def checkout() -> Path | None:
+    """The repository this package runs from (an editable install), or ``None`` (a wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "configs").is_dir() and (root / "src" / "aelab").is_dir():
+        return root
+    return None
+
+
 def project_root() -> Path:
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "configs").is_dir() and (checkout / "src" / "aelab").is_dir():
-        return checkout
-    return Path.cwd()
+    return checkout() or Path.cwd()
+
+
+def config_dir() -> Path:
+    """What ``src/<task>.py`` and the ``aelab-<task>`` commands compose from: ``configs/`` of the
+    checkout, or ``aelab/configs`` inside an installed wheel (pyproject.toml maps one to the other)."""
+    root = checkout()
+    return root / "configs" if root is not None else Path(__file__).resolve().parent / "configs"
+
+
+def entry_point() -> str:
+    """What this process was started as, for messages: ``src/train.py`` or ``aelab-train``."""
+    started = Path(sys.argv[0])
+    return started.name if started.name.startswith("aelab-") else f"src/{started.stem}.py"
+
+
+def command_line() -> str:
+    """How to type ``entry_point()`` again: ``python src/train.py`` or ``aelab-train``."""
+    started = entry_point()
+    return f"python {started}" if started.endswith(".py") else started
 
 
 def is_safe_name(value: object) -> bool:
@@ -42,11 +68,21 @@ def path_component(value: object) -> str:
     return str(value).replace("/", "_").replace("\\", "_") or "_"
 
 
+def run_label(output_dir: object, log_dir: object) -> str:
+    """``${run_label:${paths.output_dir},${paths.log_dir}}``: a run as loggers list it, its folder
+    under the log root, e.g. ``train/multiruns/2026-11-30_12-00-00/model.latent_dim=5``."""
+    try:
+        return Path(str(output_dir)).resolve().relative_to(Path(str(log_dir)).resolve()).as_posix()
+    except ValueError:  # output_dir set outside the log root by hand
+        return Path(str(output_dir)).name
+
+
 def register_resolvers() -> None:
     for name, resolver in (
         ("project_root", lambda: str(project_root())),
         ("checked_name", checked_name),
         ("path_component", path_component),
+        ("run_label", run_label),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -55,6 +55,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
         runs.require_same_run(output_dir, "a finished run", previous.get(IDENTITY_KEY), identity)
         log.info("%s already finished; not training it again", output_dir)
         runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
+        log.info(closing_line(previous))
         return previous
     ckpt_path = cfg.get("ckpt_path")
     unfinished = runs.resume_point(output_dir)
@@ -106,7 +107,23 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
         IDENTITY_KEY: identity,
     }
     runs.write_summary(output_dir, summary)
+    log.info(closing_line(summary))
     return summary
+
+
+def closing_line(summary: dict[str, Any]) -> str:
+    """What a user wants to read last: how good, and where everything is."""
+
+    def mse(key: str) -> str:
+        value = summary.get(key)
+        return "not measured" if value is None else f"{value:.5f}"
+
+    epochs = summary.get("epochs")
+    return (
+        f"done after {epochs} epoch{'' if epochs == 1 else 's'}: "
+        f"{VAL_MSE} {mse(VAL_MSE)}, {VAL_MSE_BEST} {mse(VAL_MSE_BEST)}; "
+        f"run in {summary.get('output_dir')}; best checkpoint {summary.get('best_checkpoint')}"
+    )
 
 
 def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[str] | None]:
