@@ -14,21 +14,27 @@ LOCK_FOR := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_2
 
 install: $(STAMP)
 
-# uv installs the lock (measured on a fresh clone: 32 s against pip's 87 s); pip only installs uv,
-# from its own hashed lock. Then the package itself, editable and without dependencies, and we prove
-# torchvision's compiled ops load against the torch that was installed.
-$(STAMP): $(LOCK) pyproject.toml
+# The locks are for CPython 3.11; pip installs uv from its own hashed lock.
+$(UV): requirements/uv-bootstrap.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+		echo "make: the locks are for CPython 3.11 and $(PYTHON) is not; run make PYTHON=python3.11 ..., or pip install -e '.[dev]' for another Python" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements/uv-bootstrap.lock
-	$(UV) pip install --python $(PY) --require-hashes -r $(LOCK)
-	$(UV) pip install --python $(PY) --no-deps -e .
-	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	touch $(UV)
 
-# Re-resolve every lock from pyproject.toml to the newest releases it allows (torch and torchvision
-# as requirements/constraints.txt pins them); review the diff, then commit it.
-lock: $(STAMP)
+# uv installs the lock (faster than pip on a fresh clone: README, Set-up), then the package itself, editable and
+# without dependencies (its build tool, setuptools, comes from the lock too); then we prove
+# torchvision's compiled ops load against the torch that was installed. all.lock holds everything
+# dev.lock does, so installing it satisfies both.
+$(STAMP): $(UV) $(LOCK) pyproject.toml
+	$(UV) pip install --python $(PY) --require-hashes -r $(LOCK)
+	$(UV) pip install --python $(PY) --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP) $(if $(findstring all.lock,$(LOCK)),$(VENV)/.installed-dev.lock)
+
+# Re-resolve the three locks (uv's own, all.lock, dev.lock) from pyproject.toml to the newest releases
+# it allows, torch and torchvision as requirements/constraints.txt pins them; review the diff, commit.
+lock: $(UV)
 	$(UV) pip compile requirements/uv-bootstrap.in $(LOCK_FOR) --upgrade -o requirements/uv-bootstrap.lock
 	$(UV) pip compile pyproject.toml --extra dev --extra mlflow --extra wandb -c requirements/constraints.txt \
 		$(LOCK_FOR) --upgrade -o requirements/all.lock
@@ -59,4 +65,4 @@ bench: $(STAMP)
 	$(PY) scripts/benchmark.py $(ARGS)
 
 clean-logs:
-	rm -rf logs/train logs/analyze logs/eval
+	rm -rf logs/train logs/analyze logs/eval logs/mlflow

@@ -223,6 +223,19 @@ def time_to_first_step(data: str, data_dir: Path) -> float:
     return float(match.group(1))
 
 
+def time_help(runs: int = 5) -> float:
+    """Median wall seconds of ``python src/train.py --help``: Hydra's TAB completion runs the script
+    the same way on every TAB, so it must not wait for torch and Lightning to import."""
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, str(REPO / "src/train.py"), "--help"], capture_output=True, check=True, cwd=REPO
+        )
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
@@ -290,6 +303,7 @@ def main() -> int:
             results["models"][model] = row
         if args.startup:
             results["time_to_first_step_s"] = time_to_first_step(args.data, Path(args.data_dir))
+            results["help_s"] = time_help()
 
     print(
         f"\n{results['machine']}; device {args.device}; data {results['data']}; "
@@ -312,6 +326,7 @@ def main() -> int:
         print(f"{model:6} {times} {ratio('a_over_c'):>8} {ratio('c_over_b'):>8}   {vals}")
     if "time_to_first_step_s" in results:
         print(f"time from `python src/train.py` to the first training step: {results['time_to_first_step_s']:.2f} s")
+        print(f"`python src/train.py --help`: {results['help_s']:.2f} s (median of 5)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -4,12 +4,11 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.cli import one_line_errors, run_task
-from aelab.tasks.analyze import analyze
 
 
 @hydra.main(config_path="../configs", config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_task(analyze, cfg)
+    run_task("analyze", cfg)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,11 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.cli import one_line_errors, run_task
-from aelab.tasks.evaluate import evaluate
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_task(evaluate, cfg)
+    run_task("eval", cfg)
 
 
 if __name__ == "__main__":

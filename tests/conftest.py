@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -48,7 +49,12 @@ def real_data(variable: str, what: str) -> Path:
     value = os.environ.get(variable)
     if value and Path(value).is_dir():
         return Path(value)
-    message = f"{variable} must point at {what}"
+    missing(f"{variable} must point at {what}")
+
+
+def missing(message: str) -> NoReturn:
+    """What a test needs is not on this machine: in CI, which provides everything, a failure;
+    elsewhere a skip that says what to provide."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -82,11 +88,17 @@ def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> 
 def run_cli(
     script: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """Run an entry point as a user does, from the repository root."""
+    """Run an entry point as a user does, from the repository root: ``train.py`` (the script) or
+    ``aelab-train`` (the installed command)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    command = (
+        [str(Path(sys.executable).parent / script)]
+        if script.startswith("aelab-")
+        else [sys.executable, str(REPO / "src" / script)]
+    )
     return subprocess.run(
-        [sys.executable, str(REPO / "src" / script), *args],
+        [*command, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

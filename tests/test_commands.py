@@ -12,34 +12,30 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aelab import paths
 
 from conftest import CONFIGS, QUIET, REPO, run_cli
 
-BIN = Path(sys.executable).parent
 RUN_LINE = re.compile(
     r"done after (\d+) epochs?: val/mse ([0-9.]+), val/mse_best ([0-9.]+); run in (\S+); best checkpoint (\S+)"
 )
 
 
-def run_command(name: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
-
-
 def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and_says_where(tmp_path, tiny_mnist):
+    # the README's promise, as typed: no paths.log_dir, so the run lands in the repository's logs/
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_command("aelab-train", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET, cwd=elsewhere)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (match,) = RUN_LINE.findall(result.stdout + result.stderr)
-    epochs, val_mse, _, run_dir, best = match
-    run_dir = Path(run_dir)
+    runs = REPO / "logs" / "train" / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
     try:
-        # an editable install is anchored at its checkout: the same logs/ as python src/train.py
-        assert run_dir.parent == REPO / "logs" / "train" / "runs"
+        result = run_cli("aelab-train", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET, cwd=elsewhere)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (match,) = RUN_LINE.findall(result.stdout + result.stderr)
+        epochs, val_mse, _, run_dir, best = match
+        run_dir = Path(run_dir)
+        assert set(runs.iterdir()) - before == {run_dir}
         summary = json.loads((run_dir / "run_summary.json").read_text())
         assert epochs == "1" and float(val_mse) == pytest.approx(summary["val/mse"], abs=5e-6)
         assert best == summary["best_checkpoint"] and Path(best).is_file()
@@ -49,27 +45,35 @@ def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and
         assert RUN_LINE.search(log).group(4) == str(run_dir)
         assert not list(elsewhere.iterdir()), "nothing is written where the command was typed"
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        for new_run in set(runs.iterdir()) - before if runs.is_dir() else ():
+            shutil.rmtree(new_run, ignore_errors=True)
 
 
 def test_the_command_and_the_script_compose_the_same_config(tmp_path):
     args = ["model=conv", "model.latent_dim=7", "--cfg", "job"]
-    command = run_command("aelab-train", *args, cwd=tmp_path)
+    command = run_cli("aelab-train", *args, cwd=tmp_path)
     script = run_cli("train.py", *args, cwd=tmp_path)
     assert command.returncode == script.returncode == 0, command.stderr + script.stderr
     assert command.stdout == script.stdout
     assert "latent_dim: 7" in command.stdout
 
 
-@pytest.mark.parametrize("name, config", [("aelab-eval", "eval"), ("aelab-analyze", "analyze")])
-def test_every_task_has_a_command_with_the_scripts_config(tmp_path, name, config):
-    result = run_command(name, "--cfg", "job", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert f"task_name: {config}" in result.stdout
+@pytest.mark.parametrize("task", ["train", "eval", "analyze"])
+def test_every_task_has_a_command_that_composes_as_its_script_and_logs_to_its_log_file(tmp_path, task):
+    command = run_cli(f"aelab-{task}", "--cfg", "hydra", cwd=tmp_path)
+    script = run_cli(f"{task}.py", "--cfg", "hydra", cwd=tmp_path)
+    assert command.returncode == script.returncode == 0, command.stderr + script.stderr
+    from_command, from_script = (yaml.safe_load(r.stdout)["hydra"] for r in (command, script))
+    # <task>.log, whichever way it was started
+    assert from_command["job"]["name"] == from_script["job"]["name"] == task
+    assert from_command["job_logging"]["handlers"]["file"]["filename"].endswith("/${hydra.job.name}.log")
+    # the same configs: the checkout's configs/ for both
+    sources = [[source["path"] for source in h["runtime"]["config_sources"]] for h in (from_command, from_script)]
+    assert sources[0] == sources[1] and str(CONFIGS) in sources[0]
 
 
 def test_a_mistake_typed_to_a_command_names_the_command(tmp_path):
-    result = run_command("aelab-train", "model.dropout=0.1", cwd=tmp_path)
+    result = run_cli("aelab-train", "model.dropout=0.1", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "aelab: error: model.dropout=0.1 is invalid: model.dropout is not a setting of aelab-train; remove it"
@@ -79,9 +83,13 @@ def test_a_mistake_typed_to_a_command_names_the_command(tmp_path):
 @pytest.mark.parametrize(
     "argv0, entry, command",
     [
-        ("/repo/src/train.py", "src/train.py", "python src/train.py"),
+        (str(REPO / "src" / "train.py"), "src/train.py", "python src/train.py"),
+        (str(REPO / "src" / "eval.py"), "src/eval.py", "python src/eval.py"),
         ("/home/me/.venv/bin/aelab-train", "aelab-train", "aelab-train"),
         ("/home/me/.venv/bin/aelab-analyze", "aelab-analyze", "aelab-analyze"),
+        # training started any other way (a notebook, a benchmark) is resumed by the training script
+        ("/usr/lib/python3/site-packages/ipykernel_launcher.py", "src/train.py", "python src/train.py"),
+        (str(REPO / "scripts" / "benchmark.py"), "src/train.py", "python src/train.py"),
     ],
 )
 def test_printed_commands_repeat_how_the_user_started(monkeypatch, argv0, entry, command):
@@ -93,12 +101,12 @@ def test_printed_commands_repeat_how_the_user_started(monkeypatch, argv0, entry,
 
 
 def test_hydra_tab_completion_works_for_the_command(tmp_path):
-    result = run_command("aelab-train", "-sc", "install=bash", cwd=tmp_path)
+    result = run_cli("aelab-train", "-sc", "install=bash", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert re.search(r"complete -o nospace -o default -F hydra_bash_completion aelab-train$", result.stdout, re.M)
     # what the installed completion asks on each TAB
     for typed, offered in (("model=c", "model=conv"), ("data.bat", "data.batch_size=")):
-        query = run_command("aelab-train", "-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": f"aelab-train {typed}"})
+        query = run_cli("aelab-train", "-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": f"aelab-train {typed}"})
         assert query.stdout.split() == [offered], query.stderr
 
 
@@ -155,3 +163,23 @@ def test_installed_from_the_wheel_it_trains_from_its_own_configs_into_the_workin
     composed = (run_dir / ".hydra" / "hydra.yaml").read_text()
     assert f"path: {site / 'aelab' / 'configs'}" in composed
     assert str(REPO) not in composed
+
+
+@pytest.mark.parametrize("script", ["train", "eval", "analyze"])
+def test_help_explains_the_project_without_importing_torch_or_lightning(tmp_path, script):
+    # Hydra's bash completion runs the script on every TAB: --help and completion must stay light
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(REPO / 'src' / f'{script}.py')!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('imported:', sorted(m for m in ('torch', 'lightning', 'sklearn') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"aelab {script}: autoencoders on MNIST-like data")
+    assert "python src/train.py -m model.latent_dim=2,3,5,10,50" in result.stdout
+    assert "logger: csv, many, mlflow, tensorboard, wandb" in result.stdout
+    assert result.stdout.rstrip().endswith("imported: []")

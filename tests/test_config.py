@@ -148,3 +148,13 @@ def test_only_training_sweeps_get_the_sweep_report(task, has_report):
         cfg = compose(config_name=task, return_hydra_config=True)
     callbacks = OmegaConf.to_container(cfg.hydra.callbacks)
     assert ("sweep_report" in callbacks) == has_report
+
+
+def test_the_default_trainer_takes_the_gpu_when_torch_finds_one_and_cpu_or_gpu_pin_it(tmp_path, tiny_mnist):
+    from aelab.config import device_of
+
+    default = compose_train(tmp_path, tiny_mnist)
+    assert default.trainer.accelerator == "auto"
+    assert device_of(default).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert device_of(compose_train(tmp_path, tiny_mnist, ["trainer=cpu"])).type == "cpu"
+    assert compose_train(tmp_path, tiny_mnist, ["trainer=gpu"]).trainer.accelerator == "gpu"

@@ -490,6 +490,10 @@ CASES = {
 }
 
 
+# rows whose error comes after training began
+TRAINING_STARTED = {"loss diverges"}
+
+
 def run_in_process(script: str, args: list[str], capfd, env: dict[str, str]) -> tuple[int, str]:
     """``python src/<script>.py <args>`` in this interpreter (as ``python`` runs it: ``__main__``),
     so the table costs milliseconds per row; ``test_the_table_matches_the_real_command_line``
@@ -544,6 +548,9 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
     assert expected in line, f"{expected!r} not in:\n{line}"
     assert not (tmp_path / "pwned").exists()
     assert set(tmp_path.iterdir()) - before <= {tmp_path / "logs"}, "wrote outside the log root"
+    # a command that failed before producing anything leaves no run folder to clutter logs/; a run
+    # that trained keeps what it wrote
+    assert bool(list((tmp_path / "logs").glob("*/runs/*"))) == (case in TRAINING_STARTED)
 
 
 @pytest.mark.slow

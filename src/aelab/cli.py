@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib
 import logging
 import os
 import re
@@ -21,7 +22,6 @@ from omegaconf import DictConfig
 from aelab.errors import AelabError, ConfigError
 from aelab.names import VAL_MSE_BEST
 from aelab.paths import entry_point
-from aelab.runs import RunDirectoryBusy, last_checkpoint, record_failure
 
 log = logging.getLogger("aelab")
 
@@ -29,19 +29,33 @@ EXIT_USER_ERROR = 2
 EXIT_TERMINATED = 128 + 15  # the shell's convention for "ended by SIGTERM"
 EXIT_INTERRUPTED = 128 + 2  # ... and for Ctrl-C
 INTERRUPTED_BEFORE = {"train": "training had not started, so nothing was saved"}
+# A task by name -> its function, imported when it runs: torch and Lightning take seconds to import,
+# and Hydra answers --help and TAB completion without running the task, so those stay fast.
+TASKS = {
+    "train": "aelab.tasks.train:train",
+    "eval": "aelab.tasks.evaluate:evaluate",
+    "analyze": "aelab.tasks.analyze:analyze",
+}
 
 
-def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
-    """Run ``task``; return the best val MSE for Hydra sweepers (``None`` for other tasks).
+def task_function(name: str) -> Callable[[DictConfig], dict[str, Any]]:
+    module, _, function = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run_task(name: str, cfg: DictConfig) -> float | None:
+    """Run the task ``name`` (a key of ``TASKS``); return the best val MSE for Hydra sweepers
+    (``None`` for other tasks).
 
     A user mistake is one line on stderr and exit code 2 (``HYDRA_FULL_ERROR=1`` shows the
     traceback). In a multirun any failure is recorded in the job's summary and the sweep goes on;
     the sweep report then exits non-zero.
     """
     quiet_known_warnings()
-    log_lightning_through_the_root_logger()
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        task = task_function(name)
+        log_lightning_through_the_root_logger()
         result = task(cfg)
     except SystemExit as exit_request:
         # Lightning turns SIGTERM into a bare SystemExit, which would exit 0 as if all went well.
@@ -51,8 +65,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     except KeyboardInterrupt:
         # Ctrl-C during fit is Lightning's to handle (InterruptCheckpoint saves interrupted.ckpt);
         # this is Ctrl-C in start-up, or in eval / analyze, whose results are written at the end
+        if not multirun:
+            _discard_unstarted(cfg)
         print(
-            f"aelab: interrupted; {INTERRUPTED_BEFORE.get(task.__name__, 'its results were not written')}"
+            f"aelab: interrupted; {INTERRUPTED_BEFORE.get(name, 'its results were not written')}"
             + (" (finished jobs of the sweep are kept)" if multirun else ""),
             file=sys.stderr,
         )
@@ -60,6 +76,8 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     except Exception as raised:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        from aelab.runs import RunDirectoryBusy, record_failure
+
         err = user_error(raised, Path(cfg.paths.output_dir)) or raised
         if multirun and not isinstance(err, RunDirectoryBusy):
             if isinstance(err, AelabError):
@@ -69,10 +87,19 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             record_failure(Path(cfg.paths.output_dir), error_line(err))
             return None
         if isinstance(err, AelabError):
+            if not isinstance(err, RunDirectoryBusy):  # a busy folder is another process's
+                _discard_unstarted(cfg)
             print(f"aelab: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
     return result.get(VAL_MSE_BEST)
+
+
+def _discard_unstarted(cfg: DictConfig) -> None:
+    """A command that failed before it produced anything leaves no run folder behind."""
+    from aelab.runs import discard_unstarted
+
+    discard_unstarted(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir))
 
 
 def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError | None:
@@ -96,9 +123,9 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
         if isinstance(cause, AelabError):
             return cause
     for cause in chain:
-        library_fix = LIBRARY_USER_ERRORS.get((type(cause).__module__.partition(".")[0], type(cause).__name__))
-        if library_fix is not None:
-            return ConfigError(f"{first_line(cause)}; {library_fix}")
+        library_line = library_user_error(cause)
+        if library_line is not None:
+            return ConfigError(library_line)
         if isinstance(cause, OSError) and cause.errno in USER_OS_ERRORS:
             return ConfigError(os_error_line(cause, output_dir))
         if isinstance(cause, MisconfigurationException):
@@ -106,14 +133,24 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
     return None
 
 
-# what other libraries raise for what a user can fix: (top-level package, exception class) -> the fix
+# What other libraries raise for what a user can fix: (top-level package, exception class, the start
+# of its message) -> the way out. The message is matched too: the same class also reports misuse.
 LIBRARY_USER_ERRORS = {
-    # logger=wandb without an account: wandb.errors.UsageError("No API key configured. ...")
-    ("wandb", "UsageError"): (
-        "log in with: wandb login, or train offline with WANDB_MODE=offline "
-        "(then upload with: wandb sync <run dir>/wandb)"
+    # logger=wandb without an account, where W&B cannot ask for a key (a job, a pipe)
+    ("wandb", "UsageError", "No API key configured"): (
+        "W&B has no API key here: log in once with `wandb login`, or train offline with "
+        "WANDB_MODE=offline (upload later with: wandb sync <run dir>/wandb)"
     ),
 }
+
+
+def library_user_error(err: BaseException) -> str | None:
+    package, name, text = type(err).__module__.partition(".")[0], type(err).__name__, str(err)
+    for (their_package, their_name, start), line in LIBRARY_USER_ERRORS.items():
+        if (package, name) == (their_package, their_name) and text.startswith(start):
+            return line
+    return None
+
 
 # what a user can fix: full disks and quotas, permissions, read-only mounts, missing folders
 USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENAMETOOLONG}
@@ -135,6 +172,7 @@ def os_error_line(err: OSError, output_dir: Path | None) -> str:
     # a training run (it has checkpoints) can go on from its last one; eval and analyze just rerun
     if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None and (output_dir / "checkpoints").is_dir():
         from aelab.callbacks import resume_command, resume_sweep_command
+        from aelab.runs import last_checkpoint
 
         kept = last_checkpoint(output_dir)
         sweep = resume_sweep_command()

@@ -8,37 +8,21 @@ the command and the script are interchangeable. Hydra's own flags work too: ``--
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
-
 import hydra
 from omegaconf import DictConfig
 
 from aelab.cli import one_line_errors, run_task
 from aelab.paths import config_dir
 
-# command name -> (config name, the task function as "module:function")
-TASKS = {
-    "train": ("train", "aelab.tasks.train:train"),
-    "eval": ("eval", "aelab.tasks.evaluate:evaluate"),
-    "analyze": ("analyze", "aelab.tasks.analyze:analyze"),
-}
-
-
-def _task(path: str) -> Callable[[DictConfig], dict[str, Any]]:
-    module, _, function = path.partition(":")
-    return getattr(importlib.import_module(module), function)
-
 
 def _run(name: str) -> None:
-    config_name, task_path = TASKS[name]
+    """The task ``name`` of ``aelab.cli.TASKS``, composed from ``configs/<name>.yaml``."""
 
     def main(cfg: DictConfig) -> float | None:
-        return run_task(_task(task_path), cfg)
+        return run_task(name, cfg)
 
     with one_line_errors():
-        hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(main)()
+        hydra.main(config_path=str(config_dir()), config_name=name, version_base="1.3")(main)()
 
 
 def train() -> None:

@@ -28,7 +28,7 @@ from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
 from aelab.loggers import EXTRAS
 from aelab.models.autoencoder import COMPILE_MODES
-from aelab.paths import SAFE_NAME_RULE, is_safe_name
+from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
 from aelab.registry import import_targets
 
 # 64-true and bf16-true are not offered: the data arrive as float32 and meet float64/bf16 weights
@@ -340,22 +340,13 @@ def rule_of(cfg: DictConfig, key: str) -> Rule | None:
         return rule or Open()
     target = _target_of_group(cfg, key)
     if target is None:
-        return rule_for(key) or _inside_an_argument(cfg, key)
+        # inside a mapping a class takes as one argument (logger.mlflow.tags.run_dir): the class's to check
+        parent = key.rpartition(".")[0]
+        return rule_for(key) or (Open() if parent and isinstance(rule_of(cfg, parent), Open) else None)
     arguments = _arguments(target)
     if arguments is not None and key.rpartition(".")[2] not in arguments:
         return None
     return rule_for(key) or Open()  # Open: the class checks its own argument
-
-
-def _inside_an_argument(cfg: DictConfig, key: str) -> Rule | None:
-    """A key inside a mapping that is itself an argument of a class (``logger.mlflow.tags.run_dir``:
-    ``tags`` of the MLflow logger) is that class's to check."""
-    for prefix in _prefixes(key):
-        target = _target_of_group(cfg, prefix)
-        if target is not None:
-            arguments = _arguments(target)
-            return Open() if arguments is None or prefix.rpartition(".")[2] in arguments else None
-    return None
 
 
 def rule_for(key: str) -> Rule | None:
@@ -420,9 +411,11 @@ def _check_extra_installed(key: str, target: Any) -> None:
         installed = False
     if not installed:
         owner = key.removesuffix("._target_")
+        # a checkout installs from its lock (which holds every extra); an installed wheel from the index
+        install = "make install LOCK=requirements/all.lock" if checkout() else f"pip install 'aelab[{extra}]'"
         raise ConfigError(
-            f"{owner} needs {module}, an optional extra of aelab: pip install -e '.[{extra}]' "
-            f"(in the repository; or leave it out with ~{owner}, e.g. logger=tensorboard)"
+            f"{owner} needs {module}, an optional extra of aelab: {install}; "
+            f"or leave it out with ~{owner}, e.g. logger=tensorboard"
         )
 
 
@@ -479,7 +472,7 @@ def _check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu"
         )
-    if accelerator == "cpu" and precision == "16-mixed":
+    if device_of(cfg).type == "cpu" and precision == "16-mixed":
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on CPU use trainer.precision=bf16-mixed or 32-true")
     min_epochs, max_epochs = trainer.get("min_epochs"), trainer.get("max_epochs")
     if is_int(min_epochs) and is_int(max_epochs) and min_epochs > max_epochs:
@@ -498,7 +491,7 @@ def check_monitor(cfg: DictConfig, logged: list[str]) -> None:
 
 
 def device_of(cfg: DictConfig) -> torch.device:
-    """The one device the eval and analyze tasks work on, from ``trainer.accelerator``."""
+    """The one device a task works on, from ``trainer.accelerator`` (``auto``: the GPU if torch finds one)."""
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     if accelerator in GPU_ACCELERATORS or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")

@@ -6,6 +6,7 @@ refused before anything runs, with the install command (``config.validate`` read
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +23,14 @@ EXTRAS = {
 
 
 class MLFlowLogger(LightningMLFlowLogger):
-    """Lightning's MLflow logger, whose SQLite store (``tracking_uri: sqlite:///<log root>/mlflow/
-    mlflow.db``) gets its folder made first: SQLite creates the file, not the folder, and MLflow's
-    plain-file store is deprecated."""
+    """Lightning's MLflow logger over a local SQLite store (``tracking_uri: sqlite:///<log root>/
+    mlflow/mlflow.db``): its folder is made first (SQLite creates the file, not the folder; MLflow's
+    plain-file store is deprecated), and the store and the experiment are created by one process at
+    a time, so the parallel jobs of a sweep (``hydra/launcher=joblib``) do not race to create them.
+
+    The arguments are Lightning's, spelled out: the config schema checks ``logger.mlflow.*`` keys
+    against this signature.
+    """
 
     def __init__(
         self,
@@ -39,7 +45,7 @@ class MLFlowLogger(LightningMLFlowLogger):
         synchronous: bool | None = None,
     ) -> None:
         if tracking_uri is not None and tracking_uri.startswith(SQLITE_PREFIX):
-            Path(tracking_uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
+            _create_store_once(tracking_uri, experiment_name, artifact_location)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
@@ -51,3 +57,18 @@ class MLFlowLogger(LightningMLFlowLogger):
             run_id=run_id,
             synchronous=synchronous,
         )
+
+
+def _create_store_once(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = Path(tracking_uri.removeprefix(SQLITE_PREFIX))
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.parent / ".create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks until the process creating them is done
+        try:
+            client = MlflowClient(tracking_uri)  # creates the tables of a new store
+            if client.get_experiment_by_name(experiment_name) is None:
+                client.create_experiment(experiment_name, artifact_location=artifact_location)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -40,9 +40,15 @@ def config_dir() -> Path:
 
 
 def entry_point() -> str:
-    """What this process was started as, for messages: ``src/train.py`` or ``aelab-train``."""
+    """What this process was started as, for messages: ``src/train.py`` or ``aelab-train``; anything
+    else (a notebook, a benchmark script, pytest) trains as ``src/train.py`` would."""
     started = Path(sys.argv[0])
-    return started.name if started.name.startswith("aelab-") else f"src/{started.stem}.py"
+    if started.name.startswith("aelab-"):
+        return started.name
+    root = checkout()
+    if root is not None and started.suffix == ".py" and started.resolve().parent == root / "src":
+        return f"src/{started.name}"
+    return "src/train.py"
 
 
 def command_line() -> str:
@@ -71,10 +77,10 @@ def path_component(value: object) -> str:
 def run_label(output_dir: object, log_dir: object) -> str:
     """``${run_label:${paths.output_dir},${paths.log_dir}}``: a run as loggers list it, its folder
     under the log root, e.g. ``train/multiruns/2026-11-30_12-00-00/model.latent_dim=5``."""
-    try:
-        return Path(str(output_dir)).resolve().relative_to(Path(str(log_dir)).resolve()).as_posix()
-    except ValueError:  # output_dir set outside the log root by hand
-        return Path(str(output_dir)).name
+    output, root = Path(str(output_dir)).resolve(), Path(str(log_dir)).resolve()
+    if output != root and output.is_relative_to(root):
+        return output.relative_to(root).as_posix()
+    return output.as_posix()  # a run put outside the log root (hydra.run.dir=...) is its whole path
 
 
 def register_resolvers() -> None:

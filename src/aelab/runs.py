@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import pickle
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,25 @@ def exclusive(run_dir: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# what a run folder holds before its task has produced anything: Hydra's copy of the config, the lock
+SCAFFOLDING = {".hydra", ".lock"}
+
+
+def discard_unstarted(run_dir: Path, log_root: Path) -> bool:
+    """Remove ``run_dir`` when its command failed before producing anything there (a folder holding
+    only the scaffolding, the log and empty folders would clutter logs/ and TensorBoard's run list).
+    Only a folder inside the log root with nothing else in it; returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not run_dir.resolve().is_relative_to(Path(log_root).resolve()):
+        return False
+    for entry in run_dir.iterdir():
+        kept = entry.name in SCAFFOLDING or (entry.is_file() and entry.suffix == ".log")
+        if not kept and not (entry.is_dir() and not any(entry.rglob("*"))):
+            return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def remove_leftovers(run_dir: Path, *, held: bool = False) -> None:

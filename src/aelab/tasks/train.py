@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from aelab import runs
 from aelab.callbacks import EpochTimer
 from aelab.cli import quiet_known_warnings
-from aelab.config import GPU_ACCELERATORS, check_monitor, validate
+from aelab.config import check_monitor, device_of, validate
 from aelab.files import write_atomic
 from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 
@@ -31,7 +31,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.get("accelerator") in GPU_ACCELERATORS:
+    if device_of(cfg).type == "cuda":
         # TF32 matmuls: ample for MSE on 8-bit images, several times faster on Ampere and later.
         torch.set_float32_matmul_precision("high")
 
