@@ -31,11 +31,15 @@ def train_with(tmp_path: Path, data: Path, *overrides: str) -> dict:
     return train(cfg)
 
 
-def test_mlflow_holds_the_runs_params_metrics_and_images(tmp_path, tiny_mnist):
+def test_logger_many_writes_tensorboard_csv_and_mlflow_and_mlflow_holds_the_run(tmp_path, tiny_mnist):
     optional_extra("mlflow")
     from mlflow.tracking import MlflowClient
 
-    summary = train_with(tmp_path, tiny_mnist, "logger=mlflow")
+    summary = train_with(tmp_path, tiny_mnist, "logger=many")
+    run_dir = Path(summary["output_dir"])
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["epoch", "step"] and VAL_MSE in rows[0]
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.run_name == "train/runs/first"
@@ -55,20 +59,6 @@ def test_mlflow_holds_the_runs_params_metrics_and_images(tmp_path, tiny_mnist):
     assert sum(p.endswith(".png") and "val~reconstructions+step+" in p for p in images) == 2  # one per epoch
     # the store and the images stay under the log root
     assert (tmp_path / "logs" / "mlflow" / "artifacts").is_dir()
-
-
-def test_logger_many_writes_tensorboard_csv_and_mlflow(tmp_path, tiny_mnist):
-    optional_extra("mlflow")
-    from mlflow.tracking import MlflowClient
-
-    summary = train_with(tmp_path, tiny_mnist, "logger=many")
-    run_dir = Path(summary["output_dir"])
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
-    assert rows[0].split(",")[:2] == ["epoch", "step"] and VAL_MSE in rows[0]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow' / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
-    assert client.get_metric_history(run.info.run_id, VAL_MSE)[-1].value == pytest.approx(summary[VAL_MSE])
 
 
 def wandb_records(run_file: Path):
@@ -101,19 +91,34 @@ def wandb_records(run_file: Path):
         yield record
 
 
-def test_wandb_offline_run_holds_the_runs_config_metrics_and_images(tmp_path, tiny_mnist):
+def train_with_wandb(tmp_path: Path, data: Path, mode: str | None, *args: str) -> subprocess.CompletedProcess:
+    """``python src/train.py logger=wandb`` as a user without a W&B account: no key, a fresh home,
+    no terminal to ask on; ``mode``: WANDB_MODE, or ``None`` for online."""
     optional_extra("wandb")
-    env = {**os.environ, "WANDB_MODE": "offline", "AELAB_DATA_DIR": str(tiny_mnist), "HOME": str(tmp_path)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    args = ["logger=wandb", "trainer.max_epochs=2", "data.batch_size=32", f"paths.log_dir={tmp_path / 'logs'}", QUIET]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "src" / "train.py"), *args],
+    env = {**os.environ, "AELAB_DATA_DIR": str(data), "HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path)}
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
+        env.pop(name, None)
+    if mode is not None:
+        env["WANDB_MODE"] = mode
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "src" / "train.py"),
+            "logger=wandb",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            QUIET,
+            *args,
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_wandb_offline_run_holds_the_runs_config_metrics_and_images(tmp_path, tiny_mnist):
+    result = train_with_wandb(tmp_path, tiny_mnist, "offline", "trainer.max_epochs=2", "data.batch_size=32")
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     summary = json.loads((run_dir / "run_summary.json").read_text())
@@ -144,19 +149,7 @@ def test_wandb_offline_run_holds_the_runs_config_metrics_and_images(tmp_path, ti
 
 
 def test_wandb_without_an_account_says_how_to_log_in_or_go_offline(tmp_path, tiny_mnist):
-    optional_extra("wandb")
-    env = {**os.environ, "AELAB_DATA_DIR": str(tiny_mnist), "HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path)}
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
-        env.pop(name, None)
-    args = ["logger=wandb", "trainer.max_epochs=1", f"paths.log_dir={tmp_path / 'logs'}", QUIET]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "src" / "train.py"), *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = train_with_wandb(tmp_path, tiny_mnist, None, "trainer.max_epochs=1")
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error:")]
     assert line == (
