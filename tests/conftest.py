@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,21 @@ def mnist() -> Path:
 @pytest.fixture(scope="session")
 def fashion_mnist() -> Path:
     return real_data("AELAB_FASHION_MNIST_DIR", "the official Fashion-MNIST, e.g. ../shared/data/fashion-mnist")
+
+
+@pytest.fixture
+def new_repo_runs():
+    """For tests of what a user types without paths.log_dir (runs land in the repository's
+    logs/train/runs): a function listing the runs made since the test began, all removed after it."""
+    runs = REPO / "logs" / "train" / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+
+    def made() -> set[Path]:
+        return set(runs.iterdir()) - before if runs.is_dir() else set()
+
+    yield made
+    for run in made():
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def compose_config(name: str, tmp_path: Path, overrides: list[str] = ()) -> DictConfig:

@@ -23,30 +23,26 @@ RUN_LINE = re.compile(
 )
 
 
-def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and_says_where(tmp_path, tiny_mnist):
+def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and_says_where(
+    tmp_path, tiny_mnist, new_repo_runs
+):
     # the README's promise, as typed: no paths.log_dir, so the run lands in the repository's logs/
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    runs = REPO / "logs" / "train" / "runs"
-    before = set(runs.iterdir()) if runs.is_dir() else set()
-    try:
-        result = run_cli("aelab-train", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET, cwd=elsewhere)
-        assert result.returncode == 0, result.stderr[-3000:]
-        (match,) = RUN_LINE.findall(result.stdout + result.stderr)
-        epochs, val_mse, _, run_dir, best = match
-        run_dir = Path(run_dir)
-        assert set(runs.iterdir()) - before == {run_dir}
-        summary = json.loads((run_dir / "run_summary.json").read_text())
-        assert epochs == "1" and float(val_mse) == pytest.approx(summary["val/mse"], abs=5e-6)
-        assert best == summary["best_checkpoint"] and Path(best).is_file()
-        # the run's log is in train.log, Lightning's messages and the closing line included
-        log = (run_dir / "train.log").read_text()
-        assert "`Trainer.fit` stopped: `max_epochs=1` reached." in log
-        assert RUN_LINE.search(log).group(4) == str(run_dir)
-        assert not list(elsewhere.iterdir()), "nothing is written where the command was typed"
-    finally:
-        for new_run in set(runs.iterdir()) - before if runs.is_dir() else ():
-            shutil.rmtree(new_run, ignore_errors=True)
+    result = run_cli("aelab-train", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (match,) = RUN_LINE.findall(result.stdout + result.stderr)
+    epochs, val_mse, _, run_dir, best = match
+    run_dir = Path(run_dir)
+    assert new_repo_runs() == {run_dir} and run_dir.parent == REPO / "logs" / "train" / "runs"
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert epochs == "1" and float(val_mse) == pytest.approx(summary["val/mse"], abs=5e-6)
+    assert best == summary["best_checkpoint"] and Path(best).is_file()
+    # the run's log is in train.log, Lightning's messages and the closing line included
+    log = (run_dir / "train.log").read_text()
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached." in log
+    assert RUN_LINE.search(log).group(4) == str(run_dir)
+    assert not list(elsewhere.iterdir()), "nothing is written where the command was typed"
 
 
 def test_the_command_and_the_script_compose_the_same_config(tmp_path):

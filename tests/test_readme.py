@@ -3,7 +3,6 @@ The extension snippet is exercised by tests/test_extension.py, which builds the 
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -34,17 +33,12 @@ def test_the_instantiate_snippet_builds_the_model_and_datamodule(tmp_path, tiny_
     assert result.stdout.split() == ["AutoEncoder", "MNISTLikeDataModule", "conv"]
 
 
-def test_the_load_run_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mnist):
+def test_the_load_run_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mnist, new_repo_runs):
     # the snippet reads the repository's newest run (ckpt_path=last), so one is trained there
-    runs = REPO / "logs" / "train" / "runs"
-    before = set(runs.iterdir()) if runs.is_dir() else set()
-    try:
-        trained = run_cli("train.py", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET)
-        assert trained.returncode == 0, trained.stderr[-3000:]
-        result = run_snippet(python_blocks()[1], tmp_path, {})
-        assert result.returncode == 0, result.stderr[-3000:]
-        # latent_dim 3; the tiny test split's labels run 0, 1, 2, ...
-        assert result.stdout.strip() == "(8, 3) ['0', '1', '2', '3', '4', '5', '6', '7']"
-    finally:
-        for new_run in set(runs.iterdir()) - before if runs.is_dir() else ():
-            shutil.rmtree(new_run, ignore_errors=True)
+    trained = run_cli("train.py", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert len(new_repo_runs()) == 1
+    result = run_snippet(python_blocks()[1], tmp_path, {})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # latent_dim 3; the tiny test split's labels run 0, 1, 2, ...
+    assert result.stdout.strip() == "(8, 3) ['0', '1', '2', '3', '4', '5', '6', '7']"
