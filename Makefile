@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 # Exact versions with hashes: requirements/dev.lock (the package and its dev tools), or
-# requirements/all.lock (the same plus the mlflow and wandb extras), e.g. make install LOCK=requirements/all.lock
+# requirements/all.lock (the same plus the mlflow, wandb and export extras), e.g. make install LOCK=requirements/all.lock
 LOCK ?= requirements/dev.lock
 STAMP := $(VENV)/.installed-$(notdir $(LOCK))
 # a lock holds Linux x86_64 wheels for CPython 3.11 (this project's machines and CI)
 LOCK_FOR := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: install lock train test test-fast lint format bench clean-logs
+.PHONY: install lock train test test-fast lint format bench tensorboard clean-logs
 
 install: $(STAMP)
 
@@ -36,7 +36,7 @@ $(STAMP): $(UV) $(LOCK) pyproject.toml
 # it allows, torch and torchvision as requirements/constraints.txt pins them; review the diff, commit.
 lock: $(UV)
 	$(UV) pip compile requirements/uv-bootstrap.in $(LOCK_FOR) --upgrade -o requirements/uv-bootstrap.lock
-	$(UV) pip compile pyproject.toml --extra dev --extra mlflow --extra wandb -c requirements/constraints.txt \
+	$(UV) pip compile pyproject.toml --extra dev --extra mlflow --extra wandb --extra export -c requirements/constraints.txt \
 		$(LOCK_FOR) --upgrade -o requirements/all.lock
 	$(UV) pip compile pyproject.toml --extra dev -c requirements/constraints.txt -c requirements/all.lock \
 		$(LOCK_FOR) --upgrade -o requirements/dev.lock
@@ -64,5 +64,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py $(ARGS)
 
+# every run under logs/ (train, sweeps, analysis), at http://localhost:6006; ARGS="--port 6007 --bind_all" etc.
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir logs $(ARGS)
+
 clean-logs:
-	rm -rf logs/train logs/analyze logs/eval logs/mlflow
+	rm -rf logs/train logs/analyze logs/eval logs/encode logs/decode logs/export logs/mlflow

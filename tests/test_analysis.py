@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.data import DATASETS
 from aelab.report import metrics as analysis
@@ -130,7 +131,13 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     for name in ("map_pca", "per_class_errors", "interpolation", "gaussian_samples"):
         assert (run / "analysis" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
-    assert 'tensor_name: "test_latents' in projector and "sprite" in projector
+    assert 'tensor_name: "test latents, conv d=8 (MNIST)"' in projector and "sprite" in projector
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    # the numbers as one table, not as one-point charts ahead of the loss curves
+    assert "analysis/numbers/text_summary" in events.Tags()["tensors"]
+    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith(("latent/", "test/"))]
+    assert {"views/map_pca", "views/interpolation"} <= set(events.Tags()["images"])
     assert "encoding 200 train and 60 test images" in result.stderr + result.stdout
 
 

@@ -3,6 +3,8 @@
 import ast
 from pathlib import Path
 
+from aelab.cli import TASKS
+
 from conftest import REPO
 
 PACKAGE = REPO / "src" / "aelab"
@@ -77,7 +79,8 @@ def test_no_module_outside_the_data_package_names_a_dataset():
 
 
 def test_entry_points_only_compose_and_call_a_task():
-    for script in ("train.py", "eval.py", "analyze.py"):
+    for task in TASKS:
+        script = f"{task}.py"
         tree = ast.parse((REPO / "src" / script).read_text())
         functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
         assert [f.name for f in functions] == ["main"]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from aelab import paths
+from aelab.cli import TASKS
 
 from conftest import CONFIGS, QUIET, REPO, run_cli
 
@@ -54,7 +55,7 @@ def test_the_command_and_the_script_compose_the_same_config(tmp_path):
     assert "latent_dim: 7" in command.stdout
 
 
-@pytest.mark.parametrize("task", ["train", "eval", "analyze"])
+@pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_has_a_command_that_composes_as_its_script_and_logs_to_its_log_file(tmp_path, task):
     command = run_cli(f"aelab-{task}", "--cfg", "hydra", cwd=tmp_path)
     script = run_cli(f"{task}.py", "--cfg", "hydra", cwd=tmp_path)
@@ -135,7 +136,7 @@ def test_the_wheel_holds_every_module_every_config_and_the_commands(wheel):
     assert configs <= names, sorted(configs - names)
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for task in ("train", "eval", "analyze"):
+    for task in TASKS:
         assert re.search(rf"^aelab-{task} = aelab\.commands:", text, re.M)
 
 
@@ -161,7 +162,7 @@ def test_installed_from_the_wheel_it_trains_from_its_own_configs_into_the_workin
     assert str(REPO) not in composed
 
 
-@pytest.mark.parametrize("script", ["train", "eval", "analyze"])
+@pytest.mark.parametrize("script", list(TASKS))
 def test_help_explains_the_project_without_importing_torch_or_lightning(tmp_path, script):
     # Hydra's bash completion runs the script on every TAB: --help and completion must stay light
     probe = (

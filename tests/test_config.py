@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from aelab.cli import TASKS
 from aelab.config import validate
 from aelab.errors import ConfigError
 
@@ -38,22 +39,32 @@ def test_hydra_group_sets_run_and_sweep_dirs_named_by_overrides():
         cfg = compose(config_name="train", return_hydra_config=True)
     hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
     task = "${checked_name:task_name,${task_name}}"
-    assert hydra_cfg["run"]["dir"] == "${paths.log_dir}/" + task + "/runs/${now:%Y-%m-%d_%H-%M-%S}"
+    assert hydra_cfg["run"]["dir"] == ("${paths.log_dir}/" + task + "/runs/${now:%Y-%m-%d_%H-%M-%S}${run_suffix:}")
     assert hydra_cfg["sweep"]["dir"] == "${paths.log_dir}/" + task + "/multiruns/${now:%Y-%m-%d_%H-%M-%S}"
     assert hydra_cfg["sweep"]["subdir"] == "${path_component:${hydra.job.override_dirname}}"
 
 
 def test_names_made_from_user_strings_stay_one_directory():
-    from aelab.paths import checked_name, path_component
+    from aelab.paths import checked_name, path_component, run_suffix
 
     assert path_component("+tag=a/../../..,model.latent_dim=3") == "+tag=a_.._.._..,model.latent_dim=3"
     assert checked_name("task_name", "my_run-2") == "my_run-2"
+
+    # a single run's folder: readable, one directory, and pasteable into ckpt_path= unquoted
+    def suffix(override_dirname: str) -> str:
+        return run_suffix(OmegaConf.create({"hydra": {"job": {"override_dirname": override_dirname}}}))
+
+    assert suffix("") == ""
+    assert suffix("model=conv,model.latent_dim=5") == "_model-conv_model.latent_dim-5"
+    assert suffix("+tag=a/../..,data.keep_classes=[1,2]") == "__tag-a_.._.._data.keep_classes-_1_2_"
+    assert suffix("model.latent_dim=${nope}") == "_model.latent_dim-_nope_"  # read, never resolved
+    assert len(suffix("model.optimizer.lr=0.001," * 20)) == 121
     for bad in ("../x", "a/b", "..", "", ".hidden", None):
         with pytest.raises(ConfigError, match="task_name=.* is invalid: it must be a plain name"):
             checked_name("task_name", bad)
 
 
-@pytest.mark.parametrize("task", ["train", "eval", "analyze"])
+@pytest.mark.parametrize("task", list(TASKS))
 def test_the_schema_has_a_rule_for_every_key_each_task_composes(tmp_path, task):
     from aelab.config import _leaves, rule_of
 
@@ -84,7 +95,7 @@ def test_each_data_config_instantiates_its_dataset(tmp_path, data):
     assert datamodule.raw_dir == tmp_path.resolve() / datamodule.spec.torchvision_class / "raw"
 
 
-@pytest.mark.parametrize("task", ["eval", "analyze"])
+@pytest.mark.parametrize("task", [task for task in TASKS if task != "train"])
 def test_eval_and_analyze_compose_the_same_groups_as_train(tmp_path, task):
     train = compose_config("train", tmp_path)
     cfg = compose_config(task, tmp_path, ["trainer=cpu", "data.batch_size=512", "data.data_dir=/x"])
@@ -142,7 +153,7 @@ def test_a_bad_latent_dim_is_refused_when_the_model_is_built(tmp_path):
     assert str(user_error(raised.value)) == "model.latent_dim=0 is invalid for model=mlp: it must be a positive integer"
 
 
-@pytest.mark.parametrize(("task", "has_report"), [("train", True), ("eval", False), ("analyze", False)])
+@pytest.mark.parametrize(("task", "has_report"), [(task, task == "train") for task in TASKS])
 def test_only_training_sweeps_get_the_sweep_report(task, has_report):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
         cfg = compose(config_name=task, return_hydra_config=True)

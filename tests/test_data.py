@@ -79,6 +79,20 @@ def test_shuffle_depends_only_on_seed_and_epoch():
     assert sorted(order(1, 3)) == list(range(50))
 
 
+@pytest.mark.parametrize("overfit_batches", [0, 1])
+def test_debug_overfit_trains_on_the_same_first_batch_every_epoch(tiny_mnist, overfit_batches):
+    import lightning as L
+
+    dm = MNISTLikeDataModule(str(tiny_mnist), batch_size=16)
+    dm.trainer = L.Trainer(overfit_batches=overfit_batches, logger=False, enable_progress_bar=False)
+    loader = dm.train_dataloader()
+    first_labels = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        first_labels.append(next(iter(loader))[1].tolist())
+    assert (first_labels[0] == first_labels[1]) == bool(overfit_batches)
+
+
 def test_standard_dataloader_path_yields_the_same_validation_data(tiny_mnist):
     device = MNISTLikeDataModule(str(tiny_mnist), batch_size=16)
     standard = MNISTLikeDataModule(str(tiny_mnist), batch_size=16, loader="dataloader")

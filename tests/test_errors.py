@@ -487,6 +487,53 @@ CASES = {
     "analyze with no runs": ("analyze", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt under"),
     "analyze legacy precision": ("analyze", ["#trained", "trainer.precision=16"], "trainer.precision=16 is invalid"),
     "analyze a foreign checkpoint": ("analyze", ["#foreign"], "was not written by aelab"),
+    # encode, decode and export open checkpoints as eval does
+    "encode without a checkpoint": ("encode", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
+    "encode a malicious checkpoint": ("encode", ["#malicious"], "could run code"),
+    "encode an unknown split": (
+        "encode",
+        ["#trained", "split=dev"],
+        "split='dev' is invalid: it must be one of train, val, test",
+    ),
+    "encode csv maybe": (
+        "encode",
+        ["#trained", "csv=maybe"],
+        "csv='maybe' is invalid: it must be one of true, false, auto",
+    ),
+    "encode with a decode key": ("encode", ["#trained", "steps=5"], "steps=5 is invalid: steps is not a setting of"),
+    "decode a missing latents file": (
+        "decode",
+        ["#trained", "latents=/no/such.npz"],
+        "latents=/no/such.npz does not exist; pass a .npz or .csv written by src/encode.py",
+    ),
+    "decode a text file as latents": ("decode", ["#trained", "latents={tmp}/a_file"], "cannot be read as latents"),
+    "decode the same axis twice": (
+        "decode",
+        ["#trained", "axes=[1,1]"],
+        "axes=[1, 1] is invalid: it must be a list of 2 different integers >= 0 (e.g. [0, 1])",
+    ),
+    "decode three axes": ("decode", ["#trained", "axes=[0,1,2]"], "axes=[0, 1, 2] is invalid: it must be a list of 2"),
+    "decode an axis beyond the code": (
+        "decode",
+        ["#trained", "axes=[0,3]"],
+        "axes=[0, 3] is invalid: this model's code has 3 numbers (z0 to z2); e.g. axes=[0,1]",
+    ),
+    "decode a sweep of one step": (
+        "decode",
+        ["#trained", "steps=1"],
+        "steps=1 is invalid: it must be an integer from 2",
+    ),
+    "decode zero images": (
+        "decode",
+        ["#trained", "max_images=0"],
+        "max_images=0 is invalid: it must be an integer from 1",
+    ),
+    "export a foreign checkpoint": ("export", ["#foreign"], "was not written by aelab"),
+    "export checking no images": (
+        "export",
+        ["#trained", "check_images=0"],
+        "check_images=0 is invalid: it must be an integer from 1 to 10000",
+    ),
 }
 
 

@@ -23,7 +23,7 @@ def run_snippet(code: str, cwd, env: dict[str, str]) -> subprocess.CompletedProc
 def test_the_readme_has_the_snippets_this_file_runs():
     blocks = python_blocks()
     assert len(blocks) == 3
-    assert "initialize_config_dir" in blocks[0] and "load_run" in blocks[1] and "SparseAutoEncoder" in blocks[2]
+    assert "initialize_config_dir" in blocks[0] and "aelab.load" in blocks[1] and "SparseAutoEncoder" in blocks[2]
 
 
 def test_the_instantiate_snippet_builds_the_model_and_datamodule(tmp_path, tiny_mnist):
@@ -33,7 +33,7 @@ def test_the_instantiate_snippet_builds_the_model_and_datamodule(tmp_path, tiny_
     assert result.stdout.split() == ["AutoEncoder", "MNISTLikeDataModule", "conv"]
 
 
-def test_the_load_run_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mnist, new_repo_runs):
+def test_the_load_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mnist, new_repo_runs):
     # the snippet reads the repository's newest run (ckpt_path=last), so one is trained there
     trained = run_cli("train.py", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET)
     assert trained.returncode == 0, trained.stderr[-3000:]

@@ -34,14 +34,27 @@ def test_run_writes_tensorboard_scalars_images_and_hparams(tmp_path, tiny_mnist)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = events.Tags()
-    assert set(tags["scalars"]) == {TRAIN_MSE, VAL_MSE, VAL_MSE_BEST, "epoch"}  # epoch: Lightning's own
+    assert set(tags["scalars"]) == {TRAIN_MSE, VAL_MSE, VAL_MSE_BEST}
     assert tags["images"] == ["val/reconstructions"]
-    assert [s.step for s in events.Scalars(VAL_MSE)] == [2, 5]  # 3 batches per epoch
+    # the x-axis is epochs (1 = after the first), whatever the number of batches
+    for tag in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
+        assert [s.step for s in events.Scalars(tag)] == [1, 2], tag
+    assert [image.step for image in events.Images("val/reconstructions")] == [1, 2]
     grid = events.Images("val/reconstructions")[0]
     # 16 images of 28 px plus 2 px padding: 16 * 30 + 2 wide, two rows high
     assert (grid.width, grid.height) == (482, 62)
-    best = min(s.value for s in events.Scalars(VAL_MSE))
-    assert events.Scalars(VAL_MSE_BEST)[-1].value == pytest.approx(best)
+    values = [s.value for s in events.Scalars(VAL_MSE)]
+    # no placeholder at step 0: the first point of the HPARAMS metric is the first epoch's
+    assert [s.value for s in events.Scalars(VAL_MSE_BEST)] == pytest.approx([values[0], min(values)])
+    # HPARAMS lists the run against val/mse_best; CUSTOM SCALARS puts train and val on one chart
+    # each run its settings, and no experiment summary: TensorBoard then compares the runs itself
+    assert set(events.PluginTagToContent("hparams")) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+
+    layout = Layout.FromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    (category,) = layout.category
+    (chart,) = category.chart
+    assert (chart.title, list(chart.multiline.tag)) == ("mse", [TRAIN_MSE, VAL_MSE])
 
 
 def test_checkpoints_hold_plain_values_and_load_with_weights_only(tmp_path, tiny_mnist):
@@ -151,18 +164,6 @@ def test_ckpt_path_last_never_means_a_debug_run(tmp_path, tiny_mnist):
     assert "(debug= runs do not count)" in result.stderr
 
 
-def test_eval_reports_the_test_mse_of_a_checkpoint(tmp_path, tiny_mnist):
-    summary = train_tiny(tmp_path, tiny_mnist)
-    result = run_cli("eval.py", f"ckpt_path={summary['last_checkpoint']}", f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert report["n_test"] == 40
-    # validation is the official test split by default: the same number, under the split's name
-    assert report["test/mse"] == pytest.approx(summary[VAL_MSE], rel=1e-5)
-    assert list(report["test/mse_per_class"]) == [str(d) for d in range(10)]
-    assert "Traceback" not in result.stderr and "litmodels" not in result.stdout + result.stderr
-
-
 def test_resuming_a_finished_run_says_how_to_extend_it_and_that_command_works(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     common = ["data.batch_size=32", f"paths.log_dir={tmp_path}", QUIET]
@@ -177,3 +178,18 @@ def test_resuming_a_finished_run_says_how_to_extend_it_and_that_command_works(tm
     assert extended.returncode == 0, extended.stderr[-2000:]
     newest = sorted((tmp_path / "train" / "runs").iterdir())[-1]
     assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2
+
+
+def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, tiny_mnist, capfd):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_tiny(tmp_path, tiny_mnist, "callbacks.progress_bar.refresh_rate=1")
+    bar = capfd.readouterr().out  # Lightning draws its bar on stdout
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    # redrawn after the last batch, the running loss is the epoch's train/mse
+    for epoch, point in enumerate(events.Scalars(TRAIN_MSE)):
+        assert f"Epoch {epoch}: 100%" in bar and f"loss={point.value:.4f}" in bar, point
+    first_val = events.Scalars(VAL_MSE)[0].value
+    assert f"val/mse={first_val:.3f}" in bar
+    assert "v_num" not in bar

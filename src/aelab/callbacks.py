@@ -10,19 +10,24 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from aelab.names import VAL_MSE_BEST
 from aelab.paths import command_line
+from aelab.report.plots import image_grid
+
+
+def epochs_done(trainer: L.Trainer) -> int:
+    """Epochs finished once the current one ends (1 = after the first): the x-axis of every
+    per-epoch chart, as the README describes them (Lightning's own x is optimiser steps)."""
+    return trainer.current_epoch + 1
 
 
 def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
     """A (3, H, W) image in [0, 1]: the inputs as one row over their reconstructions."""
-    from torchvision.utils import make_grid
-
-    rows = torch.cat([inputs, reconstructions]).float().clamp(-1, 1)
-    return make_grid(rows, nrow=len(inputs), padding=2, normalize=True, value_range=(-1, 1))
+    return image_grid(torch.cat([inputs, reconstructions]), nrow=len(inputs))
 
 
 def first_validation_images(trainer: L.Trainer, count: int) -> Tensor:
@@ -60,7 +65,9 @@ class ReconstructionGrid(L.Callback):
             return  # the module stops the run with a clear message; no garbage image first
         grid = reconstruction_grid(images, reconstructions).cpu()
         for logger in loggers:
-            log_image(logger, "val/reconstructions", grid, trainer.global_step)
+            # in the x each logger plots its metrics against (aelab.loggers.TensorBoardLogger: epochs)
+            step = epochs_done(trainer) if isinstance(logger, TensorBoardLogger) else trainer.global_step
+            log_image(logger, "val/reconstructions", grid, step)
 
 
 # the loggers that show images (CSV does not)
@@ -100,16 +107,50 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
 
 
 class HyperparameterSummary(L.Callback):
-    """Logs ``run_hyperparameters`` once, declaring ``val/mse_best`` as the metric that TensorBoard's
-    HPARAMS tab shows against them (it reads the newest value of that scalar)."""
+    """Logs ``run_hyperparameters`` once. In TensorBoard, HPARAMS shows them against the newest
+    value of each scalar (``val/mse_best`` is the one to sort by), and CUSTOM SCALARS gets one chart
+    per loss term with its train and val curves together."""
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         params = run_hyperparameters(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics={VAL_MSE_BEST: float("nan")})
+                write_tensorboard_hparams(logger.experiment, params)
+                logger.experiment.add_custom_scalars(loss_layout(pl_module.logged_metrics()))
             else:
                 logger.log_hyperparams(params)
+
+
+def write_tensorboard_hparams(writer: Any, params: dict[str, Any]) -> None:
+    """The run's hyperparameters for HPARAMS, as ``TensorBoardLogger.log_hyperparams`` would write
+    them minus two things: the placeholder value it logs for each metric at step 0 (a NaN at the
+    start of every ``val/mse_best`` chart), and the experiment summary. TensorBoard takes the first
+    experiment summary it finds as the whole experiment's, so each run writing its own made every
+    setting read "does not differ" (a sweep's latent size started hidden); without any, TensorBoard
+    compares the runs' settings itself and offers their scalars (``val/mse_best`` …) as metrics."""
+    from torch.utils.tensorboard.summary import hparams
+
+    _, session_start, session_end = hparams(params, {})
+    file_writer = writer._get_file_writer()
+    file_writer.add_summary(session_start)
+    file_writer.add_summary(session_end)
+
+
+def loss_layout(logged: list[str]) -> dict[str, Any]:
+    """A custom-scalars layout: for each term the model logs, its train and val curves on one chart."""
+    terms = sorted({name.split("/", 1)[1] for name in logged if name.startswith("val/") and name != VAL_MSE_BEST})
+    charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
+    return {"train vs val (per epoch)": charts}
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the epoch's running training loss (and val/mse once an epoch has
+    been validated) instead of the version number; the loss is read only when the bar redraws."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
+        shown = {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+        running = pl_module.running_loss() if hasattr(pl_module, "running_loss") else None
+        return ({"loss": f"{running:.4f}"} if running is not None else {}) | shown
 
 
 class EpochTimer(L.Callback):

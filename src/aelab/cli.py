@@ -35,6 +35,9 @@ TASKS = {
     "train": "aelab.tasks.train:train",
     "eval": "aelab.tasks.evaluate:evaluate",
     "analyze": "aelab.tasks.analyze:analyze",
+    "encode": "aelab.tasks.encode:encode",
+    "decode": "aelab.tasks.encode:decode",
+    "export": "aelab.tasks.export:export",
 }
 
 
@@ -327,6 +330,9 @@ def quiet_known_warnings() -> None:
     # does not use (it logs once per epoch): neither is actionable for a user.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+    # debug=overfit: Lightning says it turned off the shuffle of loaders it cannot see into (the
+    # val loader never shuffles; the datamodule stops the train loader's shuffle itself)
+    warnings.filterwarnings("ignore", message=r"You requested to overfit but enabled \w+ dataloader shuffling")
     # umap-learn: a fixed random_state (which aelab always sets, for reproducibility) means one thread
     warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden to 1 by setting random_state")
     # openTSNE announces at INFO that it was given an initialisation it was given

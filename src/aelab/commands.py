@@ -1,4 +1,5 @@
-"""The console scripts ``aelab-train``, ``aelab-eval`` and ``aelab-analyze`` (``[project.scripts]``).
+"""The console scripts ``aelab-train``, ``aelab-eval``, ``aelab-analyze``, ``aelab-encode``, ``aelab-decode``
+and ``aelab-export`` (``[project.scripts]``).
 
 Each composes the same config as ``src/<task>.py`` (``aelab.paths.config_dir()`` is the checkout's
 ``configs/``), takes the same overrides and calls the same task through the same error handling, so
@@ -35,3 +36,15 @@ def evaluate() -> None:
 
 def analyze() -> None:
     _run("analyze")
+
+
+def encode() -> None:
+    _run("encode")
+
+
+def decode() -> None:
+    _run("decode")
+
+
+def export() -> None:
+    _run("export")

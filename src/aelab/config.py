@@ -144,11 +144,20 @@ class Name(Rule):
 @dataclass(frozen=True)
 class IntList(Rule):
     min: int = 0
+    length: int | None = None  # exactly this many, e.g. two latent axes
 
     def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, list) and bool(value) and all(is_int(v) and v >= self.min for v in value)
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(is_int(v) and v >= self.min for v in value)
+            and (self.length is None or len(set(value)) == len(value) == self.length)
+        )
 
     def describe(self) -> str:
+        if self.length is not None:
+            example = list(range(self.min, self.min + self.length))
+            return f"a list of {self.length} different integers >= {self.min} (e.g. {example})"
         return f"a non-empty list of integers >= {self.min} (e.g. [3])"
 
 
@@ -232,6 +241,15 @@ SCHEMA: dict[str, Rule] = {
     "knn_k": POSITIVE,
     "umap_gmm": Flag(),
     "trustworthiness_points": Int(min=10),
+    # encode, decode
+    "split": OneOf(values=("train", "val", "test")),
+    "csv": OneOf(values=(True, False, "auto")),
+    "latents": Text(null=True),
+    "axes": IntList(min=0, length=2),
+    "steps": Int(min=2, max=64),
+    "max_images": Int(min=1, max=1024),
+    # export
+    "check_images": Int(min=1, max=10000),
     # data
     "data": Group(what="a group of settings (e.g. data=mnist)"),
     "data.dataset": OneOf(values=tuple(DATASETS)),
@@ -405,18 +423,25 @@ def _check_extra_installed(key: str, target: Any) -> None:
     if str(target) not in EXTRAS:
         return
     module, extra = EXTRAS[str(target)]
-    try:
-        installed = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or the module blocked
-        installed = False
-    if not installed:
+    if not is_installed(module):
         owner = key.removesuffix("._target_")
-        # a checkout installs from its lock (which holds every extra); an installed wheel from the index
-        install = "make install LOCK=requirements/all.lock" if checkout() else f"pip install 'aelab[{extra}]'"
         raise ConfigError(
-            f"{owner} needs {module}, an optional extra of aelab: {install}; "
+            f"{owner} needs {module}, an optional extra of aelab: {install_command(extra)}; "
             f"or leave it out with ~{owner}, e.g. logger=tensorboard"
         )
+
+
+def is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or the module blocked
+        return False
+
+
+def install_command(extra: str) -> str:
+    """How to install an optional extra: a checkout installs from its lock (which holds every
+    extra), an installed wheel from the index."""
+    return "make install LOCK=requirements/all.lock" if checkout() else f"pip install 'aelab[{extra}]'"
 
 
 def _target_of_group(cfg: DictConfig, key: str) -> str | None:

@@ -7,10 +7,12 @@ refused before anything runs, with the install command (``config.validate`` read
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -20,6 +22,20 @@ EXTRAS = {
     "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "mlflow"),
     "lightning.pytorch.loggers.WandbLogger": ("wandb", "wandb"),
 }
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger with the epoch as every chart's x (1 = after the first
+    epoch), as the README describes the charts, instead of the optimiser step count; Lightning's
+    ``epoch`` value, which would otherwise be a chart of its own, becomes that x. The other loggers
+    keep Lightning's convention (``step`` and an ``epoch`` column)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        epoch = metrics.get("epoch")
+        if epoch is not None:
+            metrics = {key: value for key, value in metrics.items() if key != "epoch"}
+            step = int(epoch) + 1
+        super().log_metrics(metrics, step)
 
 
 class MLFlowLogger(LightningMLFlowLogger):

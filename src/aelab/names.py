@@ -20,6 +20,9 @@ KMEANS_ACC = "latent/kmeans_acc"
 UMAP_GMM_ACC = "latent/umap_gmm_acc"
 TRUSTWORTHINESS = "latent/trustworthiness"  # latent/trustworthiness_<map> per 2-D map
 ANOMALY_AUROC = "test/anomaly_auroc"  # one-class runs: reconstruction error as a score for "other class"
+# TensorBoard's group for the figures eval and analyze add to a run. It opens the first two groups in
+# name order, so this one sorts after train/ and val/: the loss curves stay on the first screen.
+FIGURES = "views"
 LOSS = "loss"  # the optimised objective: logged as <split>/loss only when it has more than one term
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -74,6 +75,25 @@ def path_component(value: object) -> str:
     return str(value).replace("/", "_").replace("\\", "_") or "_"
 
 
+# a run folder's name stays well under the 255 bytes a file system allows
+MAX_SUFFIX = 120
+
+
+def run_suffix(_root_: Any) -> str:
+    """``${run_suffix:}``: ``_model-conv_model.latent_dim-5`` after a single run's time, made from
+    ``hydra.job.override_dirname``, so its folder (and TensorBoard's run list) says what it is;
+    ``""`` without overrides. Only letters, digits and ``. _ -``: the path can be pasted into
+    ``ckpt_path=`` unquoted (Hydra's grammar reads ``=``, ``,`` and brackets as syntax), and it is
+    one directory. Read unresolved: an override holding a broken ``${...}`` must reach the schema's
+    one-line message, not break the folder's name first."""
+    job = OmegaConf.to_container(_root_.hydra.job, resolve=False)
+    assert isinstance(job, dict)
+    name = str(job.get("override_dirname") or "").replace("=", "-")
+    if not name:
+        return ""
+    return "_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:MAX_SUFFIX]
+
+
 def run_label(output_dir: object, log_dir: object) -> str:
     """``${run_label:${paths.output_dir},${paths.log_dir}}``: a run as loggers list it, its folder
     under the log root, e.g. ``train/multiruns/2026-11-30_12-00-00/model.latent_dim=5``."""
@@ -88,6 +108,7 @@ def register_resolvers() -> None:
         ("project_root", lambda: str(project_root())),
         ("checked_name", checked_name),
         ("path_component", path_component),
+        ("run_suffix", run_suffix),
         ("run_label", run_label),
     ):
         if not OmegaConf.has_resolver(name):

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import io
 import json
 import logging
+import os
 import pickle
 import shutil
 from contextlib import contextmanager
@@ -36,7 +38,8 @@ import aelab.models  # noqa: F401 - registers the models and backbones that chec
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import atomic_path, remove_temporaries, write_json
-from aelab.models.backbones import backbone_label
+from aelab.models.backbones import IMAGE_SHAPE, backbone_label
+from aelab.models.inference import as_model_input, in_batches
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
 
@@ -330,16 +333,64 @@ def stored_config(checkpoint: dict[str, Any], part: str, path: str | Path) -> di
 
 @dataclass
 class LoadedRun:
-    """A checkpoint rebuilt: its LightningModule (eval mode), its datamodule, where it came from."""
+    """A checkpoint rebuilt: its LightningModule (eval mode), its datamodule, where it came from.
+
+    ``encode``, ``decode`` and ``reconstruct`` take any number of images as the datasets hold them
+    (uint8 pixels) or as the model does (floats in [-1, 1]), run in batches of ``batch_size`` without
+    gradients on the model's device, and return CPU tensors.
+    """
 
     model: Any
     datamodule: Any
     checkpoint: dict[str, Any]
     path: Path
+    batch_size: int = 1024
 
     @property
     def run_dir(self) -> Path:
         return run_dir_of(self.path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @functools.cached_property
+    def latent_shape(self) -> tuple[int, ...]:
+        """One image's code as the decoder takes it: ``(3,)`` for the MLP at d=3, ``(64, 2, 2)`` for the conv AE."""
+        with torch.no_grad():
+            return tuple(self.model.encode(torch.zeros(1, *IMAGE_SHAPE, device=self.device)).shape[1:])
+
+    def encode(self, images: Any) -> torch.Tensor:
+        """Latents, (N, *latent_shape)."""
+        return in_batches(self.model.encode, as_model_input(images), self.device, self.batch_size)
+
+    def decode(self, latents: Any) -> torch.Tensor:
+        """Images in [-1, 1], (N, 1, 28, 28), from latents (N, *latent_shape) or flat (N, latent_size)."""
+        z = torch.as_tensor(latents, dtype=torch.float32).reshape(-1, *self.latent_shape)
+        return in_batches(self.model.decode, z, self.device, self.batch_size)
+
+    def reconstruct(self, images: Any) -> torch.Tensor:
+        """decode(encode(images)) in one pass, (N, 1, 28, 28) in [-1, 1]."""
+        return in_batches(self.model.reconstruct, as_model_input(images), self.device, self.batch_size)
+
+
+def open_run(source: str | Path = "last", map_location: str | torch.device = "cpu") -> LoadedRun:
+    """A trained run in one call (``aelab.load``): ``"last"`` (the newest training run under the
+    project's ``logs/train``), a run directory (its ``last.ckpt``) or a ``.ckpt`` file. If the
+    data the run was trained on is gone, ``AELAB_DATA_DIR`` (or the project's ``data/``) is used."""
+    from aelab.paths import project_root
+
+    root = project_root()
+    if str(source) == "last":
+        path = resolve_ckpt_path("last", root / "logs" / "train")
+    elif Path(source).is_dir():
+        path = last_checkpoint(Path(source))
+        if path is None:
+            raise CheckpointError(f"{source} holds no {CHECKPOINT_DIR}/{LAST}; pass a run directory or a .ckpt file")
+    else:
+        path = resolve_ckpt_path(str(source), root / "logs" / "train")
+    assert path is not None  # a source was given
+    return load_run(path, map_location, fallback_data_dir=os.environ.get("AELAB_DATA_DIR", root / "data"))
 
 
 def load_run(

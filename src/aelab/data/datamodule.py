@@ -276,7 +276,10 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self._resume_batches = int(state_dict.get("epoch_batches_done", 0))
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        # debug=overfit (trainer.overfit_batches) must see the same batches every epoch: Lightning
+        # turns off a DataLoader's shuffle itself, but cannot see into the device loader
+        overfitting = self.trainer is not None and bool(self.trainer.overfit_batches)
+        return self._loader("train", shuffle=not overfitting)
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)

@@ -68,6 +68,8 @@ class AutoEncoder(L.LightningModule):
         self.best_val_mse = math.inf
         self._sums: dict[str, Tensor] = {}
         self._count = 0
+        self._train_state: tuple[dict[str, Tensor], int] = ({}, 0)
+        self._metric_names: list[str] | None = None
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
         # the command-line overrides the run was started with (aelab.runs.resume_overrides)
@@ -121,16 +123,22 @@ class AutoEncoder(L.LightningModule):
     def logged_metrics(self) -> list[str]:
         """The per-epoch metrics a checkpoint callback may monitor: they follow the objective's terms."""
         # in eval mode and with the random state put back: a probe, not a training step
+        if self._metric_names is not None:
+            return self._metric_names
         training = self.training
         self.eval()
         try:
+            # on the model's device (it may already be on the GPU), once: a compiled model would
+            # compile a graph for this probe
+            probe = torch.zeros(2, *IMAGE_SHAPE, device=next(self.parameters()).device)
             with torch.no_grad(), torch.random.fork_rng():
-                terms = list(self.loss_terms(torch.zeros(2, *IMAGE_SHAPE)))
+                terms = list(self.loss_terms(probe))
         finally:
             self.train(training)
         if len(terms) > 1:
             terms.append(LOSS)
-        return [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]
+        self._metric_names = [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]
+        return self._metric_names
 
     def setup(self, stage: str) -> None:
         mode = self.settings.compile
@@ -157,9 +165,17 @@ class AutoEncoder(L.LightningModule):
 
     def _log_means(self, split: str, means: dict[str, Tensor]) -> None:
         for name, value in means.items():
-            self.log(metric(split, name), value)
+            self.log(metric(split, name), value, prog_bar=split == "val" and name == "mse")
         if len(means) > 1:
             self.log(metric(split, LOSS), torch.stack(list(means.values())).sum())
+
+    def running_loss(self) -> float | None:
+        """The mean optimised loss over the current epoch's steps so far (``None`` before the first).
+        Reads the device once: the progress bar asks only when it redraws."""
+        sums, count = self._train_state if self._validating else (self._sums, self._count)
+        if not count:
+            return None
+        return float(functools.reduce(operator.add, sums.values()) / count)
 
     def on_train_start(self) -> None:
         # sums restored from a mid-epoch checkpoint were made before the model reached its device

@@ -1,11 +1,39 @@
-"""Running a trained model over a whole split in batches: latents and per-image errors."""
+"""Running a trained model over many images in batches: latents, reconstructions, per-image errors.
+
+Images may be given as the datasets hold them (uint8 pixels, (N, 28, 28)) or as the model takes
+them (float in [-1, 1], (N, 1, 28, 28)); ``as_model_input`` turns either into the second.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from torch import Tensor
 
 from aelab.data import normalize
+from aelab.models.backbones import IMAGE_SHAPE
+
+
+def as_model_input(images: Tensor | np.ndarray) -> Tensor:
+    """uint8 pixels (N, 28, 28) or (N, 1, 28, 28) -> float32 in [-1, 1] (N, 1, 28, 28); float
+    images (any float dtype) are taken as already on the model's scale."""
+    x = torch.as_tensor(images)
+    if not (x.dtype == torch.uint8 or x.is_floating_point()):
+        raise TypeError(f"images must be uint8 pixels or floats in [-1, 1], not {x.dtype}")
+    if x.ndim not in (3, 4) or tuple(x.shape[-2:]) != IMAGE_SHAPE[1:] or (x.ndim == 4 and x.shape[1] != 1):
+        raise ValueError(f"images must be (N, 28, 28) or (N, 1, 28, 28), not {tuple(x.shape)}")
+    x = x.reshape(-1, *IMAGE_SHAPE[1:])
+    return normalize(x) if x.dtype == torch.uint8 else x.unsqueeze(1).float()
+
+
+@torch.no_grad()
+def in_batches(function: Callable[[Tensor], Tensor], inputs: Tensor, device: torch.device, batch_size: int) -> Tensor:
+    """``function`` over ``inputs`` a batch at a time on ``device``; the results joined on the CPU."""
+    # an empty input still goes through once, so the result has the right trailing shape
+    starts = range(0, len(inputs), batch_size) if len(inputs) else [0]
+    return torch.cat([function(inputs[start : start + batch_size].to(device)).cpu() for start in starts])
 
 
 @torch.no_grad()

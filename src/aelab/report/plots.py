@@ -136,3 +136,21 @@ def metrics_vs_latent_size(rows: list[dict]):
     fig.suptitle(f"Latent-space quality against bottleneck size ({data})")
     fig.tight_layout()
     return fig
+
+
+def image_grid(images, nrow: int):
+    """(N, 1, 28, 28) images in [-1, 1] -> one (3, H, W) tensor in [0, 1], ``nrow`` images a row."""
+    import torch
+    from torchvision.utils import make_grid
+
+    return make_grid(
+        torch.as_tensor(images).float().clamp(-1, 1), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
+    )
+
+
+def save_image_grid(images, path, nrow: int) -> None:
+    """(N, 1, 28, 28) images in [-1, 1] as one PNG, pixel for pixel (no axes, no resampling)."""
+    from torchvision.utils import save_image
+
+    with atomic_path(path) as tmp:
+        save_image(image_grid(images, nrow), tmp, format="png")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from aelab import runs
 from aelab.data import normalize, normalized_rows
 from aelab.errors import AelabError
-from aelab.names import VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
+from aelab.names import FIGURES, VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
 from aelab.report import plots
 from aelab.report.metrics import pca_reconstruction_mse
 from aelab.report.tables import write_table
@@ -165,7 +165,7 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
         if fig is None:
             continue
         plots.save_png(fig, sweep_dir / name)
-        writer.add_figure(f"sweep/{Path(name).stem}", fig)
+        writer.add_figure(f"{FIGURES}/sweep_{Path(name).stem}", fig)
     writer.add_text("sweep/summary", (sweep_dir / "summary.md").read_text())
     writer.close()
     return rows

@@ -1,11 +1,12 @@
 """``analyze(cfg)``: encode a trained run's data and measure how good its latent space is.
 
 Writes ``analysis/`` (figures, ``analysis.json``) into the run directory, and the same figures,
-the numbers as scalars and a projector embedding into the run's TensorBoard folder.
+the numbers as a table and a projector embedding into the run's TensorBoard folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -21,10 +22,11 @@ from aelab.cli import quiet_known_warnings
 from aelab.config import device_of, validate
 from aelab.data import normalize, normalized_rows
 from aelab.errors import ConfigError
-from aelab.files import write_json
+from aelab.files import write_atomic, write_json
 from aelab.models.inference import encode_images
 from aelab.names import (
     ANOMALY_AUROC,
+    FIGURES,
     KNN_ACCURACY,
     LINEAR_PROBE_ACCURACY,
     TEST_MSE,
@@ -158,7 +160,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     for name, fig in figures.items():
         plots.save_png(fig, out / f"{name}.png")
     with stage("TensorBoard: figures, scalars and projector"):
-        write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images)
+        write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images, title)
     log.info("analysis of %s written to %s", loaded.path, out)
     return result
 
@@ -199,21 +201,28 @@ def numbers(result: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in result.items() if isinstance(v, float)}
 
 
-def write_tensorboard(log_dir: Path, result, figures, test_z, test_y, classes, test_images) -> None:
+def write_tensorboard(log_dir: Path, result, figures, test_z, test_y, classes, test_images, title: str) -> None:
+    """Into the run's TensorBoard folder: the figures (IMAGES), the numbers as one table (TEXT:
+    one-point charts would open before the run's loss curves) and the test latents (PROJECTOR,
+    named by ``title`` rather than Torch's ``<tag>:<step>``)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(log_dir))
-    for key, value in numbers(result).items():
-        writer.add_scalar(key, value)
-    for name, fig in figures.items():
-        writer.add_figure(f"analysis/{name}", fig)
-    writer.add_embedding(
-        torch.from_numpy(test_z),
-        metadata=[classes[int(y)] for y in test_y],
-        label_img=test_images.unsqueeze(1).float() / 255,
-        tag="test_latents",
-    )
-    writer.close()
+    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
+    tag = "test_latents"
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_text("analysis/numbers", f"| measure | value |\n| --- | --- |\n{rows}")
+        for name, fig in figures.items():
+            writer.add_figure(f"{FIGURES}/{name}", fig)
+        writer.add_embedding(
+            torch.from_numpy(test_z),
+            metadata=[classes[int(y)] for y in test_y],
+            label_img=test_images.unsqueeze(1).float() / 255,
+            tag=tag,
+        )
+    config = log_dir / "projector_config.pbtxt"
+    name = json.dumps(f"test latents, {title}")  # a quoted, escaped protobuf text string
+    named = config.read_text().replace(f'tensor_name: "{tag}:00000"', f"tensor_name: {name}")
+    write_atomic(config, named)
 
 
 def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:

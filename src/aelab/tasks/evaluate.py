@@ -7,6 +7,7 @@ import logging
 import math
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -14,13 +15,16 @@ from aelab import runs
 from aelab.cli import quiet_known_warnings
 from aelab.config import device_of, validate
 from aelab.files import write_json
-from aelab.models.inference import encode_images
-from aelab.names import TEST_MSE, TEST_MSE_PER_CLASS
+from aelab.models.inference import as_model_input, encode_images
+from aelab.names import FIGURES, TEST_MSE, TEST_MSE_PER_CLASS
 from aelab.report.metrics import per_class_mean
+from aelab.report.plots import image_grid, save_image_grid
 
 log = logging.getLogger(__name__)
 
 EVAL_FILE = "eval.json"
+EVAL_GRID_FILE = "eval_reconstructions.png"
+EVAL_GRID_IMAGES = 16
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -50,9 +54,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     out = loaded.run_dir / EVAL_FILE
     write_json(out, result)
+    # the first test images over their reconstructions, as the training run's grids show val images
+    shown = as_model_input(images[:EVAL_GRID_IMAGES])
+    grid = torch.cat([shown, loaded.reconstruct(shown)])
+    save_image_grid(grid, loaded.run_dir / EVAL_GRID_FILE, nrow=len(shown))
+    write_tensorboard(loaded, result, image_grid(grid, nrow=len(shown)))
     worst = max(result[TEST_MSE_PER_CLASS].items(), key=lambda item: item[1])
     print(
         f"{TEST_MSE} {result[TEST_MSE]:.5f} on {result['n_test']} test images of {result['data']} "
         f"(hardest class: {worst[0]}, {worst[1]:.5f}); written to {out}"
     )
     return result
+
+
+def write_tensorboard(loaded, result: dict[str, Any], grid: torch.Tensor) -> None:
+    """Into the run's own TensorBoard folder, at its last epoch: the test MSE overall and by class
+    as a table (TEXT; a one-point chart would open ahead of the loss curves) and the
+    reconstruction grid (IMAGES)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    epochs = int(loaded.checkpoint.get("epoch", 0)) + 1
+    rows = [("all", result[TEST_MSE]), *result[TEST_MSE_PER_CLASS].items()]
+    table = "\n".join(f"| {name} | {value:.5f} |" for name, value in rows)
+    with SummaryWriter(str(loaded.run_dir / "tensorboard")) as writer:
+        writer.add_text(TEST_MSE, f"| class | {TEST_MSE} |\n| --- | --- |\n{table}", epochs)
+        writer.add_image(f"{FIGURES}/test_reconstructions", grid, epochs)
