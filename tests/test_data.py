@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aelab.data import DATASETS, DeviceBatchLoader, MNISTLikeDataModule, normalize
+from aelab.data.datamodule import batches_in
 from aelab.data.idx import parse_idx, read_idx, read_split, write_idx
 from aelab.errors import ConfigError, DataError
 
@@ -89,8 +90,28 @@ def test_debug_overfit_trains_on_the_same_first_batch_every_epoch(tiny_mnist, ov
     first_labels = []
     for epoch in (0, 1):
         loader.set_epoch(epoch)
-        first_labels.append(next(iter(loader))[1].tolist())
+        first_labels.append(batches_in(next(iter(loader)))[0][1].tolist())
     assert (first_labels[0] == first_labels[1]) == bool(overfit_batches)
+
+
+def test_chunks_hold_the_same_batches_in_the_same_order_and_resume_counts_batches():
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1).expand(50, 28, 28).contiguous()
+    labels = torch.arange(50)
+
+    def batches(steps_per_call, skip=0):
+        loader = DeviceBatchLoader(images, labels, 8, shuffle=True, seed=5, steps_per_call=steps_per_call)
+        loader.set_epoch(2)
+        loader.skip_once = skip
+        chunks = list(loader)
+        assert skip or len(chunks) == len(loader)
+        return [y.tolist() for chunk in chunks for _, y in batches_in(chunk)], [len(batches_in(c)) for c in chunks]
+
+    one, sizes = batches(1)
+    assert sizes == [1] * 7  # 50 images in batches of 8: 6 full and one of 2
+    chunked, sizes = batches(3)
+    assert chunked == one and sizes == [3, 3, 1]
+    # a resume skips batches, not chunks: the rest of the epoch whatever the chunk size
+    assert batches(3, skip=4)[0] == one[4:] and batches(3, skip=4)[1] == [3]
 
 
 def test_standard_dataloader_path_yields_the_same_validation_data(tiny_mnist):

@@ -854,7 +854,8 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
 
 def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
-    common = ["trainer.max_epochs=5", "data.batch_size=32", "seed=7", QUIET]
+    # one batch per training_step call, so that the kill lands between two batches of an epoch
+    common = ["trainer.max_epochs=5", "data.batch_size=32", "data.steps_per_call=1", "seed=7", QUIET]
 
     straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -966,7 +967,12 @@ def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, tra
     assert load_run(path, data_overrides={"download": True}).datamodule.hparams.download is True
 
 
-def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_run_does(tmp_path, tiny_mnist):
+# steps_per_call=4: the run stopped after the first chunk of 4 of an epoch's 6 batches, so the
+# straight run (one batch per call) also shows that chunking trains exactly as it does
+@pytest.mark.parametrize(("steps_per_call", "stop_at"), [(1, 3), (4, 1)])
+def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_run_does(
+    tmp_path, tiny_mnist, steps_per_call, stop_at
+):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
     common = ["trainer.max_epochs=4", "data.batch_size=16", "seed=3", QUIET]  # 6 batches per epoch
     straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
@@ -975,10 +981,11 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     stopped = run_cli(
         "train.py",
         *common,
+        f"data.steps_per_call={steps_per_call}",
         f"paths.log_dir={tmp_path / 'stopped'}",
         "+callbacks.stop._target_=fault_callbacks.SignalAt",
         "+callbacks.stop.epoch=2",
-        "+callbacks.stop.batch=3",
+        f"+callbacks.stop.batch={stop_at}",
         env=env,
     )
     assert stopped.returncode == 143, stopped.stderr[-2000:]

@@ -193,3 +193,23 @@ def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, ti
     first_val = events.Scalars(VAL_MSE)[0].value
     assert f"val/mse={first_val:.3f}" in bar
     assert "v_num" not in bar
+
+
+def test_chunks_of_steps_per_call_train_exactly_as_one_batch_per_call(tmp_path, tiny_mnist):
+    """data.steps_per_call only changes how often Lightning's loop runs, never the arithmetic:
+    every weight, every logged number and the optimiser's state come out bit for bit the same."""
+    runs = {}
+    for steps in (1, 4):  # 96 images in batches of 16: 6 batches an epoch, chunks of 4 and 2
+        summary = train_tiny(
+            tmp_path, tiny_mnist, "data.batch_size=16", f"data.steps_per_call={steps}", name=f"k{steps}"
+        )
+        runs[steps] = (summary, torch.load(summary["last_checkpoint"], weights_only=True))
+    (one, one_ckpt), (chunked, chunked_ckpt) = runs[1], runs[4]
+    for key in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
+        assert chunked[key] == one[key], key
+    assert chunked_ckpt["global_step"] == one_ckpt["global_step"] == 12  # optimiser steps, not calls
+    for name, weight in one_ckpt["state_dict"].items():
+        assert torch.equal(chunked_ckpt["state_dict"][name], weight), name
+    moments = [s["exp_avg_sq"] for s in chunked_ckpt["optimizer_states"][0]["state"].values()]
+    expected = [s["exp_avg_sq"] for s in one_ckpt["optimizer_states"][0]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(moments, expected, strict=True))

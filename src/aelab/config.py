@@ -262,6 +262,7 @@ SCHEMA: dict[str, Rule] = {
     "data.seed": Int(min=0, max=2**32 - 1),
     "data.download": Flag(),
     "data.mirrors": TextList(null=True),
+    "data.steps_per_call": POSITIVE,
     # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
     "model": Group(what="a group of settings (e.g. model=conv)"),
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),

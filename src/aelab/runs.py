@@ -100,7 +100,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 # Keys that do not change what a run computes: where the data is read from and how, and how long
 # it trains (a finished run may be extended with a larger trainer.max_epochs).
-_NOT_IDENTITY = {"data.data_dir", "data.download", "data.mirrors", "data.num_workers"}
+_NOT_IDENTITY = {"data.data_dir", "data.download", "data.mirrors", "data.num_workers", "data.steps_per_call"}
 
 
 def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ more than the arithmetic, so batches are sliced from resident tensors instead.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from aelab.data.datasets import dataset_spec, download, missing_data_message, mi
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError, DataError, check_positive_int, is_int
 from aelab.registry import register
+
+log = logging.getLogger(__name__)
 
 LOADERS = ("device", "dataloader")
 
@@ -39,12 +42,25 @@ def normalized_rows(images: torch.Tensor) -> np.ndarray:
     return normalize(images).flatten(1).numpy()
 
 
+# the key of a chunk of batches (DeviceBatchLoader with steps_per_call > 1)
+STEPS = "steps"
+
+
+def batches_in(batch: Any) -> list:
+    """The (x, y) batches one ``training_step`` call optimises on: a chunk's, or the one given."""
+    return batch[STEPS] if isinstance(batch, dict) else [batch]
+
+
 class DeviceBatchLoader:
     """Batches sliced from uint8 tensors that already live on the training device.
 
     The shuffle order depends only on ``(seed, epoch)``: Lightning calls ``sampler.set_epoch``
     before every epoch, also after a resume, so a resumed run sees the same batches as an
     uninterrupted one. The last partial batch is kept, like ``DataLoader(drop_last=False)``.
+
+    With ``steps_per_call`` > 1 each item is ``{STEPS: [(x, y), ...]}``: that many consecutive
+    batches, which the model's ``training_step`` optimises on one after the other, so Lightning's
+    per-step machinery runs once per chunk instead of once per batch.
     """
 
     def __init__(
@@ -55,14 +71,17 @@ class DeviceBatchLoader:
         *,
         shuffle: bool,
         seed: int = 0,
+        steps_per_call: int = 1,
     ) -> None:
         self.images = images
         self.labels = labels
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.steps_per_call = steps_per_call
         self.epoch = 0
-        # batches to leave out of the next pass only: the part of an epoch done before a resume
+        # batches (not chunks) to leave out of the next pass only: the part of an epoch done
+        # before a resume
         self.skip_once = 0
 
     # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``.
@@ -77,9 +96,22 @@ class DeviceBatchLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(math.ceil(len(self.images) / self.batch_size) / self.steps_per_call)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
+        if self.steps_per_call == 1:
+            yield from self._batches()
+            return
+        chunk: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in self._batches():
+            chunk.append(batch)
+            if len(chunk) == self.steps_per_call:
+                yield {STEPS: chunk}
+                chunk = []
+        if chunk:
+            yield {STEPS: chunk}
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
         first, self.skip_once = self.skip_once * self.batch_size, 0
         if self.shuffle:
@@ -129,6 +161,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)
@@ -136,6 +169,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
             raise ConfigError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
         check_positive_int("data.batch_size", batch_size)
         check_positive_int("data.val_size", val_size, optional=True)
+        check_positive_int("data.steps_per_call", steps_per_call)
         if keep_classes is not None:
             n = len(self.spec.classes)
             if not keep_classes or not all(is_int(c) and 0 <= c < n for c in keep_classes):
@@ -152,6 +186,8 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         # training batches of the current epoch already done when the checkpoint resumed from was saved
         self._resume_batches = 0
+        # batches per training_step call of the training loader in use (1 unless chunked)
+        self._steps_per_call = 1
 
     @property
     def settings(self) -> Any:
@@ -247,9 +283,13 @@ class MNISTLikeDataModule(L.LightningDataModule):
         hp = self.settings
         if hp.loader == "device":
             images, labels = self.split(split, self._device())
-            loader = DeviceBatchLoader(images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed)
+            steps = self._chunk_steps() if split == "train" else 1
+            loader = DeviceBatchLoader(
+                images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed, steps_per_call=steps
+            )
             if split == "train":
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
+                self._steps_per_call = steps
             return loader
         images, labels = self.splits[split]
         return DataLoader(
@@ -262,15 +302,36 @@ class MNISTLikeDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
         )
 
+    def _chunk_steps(self) -> int:
+        """``steps_per_call``, where it keeps the run what it would be one batch per call: not
+        when the Trainer counts batches itself (debug=fdr|overfit|limit, max_steps)."""
+        wanted = self.settings.steps_per_call
+        trainer = self.trainer
+        if wanted == 1 or trainer is None:
+            return 1
+        counting = {
+            "trainer.fast_dev_run": bool(getattr(trainer, "fast_dev_run", False)),
+            "trainer.overfit_batches": bool(getattr(trainer, "overfit_batches", 0)),
+            "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
+            "trainer.max_steps": trainer.max_steps not in (-1, None),
+        }
+        reasons = [key for key, set_ in counting.items() if set_]
+        if reasons:
+            log.info("data.steps_per_call=%d not used: %s counts batches; one batch per step", wanted, reasons[0])
+            return 1
+        log.info("training loop: %d batches per training_step call (data.steps_per_call)", wanted)
+        return wanted
+
     # A checkpoint saved mid-epoch (Ctrl-C, SIGTERM) records how many of the epoch's batches were
-    # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly.
+    # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly. Counted in
+    # batches, not chunks, so the run may resume with another data.steps_per_call.
     def state_dict(self) -> dict[str, int]:
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
         # a save at the end of an epoch resumes at the start of the next one, with nothing to skip
-        return {"epoch_batches_done": done if done < trainer.num_training_batches else 0}
+        return {"epoch_batches_done": done * self._steps_per_call if done < trainer.num_training_batches else 0}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_batches = int(state_dict.get("epoch_batches_done", 0))

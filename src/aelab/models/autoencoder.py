@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aelab.data.datamodule import batches_in
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
 from aelab.names import (
@@ -184,16 +185,18 @@ class AutoEncoder(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._reset_sums()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """One optimiser step per (x, y) batch: one, or a chunk of them (``data.steps_per_call``),
+        each exactly as if Lightning had called this once per batch."""
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # configure_optimizers returns one
-        optimizer.zero_grad(set_to_none=True)
-        terms = self.loss_terms(x)
-        loss = functools.reduce(operator.add, terms.values())
-        self.manual_backward(loss)
-        optimizer.step()
-        self._accumulate(terms, x.shape[0], torch.float32)
+        for x, _ in batches_in(batch):
+            optimizer.zero_grad(set_to_none=True)
+            terms = self.loss_terms(x)
+            loss = functools.reduce(operator.add, terms.values())
+            self.manual_backward(loss)
+            optimizer.step()
+            self._accumulate(terms, x.shape[0], torch.float32)
         return loss
 
     def on_train_epoch_end(self) -> None:
