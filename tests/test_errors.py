@@ -200,7 +200,11 @@ CASES = {
         "trainer.accelerator=gpu needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu",
     ),
     "trainer=gpu without a GPU": ("train", ["trainer=gpu"], "needs a CUDA GPU"),
-    "unknown trainer option": ("train", ["trainer=tpu"], "trainer=tpu is invalid: it must be one of cpu, default, gpu"),
+    "unknown trainer option": (
+        "train",
+        ["trainer=tpu"],
+        "trainer=tpu is invalid: it must be one of cpu, ddp, ddp_sim, default, gpu",
+    ),
     "legacy precision 16": ("train", ["trainer.precision=16"], "trainer.precision=16 is invalid: " + PRECISIONS),
     "made-up precision": ("train", ["trainer.precision=bf17"], "trainer.precision='bf17' is invalid: " + PRECISIONS),
     "fp16 on cpu": ("train", ["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU"),

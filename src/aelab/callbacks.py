@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from aelab.names import VAL_MSE_BEST
+from aelab.names import EPOCH_TIMES, VAL_MSE_BEST
 from aelab.paths import command_line
 from aelab.report.plots import image_grid
 
@@ -51,7 +51,7 @@ class ReconstructionGrid(L.Callback):
         self._images: Tensor | None = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        if not trainer.is_global_zero or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, IMAGE_LOGGERS)]
         if not loggers:
@@ -112,6 +112,8 @@ class HyperparameterSummary(L.Callback):
     per loss term with its train and val curves together."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
         params = run_hyperparameters(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -177,6 +179,9 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_times_s.append(self._now(pl_module) - self._start)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.callback_metrics[EPOCH_TIMES] = torch.tensor(self.epoch_times_s, dtype=torch.float64)
 
 
 class FirstStepTimer(L.Callback):

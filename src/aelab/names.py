@@ -23,6 +23,10 @@ ANOMALY_AUROC = "test/anomaly_auroc"  # one-class runs: reconstruction error as 
 # TensorBoard's group for the figures eval and analyze add to a run. It opens the first two groups in
 # name order, so this one sorts after train/ and val/: the loss curves stay on the first screen.
 FIGURES = "views"
+# What a fit reports back through trainer.callback_metrics besides metrics, so that the train task
+# reads them the same way after a fit in this process and after one in DDP processes it spawned.
+EPOCHS = "epochs"  # epochs done when the fit ended
+EPOCH_TIMES = "epoch_times_s"  # wall seconds of each epoch this fit ran (aelab.callbacks.EpochTimer)
 LOSS = "loss"  # the optimised objective: logged as <split>/loss only when it has more than one term
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from aelab.errors import ConfigError, hydra_value
+from aelab.launch import ddp_strategy, run_stamp
 
 # A directory name made from a user's string stays one directory inside the log root.
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*")
@@ -109,7 +110,10 @@ def register_resolvers() -> None:
         ("checked_name", checked_name),
         ("path_component", path_component),
         ("run_suffix", run_suffix),
+        ("run_stamp", run_stamp),
+        ("ddp_strategy", ddp_strategy),
         ("run_label", run_label),
     ):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+            # cached, as Hydra's ${now:} is: a folder's time read twice is one time
+            OmegaConf.register_new_resolver(name, resolver, use_cache=name == "run_stamp")

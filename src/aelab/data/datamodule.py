@@ -7,6 +7,7 @@ more than the arithmetic, so batches are sliced from resident tensors instead.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,11 @@ class DeviceBatchLoader:
     With ``steps_per_call`` > 1 each item is ``{STEPS: [(x, y), ...]}``: that many consecutive
     batches, which the model's ``training_step`` optimises on one after the other, so Lightning's
     per-step machinery runs once per chunk instead of once per batch.
+
+    Under DDP (``world_size`` > 1) each process takes one contiguous shard of the epoch's order
+    (``shard_bounds``): every image once per epoch across the processes, none repeated (unlike
+    ``DistributedSampler``, which pads with repeats), and the same number of batches in every
+    process, which DDP's collectives need.
     """
 
     def __init__(
@@ -72,13 +78,28 @@ class DeviceBatchLoader:
         shuffle: bool,
         seed: int = 0,
         steps_per_call: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if len(images) < world_size:
+            raise ConfigError(
+                f"{len(images)} images cannot be shared by {world_size} processes: every process needs at "
+                f"least one; use fewer trainer.devices"
+            )
+        if batch_size == 1 and len(images) % world_size:
+            # shards one image apart cannot make the same number of one-image batches
+            raise ConfigError(
+                f"data.batch_size=1 cannot split {len(images)} images evenly over {world_size} processes; "
+                f"use data.batch_size=2 or more"
+            )
         self.images = images
         self.labels = labels
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.steps_per_call = steps_per_call
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         # batches (not chunks) to leave out of the next pass only: the part of an epoch done
         # before a resume
@@ -95,8 +116,12 @@ class DeviceBatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
+
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.images) / self.batch_size) / self.steps_per_call)
+        return math.ceil(self.batches_per_epoch / self.steps_per_call)
 
     def __iter__(self) -> Iterator[Any]:
         if self.steps_per_call == 1:
@@ -113,17 +138,34 @@ class DeviceBatchLoader:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
-        first, self.skip_once = self.skip_once * self.batch_size, 0
+        start, bounds = shard_bounds(n, self.batch_size, self.rank, self.world_size)
+        skipped, self.skip_once = self.skip_once, 0
+        order = None
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=generator).to(self.images.device)
-            for start in range(first, n, self.batch_size):
-                index = order[start : start + self.batch_size]
+        for first, end in itertools.pairwise(bounds[skipped:]):
+            if order is None:
+                yield normalize(self.images[start + first : start + end]), self.labels[start + first : start + end]
+            else:
+                index = order[start + first : start + end]
                 yield normalize(self.images[index]), self.labels[index]
-        else:
-            for start in range(first, n, self.batch_size):
-                end = start + self.batch_size
-                yield normalize(self.images[start:end]), self.labels[start:end]
+
+
+def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, list[int]]:
+    """Where process ``rank`` of ``world_size`` reads an epoch's order of ``n`` images: its shard's
+    first position, and its batches' bounds within the shard.
+
+    Shards are contiguous and differ in size by at most one. Every process gets
+    ``ceil(ceil(n / world_size) / batch_size)`` batches of ``batch_size`` images, the last one
+    shorter; a shard one image short of that takes the image from its second-to-last batch, so no
+    batch is empty. With one process: the batches ``DataLoader(drop_last=False)`` would make.
+    """
+    start, end = rank * n // world_size, (rank + 1) * n // world_size
+    size = end - start
+    count = math.ceil(math.ceil(n / world_size) / batch_size)
+    bounds = [min(i * batch_size, size - (count - i)) for i in range(count)] + [size]
+    return start, bounds
 
 
 class NormalizedImages(Dataset):
@@ -284,8 +326,16 @@ class MNISTLikeDataModule(L.LightningDataModule):
         if hp.loader == "device":
             images, labels = self.split(split, self._device())
             steps = self._chunk_steps() if split == "train" else 1
+            trainer = self.trainer
             loader = DeviceBatchLoader(
-                images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed, steps_per_call=steps
+                images,
+                labels,
+                hp.batch_size,
+                shuffle=shuffle,
+                seed=hp.seed,
+                steps_per_call=steps,
+                rank=trainer.global_rank if trainer is not None else 0,
+                world_size=trainer.world_size if trainer is not None else 1,
             )
             if split == "train":
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
@@ -314,6 +364,8 @@ class MNISTLikeDataModule(L.LightningDataModule):
             "trainer.overfit_batches": bool(getattr(trainer, "overfit_batches", 0)),
             "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
             "trainer.max_steps": trainer.max_steps not in (-1, None),
+            # DDP prepares its gradient reduction once per training_step call, for one backward
+            "trainer.strategy (DDP)": trainer.world_size > 1,
         }
         reasons = [key for key, set_ in counting.items() if set_]
         if reasons:

@@ -27,6 +27,7 @@ from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
 from aelab.names import (
     DATA_CLASS_KEY,
     EPOCH_SUMS_KEY,
+    EPOCHS,
     IDENTITY_KEY,
     LOSS,
     MODEL_CLASS_KEY,
@@ -34,6 +35,7 @@ from aelab.names import (
     VAL_MSE_BEST,
     metric,
 )
+from aelab.quiet import quiet_known_warnings
 from aelab.registry import build, qualified_name, register
 
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
@@ -142,6 +144,8 @@ class AutoEncoder(L.LightningModule):
         return self._metric_names
 
     def setup(self, stage: str) -> None:
+        # again here: a DDP process spawned for the fit starts without the parent's filters
+        quiet_known_warnings()
         mode = self.settings.compile
         if mode:
             self._reconstruct = torch.compile(
@@ -162,7 +166,16 @@ class AutoEncoder(L.LightningModule):
         self._count += n
 
     def _epoch_means(self) -> dict[str, Tensor]:
-        return {name: (total / self._count).float() for name, total in self._sums.items()}
+        """The epoch's means so far over the images of every process: under DDP the sums and
+        counts are added across processes first (one collective per epoch), so the value is the
+        one a single process computes over all the images."""
+        sums, count = self._sums, self._count
+        if self._trainer is None or self.trainer.world_size == 1:
+            return {name: (total / count).float() for name, total in sums.items()}
+        names = list(sums)
+        local = [sums[name].double() for name in names] + [torch.tensor(float(count), device=self.device)]
+        total = self.trainer.strategy.reduce(torch.stack(local).double(), reduce_op="sum")
+        return {name: (total[i] / total[-1]).float() for i, name in enumerate(names)}
 
     def _log_means(self, split: str, means: dict[str, Tensor]) -> None:
         for name, value in means.items():
@@ -206,6 +219,9 @@ class AutoEncoder(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None and not isinstance(scheduler, list):
             scheduler.step()
+
+    def on_train_end(self) -> None:
+        self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
 
     def on_validation_epoch_start(self) -> None:
         # Validation runs inside the training epoch: keep the training sums for on_train_epoch_end.

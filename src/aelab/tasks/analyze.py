@@ -18,7 +18,6 @@ import torch
 from omegaconf import DictConfig
 
 from aelab import runs
-from aelab.cli import quiet_known_warnings
 from aelab.config import device_of, validate
 from aelab.data import normalize, normalized_rows
 from aelab.errors import ConfigError
@@ -34,6 +33,7 @@ from aelab.names import (
     TEST_PCA_MSE,
     TRUSTWORTHINESS,
 )
+from aelab.quiet import quiet_known_warnings
 from aelab.report import metrics as analysis
 from aelab.report import plots
 from aelab.report.tables import write_table

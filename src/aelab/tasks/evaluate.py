@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from aelab import runs
-from aelab.cli import quiet_known_warnings
 from aelab.config import device_of, validate
 from aelab.files import write_json
 from aelab.models.inference import as_model_input, encode_images
 from aelab.names import FIGURES, TEST_MSE, TEST_MSE_PER_CLASS
+from aelab.quiet import quiet_known_warnings
 from aelab.report.metrics import per_class_mean
 from aelab.report.plots import image_grid, save_image_grid
 

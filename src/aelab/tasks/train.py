@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab import runs
-from aelab.callbacks import EpochTimer
-from aelab.cli import quiet_known_warnings
 from aelab.config import check_monitor, device_of, validate
 from aelab.files import write_atomic
-from aelab.names import IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.launch import launched_rank
+from aelab.names import EPOCH_TIMES, EPOCHS, IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.quiet import quiet_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_monitor(cfg, model.logged_metrics())
     datamodule = instantiate(cfg.data)
     model.run_overrides = overrides
+    if launched_rank() != 0:
+        # one of the processes torchrun or srun started for one DDP run: the first one writes
+        return _train(cfg, model, datamodule, output_dir, started, writer=False)
     with runs.exclusive(output_dir):
-        return _train(cfg, model, datamodule, output_dir, started)
+        return _train(cfg, model, datamodule, output_dir, started, writer=True)
 
 
-def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float) -> dict[str, Any]:
-    """The rest of ``train``, while this process holds ``output_dir``."""
-    runs.remove_leftovers(output_dir, held=True)
+def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float, *, writer: bool) -> dict[str, Any]:
+    """The rest of ``train``, while this process holds ``output_dir`` (the ``writer``), or in a
+    process of the same DDP run that leaves every file to that one."""
+    if writer:
+        runs.remove_leftovers(output_dir, held=True)
     identity = runs.run_identity(cfg, datamodule)
     previous = runs.read_summary(output_dir)
     if previous.get("status") == "ok":
         # A sweep re-run into the same directory: this job already finished, if it is this job.
         runs.require_same_run(output_dir, "a finished run", previous.get(IDENTITY_KEY), identity)
-        log.info("%s already finished; not training it again", output_dir)
-        runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
-        log.info(closing_line(previous))
+        if writer:
+            log.info("%s already finished; not training it again", output_dir)
+            runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
+            log.info(closing_line(previous))
         return previous
     ckpt_path = cfg.get("ckpt_path")
     unfinished = runs.resume_point(output_dir)
@@ -75,7 +81,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
     resumed_run = None
     if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:
         resumed_run = runs.run_dir_of(ckpt_path)
-    if resumed_run is not None and resumed_run.resolve() != output_dir.resolve():
+    if writer and resumed_run is not None and resumed_run.resolve() != output_dir.resolve():
         runs.remove_leftovers(resumed_run)
     if ckpt_path is not None:
         # a sweep job found unfinished may have done all its epochs: it only lacks its summary
@@ -84,7 +90,11 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # read from callback_metrics, which a spawned DDP fit sends back from its rank-zero process;
+    # that fit leaves this process's trainer and model as they were before it, weights aside
+    reported = trainer.callback_metrics
+    metrics = {k: float(v) for k, v in reported.items() if v.numel() == 1}
+    epoch_times = reported.get(EPOCH_TIMES)
     summary = {
         "status": "ok",
         "dataset": datamodule.spec.name,
@@ -95,19 +105,20 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float)
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
         "compression": model.compression,
-        "epochs": trainer.current_epoch,
-        VAL_MSE_BEST: model.best_val_mse,
+        "epochs": int(metrics.get(EPOCHS, trainer.current_epoch)),
+        VAL_MSE_BEST: metrics.get(VAL_MSE_BEST, model.best_val_mse),
         VAL_MSE: metrics.get(VAL_MSE),
         TRAIN_MSE: metrics.get(TRAIN_MSE),
         "wall_time_s": time.perf_counter() - started,
-        "epoch_times_s": next((c.epoch_times_s for c in callbacks if isinstance(c, EpochTimer)), None),
+        "epoch_times_s": epoch_times.tolist() if epoch_times is not None else None,
         "output_dir": str(output_dir),
         "best_checkpoint": _checkpoint_path(trainer, "best_model_path"),
-        "last_checkpoint": _checkpoint_path(trainer, "last_model_path"),
+        "last_checkpoint": _checkpoint_path(trainer, "last_model_path") or _existing(runs.last_checkpoint(output_dir)),
         IDENTITY_KEY: identity,
     }
-    runs.write_summary(output_dir, summary)
-    log.info(closing_line(summary))
+    if writer:
+        runs.write_summary(output_dir, summary)
+        log.info(closing_line(summary))
     return summary
 
 
@@ -160,7 +171,7 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     # what the run directory says it holds is what trains in it
     subdir = HydraConfig.get().output_subdir
     hydra_dir = Path(cfg.paths.output_dir) / subdir if subdir else None
-    if hydra_dir is not None and hydra_dir.is_dir():
+    if hydra_dir is not None and hydra_dir.is_dir() and launched_rank() == 0:
         write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(composed))
         write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
     return composed, overrides
@@ -179,6 +190,10 @@ def _command_line_overrides() -> list[str] | None:
 def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
     callback = trainer.checkpoint_callback
     return getattr(callback, attribute, None) or None
+
+
+def _existing(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def limit_threads_for_parallel_jobs() -> None:

@@ -1,0 +1,36 @@
+"""Warnings and log lines that are known and not actionable for a user, silenced in one place:
+by every task, and again in each DDP process a fit spawns (it starts without its parent's filters)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+def quiet_known_warnings() -> None:
+    # Lightning's own pytree call under torch >= 2.10, and a hint about step logging, which aelab
+    # does not use (it logs once per epoch): neither is actionable for a user.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+    # under DDP the module adds its epoch sums across processes itself before logging them
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)")
+    # debug=overfit: Lightning says it turned off the shuffle of loaders it cannot see into (the
+    # val loader never shuffles; the datamodule stops the train loader's shuffle itself)
+    warnings.filterwarnings("ignore", message=r"You requested to overfit but enabled \w+ dataloader shuffling")
+    # umap-learn: a fixed random_state (which aelab always sets, for reproducibility) means one thread
+    warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden to 1 by setting random_state")
+    # openTSNE announces at INFO that it was given an initialisation it was given
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)
+    # advertisements for Lightning's cloud services, printed on every run
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvert) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdvert())
+
+
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage().lower()
+        # and the note that configs/callbacks adds its own ModelSummary (to set its depth)
+        return not any(
+            noise in message for noise in ("litlogger", "litmodels", "already configured with model summary")
+        )

@@ -1,0 +1,268 @@
+"""DDP: each epoch sharded across processes, metrics added across them, one writer per run.
+
+``trainer=ddp_sim`` is the multi-GPU path on two CPU processes talking over gloo.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import aelab
+from aelab.data.datamodule import DeviceBatchLoader, shard_bounds
+from aelab.data.datasets import dataset_spec
+from aelab.data.idx import read_split
+from aelab.errors import ConfigError
+
+from conftest import QUIET, REPO, run_cli
+
+
+def epoch_labels(n, batch_size, *, world_size, shuffle, epoch=0, seed=7):
+    """Per process, the labels (here: image indices) of each batch of one epoch."""
+    per_process = []
+    for rank in range(world_size):
+        loader = DeviceBatchLoader(
+            torch.zeros(n, 28, 28, dtype=torch.uint8),
+            torch.arange(n),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        loader.set_epoch(epoch)
+        batches = [labels for _, labels in loader]
+        assert len(batches) == len(loader)
+        per_process.append(batches)
+    return per_process
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "world_size"),
+    [(96, 16, 2), (60_000, 256, 2), (513, 256, 2), (1025, 256, 4), (10, 3, 3), (9, 2, 4)],
+)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_every_image_is_seen_once_per_epoch_across_processes_in_equal_batch_counts(n, batch_size, world_size, shuffle):
+    per_process = epoch_labels(n, batch_size, world_size=world_size, shuffle=shuffle, epoch=3)
+    counts = {len(batches) for batches in per_process}
+    assert counts == {math.ceil(math.ceil(n / world_size) / batch_size)}, "DDP needs as many steps in every process"
+    assert all(0 < len(b) <= batch_size for batches in per_process for b in batches)
+    # contiguous shards of the single-process order: disjoint, complete, a function of (seed, epoch)
+    (single,) = epoch_labels(n, batch_size, world_size=1, shuffle=shuffle, epoch=3)
+    together = torch.cat([torch.cat(batches) for batches in per_process])
+    assert torch.equal(together, torch.cat(single))
+    assert sorted(together.tolist()) == list(range(n))
+
+
+def test_the_shuffle_is_the_seeds_and_the_epochs():
+    first = torch.cat(epoch_labels(96, 16, world_size=2, shuffle=True, epoch=1)[0])
+    again = torch.cat(epoch_labels(96, 16, world_size=2, shuffle=True, epoch=1)[0])
+    other_epoch = torch.cat(epoch_labels(96, 16, world_size=2, shuffle=True, epoch=2)[0])
+    other_seed = torch.cat(epoch_labels(96, 16, world_size=2, shuffle=True, epoch=1, seed=8)[0])
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_epoch) and not torch.equal(first, other_seed)
+
+
+def test_a_shard_one_image_short_keeps_every_batch_non_empty():
+    # 513 images over 2 processes: 256 and 257, each in two batches; the shorter shard's
+    # second batch would be empty, so it takes the last image of the first
+    assert shard_bounds(513, 256, 0, 2) == (0, [0, 255, 256])
+    assert shard_bounds(513, 256, 1, 2) == (256, [0, 256, 257])
+    # one process: DataLoader(drop_last=False)'s batches
+    assert shard_bounds(513, 256, 0, 1) == (0, [0, 256, 512, 513])
+
+
+def test_a_resumed_epoch_skips_the_same_batches_in_every_shard():
+    full = epoch_labels(96, 16, world_size=2, shuffle=True)
+    for rank in range(2):
+        loader = DeviceBatchLoader(
+            torch.zeros(96, 28, 28, dtype=torch.uint8),
+            torch.arange(96),
+            16,
+            shuffle=True,
+            seed=7,
+            rank=rank,
+            world_size=2,
+        )
+        loader.skip_once = 2
+        resumed = [labels for _, labels in loader]
+        assert [b.tolist() for b in resumed] == [b.tolist() for b in full[rank][2:]]
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "world_size", "message"),
+    [
+        (
+            3,
+            16,
+            4,
+            "3 images cannot be shared by 4 processes: every process needs at least one; use fewer trainer.devices",
+        ),
+        (9, 1, 2, "data.batch_size=1 cannot split 9 images evenly over 2 processes; use data.batch_size=2 or more"),
+    ],
+)
+def test_shards_that_cannot_be_made_are_refused_in_one_line(n, batch_size, world_size, message):
+    with pytest.raises(ConfigError) as caught:
+        DeviceBatchLoader(
+            torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n), batch_size, shuffle=True, world_size=world_size
+        )
+    assert str(caught.value) == message
+
+
+def mse_of(run_dir, images):
+    """The run's final weights, in this single process, over ``images`` (uint8): the exact mean in float64."""
+    images = torch.from_numpy(np.array(images))
+    loaded = aelab.load(run_dir / "checkpoints" / "last.ckpt")
+    reconstructions = loaded.reconstruct(images).double()
+    targets = images.double().div(255).sub(0.5).div(0.5).unsqueeze(1)
+    return float(((reconstructions - targets) ** 2).mean())
+
+
+def check_one_ddp_run(run_dir, data_dir, epochs):
+    """One output directory written by one process, whose val/mse is the single-process value."""
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["status"] == "ok" and summary["epochs"] == epochs and len(summary["epoch_times_s"]) == epochs
+    assert summary["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        f"best-epoch{epochs - 1:03d}.ckpt",
+        "last.ckpt",
+    ]
+    assert len(list(run_dir.glob("tensorboard/**/events.out.tfevents.*"))) == 1
+    test_images, _ = read_split(dataset_spec("mnist").raw_dir(data_dir), "test", 10)
+    single_process = mse_of(run_dir, test_images)
+    assert summary["val/mse"] == pytest.approx(single_process, rel=1e-6)
+    # not true of one process's half: the value really is added across processes
+    half = mse_of(run_dir, test_images[: len(test_images) // 2])
+    assert summary["val/mse"] != pytest.approx(half, rel=1e-6)
+    return summary
+
+
+def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_path, tiny_mnist):
+    run_dir = tmp_path / "logs" / "run"
+    result = run_cli(
+        "train.py",
+        "trainer=ddp_sim",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.run.dir={run_dir}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(tiny_mnist)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["run"]
+    check_one_ddp_run(run_dir, tiny_mnist, epochs=2)
+    # each process took its half of an epoch: 48 images, 3 optimiser steps of 16 (one process: 6)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2 * 3
+    assert "sync_dist" not in result.stderr
+
+
+def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tiny_mnist):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "train.py",
+        "-m",
+        "trainer=ddp_sim",
+        "model.latent_dim=2,3",
+        "data.batch_size=16",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(tiny_mnist)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert jobs == [
+        "data.batch_size=16,model.latent_dim=2,trainer.max_epochs=1,trainer=ddp_sim",
+        "data.batch_size=16,model.latent_dim=3,trainer.max_epochs=1,trainer=ddp_sim",
+    ]
+    for job in jobs:
+        check_one_ddp_run(sweep_dir / job, tiny_mnist, epochs=1)
+    with open(sweep_dir / "summary.csv") as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "ok"]
+
+
+def test_ddp_sim_on_the_official_split_matches_one_process(tmp_path, mnist):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "train.py",
+        "trainer=ddp_sim",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(mnist)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = check_one_ddp_run(run_dir, mnist, epochs=1)
+    assert summary["data"] == "MNIST" and 0.1 < summary["val/mse"] < 0.3
+
+
+def test_under_torchrun_the_processes_share_one_directory_and_one_writer(tmp_path, tiny_mnist):
+    """torchrun (as srun) starts the processes and each composes its config: they must agree on
+    the run's folder (no hydra.run.dir given) and only the first may write."""
+    log_dir = tmp_path / "logs"
+    env = {**os.environ, "AELAB_DATA_DIR": str(tiny_mnist)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node=2", str(REPO / "src" / "train.py")]
+        + ["trainer=ddp_sim", "data.batch_size=16", "trainer.max_epochs=2", f"paths.log_dir={log_dir}", QUIET],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (log_dir / "train" / "runs").iterdir()
+    assert run_dir.name.endswith("_data.batch_size-16_trainer.max_epochs-2_trainer-ddp_sim")
+    check_one_ddp_run(run_dir, tiny_mnist, epochs=2)
+    assert (result.stdout + result.stderr).count("done after 2 epochs") == 1
+
+
+LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_STEP_ID")
+LAUNCH_VARIABLES += ("SLURM_PROCID", "SLURM_JOB_ID", "RANK", "LOCAL_RANK", "JSM_NAMESPACE_RANK")
+
+
+@pytest.mark.parametrize(
+    ("environment", "strategy", "stamp", "rank"),
+    [
+        ({}, "ddp_spawn", None, 0),
+        # a one-task SLURM job (sbatch, or a submitit job): the process spawns its own
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"}, "ddp_spawn", None, 0),
+        (
+            {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"},
+            "ddp",
+            "slurm-77.0",
+            5,
+        ),
+        (
+            {"TORCHELASTIC_RUN_ID": "job/1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "6"},
+            "ddp",
+            "torchrun-job_1",
+            6,
+        ),
+    ],
+)
+def test_how_the_process_was_launched_decides_strategy_folder_and_writer(
+    monkeypatch, environment, strategy, stamp, rank
+):
+    from aelab.launch import ddp_strategy, launched_rank, run_stamp
+
+    for variable in LAUNCH_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    assert ddp_strategy() == strategy
+    assert launched_rank() == rank
+    if stamp is None:
+        assert len(run_stamp("%Y-%m-%d_%H-%M-%S")) == len("2026-12-01_07-00-58")
+    else:
+        assert run_stamp("%Y-%m-%d_%H-%M-%S") == stamp
