@@ -214,3 +214,19 @@ def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
     assert result.returncode == 2
     assert f"aelab: error: {run_dir} is in use by another training process" in result.stderr
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_submitit_local_sweep_reports_failures_and_resumes_like_any_sweep(tmp_path, tiny_mnist):
+    """hydra/launcher=submitit_local: each job a separate process started by submitit, as on SLURM."""
+    sweep_dir = tmp_path / "sweep"
+    first = sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
+    assert first.returncode == 1 and "1 of 2 jobs failed" in first.stderr
+    bad, good = read_rows(sweep_dir)
+    assert bad["status"] == "failed" and bad["error"].startswith("ConfigError: model.latent_dim=0 is invalid")
+    assert good["status"] == "ok" and good["job"] == "model.latent_dim=3,trainer.max_epochs=1"
+    assert (sweep_dir / ".submitit").is_dir() and (sweep_dir / good["job"] / "checkpoints" / "last.ckpt").is_file()
+
+    again = sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
+    assert again.returncode == 1
+    assert "already finished; not training it again" in (sweep_dir / good["job"] / "train.log").read_text()
+    assert read_rows(sweep_dir)[1] == good

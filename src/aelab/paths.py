@@ -112,6 +112,8 @@ def register_resolvers() -> None:
         ("run_suffix", run_suffix),
         ("run_stamp", run_stamp),
         ("ddp_strategy", ddp_strategy),
+        # configs/model/mlp.yaml: the decoder's widths are the encoder's, reversed, unless set
+        ("mirrored", lambda widths: list(reversed(list(widths)))),
         ("run_label", run_label),
     ):
         if not OmegaConf.has_resolver(name):

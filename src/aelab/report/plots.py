@@ -154,3 +154,26 @@ def save_image_grid(images, path, nrow: int) -> None:
 
     with atomic_path(path) as tmp:
         save_image(image_grid(images, nrow), tmp, format="png")
+
+
+def search_trials(rows: list[dict], metric: str):
+    """A search's trials in order: each complete trial's ``metric``, the best so far as a line,
+    failed trials as crosses along the bottom."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    complete = [(r["trial"], r[metric]) for r in rows if r.get(metric) is not None]
+    failed = [r["trial"] for r in rows if r.get(metric) is None and r.get("state") == "fail"]
+    if complete:
+        trials, values = zip(*complete, strict=True)
+        ax.scatter(trials, values, s=18, label="trial")
+        ax.step(trials, np.minimum.accumulate(values), where="post", color="black", label="best so far")
+        ax.set_yscale("log")
+    if failed:
+        bottom = min(v for _, v in complete) if complete else 1.0
+        ax.scatter(failed, [bottom] * len(failed), marker="x", color="red", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title(f"search: {len(complete)} complete, {len(failed)} failed")
+    ax.legend()
+    fig.tight_layout()
+    return fig
