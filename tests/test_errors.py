@@ -205,6 +205,12 @@ CASES = {
         ["trainer=tpu"],
         "trainer=tpu is invalid: it must be one of cpu, ddp, ddp_sim, default, gpu",
     ),
+    "DDP by running the command again": (
+        "train",
+        ["trainer=cpu", "trainer.devices=2"],
+        "trainer.strategy=auto with 2 processes would start them by running this command again, one output "
+        "directory each; use trainer=ddp (GPUs) or trainer=ddp_sim (CPU), which start them inside the fit",
+    ),
     "legacy precision 16": ("train", ["trainer.precision=16"], "trainer.precision=16 is invalid: " + PRECISIONS),
     "made-up precision": ("train", ["trainer.precision=bf17"], "trainer.precision='bf17' is invalid: " + PRECISIONS),
     "fp16 on cpu": ("train", ["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU"),

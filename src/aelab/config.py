@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aelab.data.datamodule import LOADERS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
+from aelab.launch import launched_externally
 from aelab.loggers import EXTRAS
 from aelab.models.autoencoder import COMPILE_MODES
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
@@ -500,11 +501,39 @@ def _check_combinations(cfg: DictConfig) -> None:
         )
     if device_of(cfg).type == "cpu" and precision == "16-mixed":
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on CPU use trainer.precision=bf16-mixed or 32-true")
+    _check_process_launch(trainer, accelerator)
     min_epochs, max_epochs = trainer.get("min_epochs"), trainer.get("max_epochs")
     if is_int(min_epochs) and is_int(max_epochs) and min_epochs > max_epochs:
         raise ConfigError(
             f"trainer.min_epochs={min_epochs} is more than trainer.max_epochs={max_epochs}; "
             f"lower it, e.g. trainer.min_epochs={max_epochs}"
+        )
+
+
+# Lightning strategies that start their processes by running the command again (its "popen"
+# launcher): one Hydra app per process, one output directory each, a hang inside -m
+RELAUNCHING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+
+
+def _check_process_launch(trainer: DictConfig, accelerator: str) -> None:
+    """More than one process is started inside the fit (trainer=ddp, ddp_sim) or by torchrun/srun,
+    never by Lightning running the command again."""
+    if launched_externally():
+        return
+    strategy = str(trainer.get("strategy", "auto"))
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, ListConfig):
+        per_node = len(devices)
+    elif devices in (-1, "auto"):
+        per_node = torch.cuda.device_count() if accelerator in GPU_ACCELERATORS or accelerator == "auto" else 1
+    else:
+        per_node = int(devices) if is_int(devices) else 1
+    processes = per_node * (int(trainer.get("num_nodes", 1)) if is_int(trainer.get("num_nodes", 1)) else 1)
+    if strategy in RELAUNCHING_STRATEGIES or (strategy == "auto" and processes > 1):
+        raise ConfigError(
+            f"trainer.strategy={strategy} with {processes} process{'es' if processes != 1 else ''} would start them by "
+            f"running this command again, one output directory each; use trainer=ddp (GPUs) or trainer=ddp_sim "
+            f"(CPU), which start them inside the fit, e.g. trainer=ddp trainer.devices={max(processes, 2)}"
         )
 
 
