@@ -144,18 +144,22 @@ def check_one_ddp_run(run_dir, data_dir, epochs):
     return summary
 
 
-def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_path, tiny_mnist):
-    run_dir = tmp_path / "logs" / "run"
-    result = run_cli(
+def ddp_sim_run(tmp_path, data, run_name, *overrides):
+    return run_cli(
         "train.py",
         "trainer=ddp_sim",
         "data.batch_size=16",
-        "trainer.max_epochs=2",
+        *overrides,
         f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir={tmp_path / 'logs' / run_name}",
         QUIET,
-        env={"AELAB_DATA_DIR": str(tiny_mnist)},
+        env={"AELAB_DATA_DIR": str(data)},
     )
+
+
+def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_path, tiny_mnist):
+    run_dir = tmp_path / "logs" / "run"
+    result = ddp_sim_run(tmp_path, tiny_mnist, "run", "trainer.max_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["run"]
     check_one_ddp_run(run_dir, tiny_mnist, epochs=2)
@@ -163,6 +167,16 @@ def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_p
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2 * 3
     assert "sync_dist" not in result.stderr
+
+    # stopped after one epoch and resumed: the same weights as the uninterrupted run (each
+    # process's shard is a function of seed, epoch and rank)
+    assert ddp_sim_run(tmp_path, tiny_mnist, "half", "trainer.max_epochs=1").returncode == 0
+    half = tmp_path / "logs" / "half" / "checkpoints" / "last.ckpt"
+    resumed = ddp_sim_run(tmp_path, tiny_mnist, "resumed", f"ckpt_path={half}", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    weights = torch.load(tmp_path / "logs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert weights.keys() == checkpoint["state_dict"].keys()
+    assert all(torch.equal(weights[k], checkpoint["state_dict"][k]) for k in weights)
 
 
 def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tiny_mnist):
