@@ -294,12 +294,42 @@ def one_line_errors() -> Iterator[None]:
 
     hydra_utils.run_and_report = report
     try:
-        yield
+        with one_config_repository() if HELP_FLAGS & set(sys.argv[1:]) else contextlib.nullcontext():
+            yield
     except KeyboardInterrupt:
         print("aelab: interrupted while starting; nothing was written", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         hydra_utils.run_and_report = hydra_report
+
+
+HELP_FLAGS = {"--help", "-h", "--hydra-help"}
+
+
+@contextlib.contextmanager
+def one_config_repository() -> Iterator[None]:
+    """For ``--help``: Hydra lists the options of every config group (its own and the app's) by
+    building a fresh config repository, a deep copy of every config, for each of ~100 questions;
+    with one built per command line instead, ``--help`` takes 0.8 s instead of 1.25 s on a 2-core
+    CPU (bash completion runs the same code on every TAB). The text is unchanged (tested). Only
+    for help, which composes once and exits: a repository's cached configs are not shared with a
+    config that trains."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    build = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
+    built: dict[tuple[int, str | None, tuple[str, ...]], Any] = {}
+
+    def once(self: Any, config_name: str | None, overrides: list[str]) -> Any:
+        key = (id(self), config_name, tuple(overrides))
+        if key not in built:
+            built[key] = build(self, config_name, overrides)
+        return built[key]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = once  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl._parse_overrides_and_create_caching_repo = build  # type: ignore[method-assign]
 
 
 def error_line(err: BaseException) -> str:
