@@ -280,3 +280,25 @@ def test_how_the_process_was_launched_decides_strategy_folder_and_writer(
         assert len(run_stamp("%Y-%m-%d_%H-%M-%S")) == len("2026-12-01_07-00-58")
     else:
         assert run_stamp("%Y-%m-%d_%H-%M-%S") == stamp
+
+
+def test_an_error_in_a_spawned_process_is_the_same_one_line(tmp_path, tiny_mnist):
+    result = ddp_sim_run(tmp_path, tiny_mnist, "diverged", "model.optimizer.lr=1e6", "trainer.max_epochs=2")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error: ")]
+    assert line.startswith("aelab: error: the loss became non-finite in epoch 0")
+    assert line.endswith("Lower model.optimizer.lr (now 1000000.0)")
+
+
+def test_inside_a_one_task_slurm_job_the_spawned_processes_get_their_own_ranks(tmp_path, tiny_mnist, monkeypatch):
+    """sbatch with one task (or a submitit job) and trainer=ddp: Lightning would take every spawned
+    process's rank from SLURM_PROCID, all 0, and each would train on the whole epoch alone."""
+    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "5", "SLURM_NODELIST": "localhost"}
+    for variable, value in slurm.items():
+        monkeypatch.setenv(variable, value)
+    result = ddp_sim_run(tmp_path, tiny_mnist, "slurm", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "logs" / "slurm" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3  # each process its half: 48 images in 3 steps of 16

@@ -91,6 +91,18 @@ def test_a_search_survives_failing_trials_and_resumes_from_its_storage(tmp_path,
     # the trials of the first run were not trained again
     assert {f: (sweep_dir / f / "run_summary.json").stat().st_mtime_ns for f in finished_before} == finished_before
 
+    # the study is of one set of fixed overrides: resuming it with others would mix two searches
+    other = search(tmp_path, tiny_mnist, "hydra.sweeper.n_trials=12", "model.latent_dim=5")
+    assert other.returncode == 2
+    assert (
+        other.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"aelab: error: {sweep_dir / STORAGE} holds a search run with hparams_search=flaky trainer.max_epochs=1"
+        )
+    )
+    assert len(read_trials(sweep_dir)) == 10
+
 
 @pytest.mark.parametrize(
     ("params", "message"),

@@ -216,6 +216,12 @@ class InterruptCheckpoint(L.Callback):
 
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
+        if trainer.world_size > 1 and "LOCAL_RANK" not in os.environ:
+            # the process that spawned the DDP processes holds the weights from before the fit:
+            # the run goes on from the last epoch its processes finished
+            last = os.path.join(os.path.dirname(self.ckpt_path), "last.ckpt")
+            print(f"\naelab: interrupted. Resume with: {resume_command(last)}", file=sys.stderr, flush=True)
+            return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         sweep = resume_sweep_command()
         advice = (

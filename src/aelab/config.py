@@ -526,6 +526,9 @@ def _check_process_launch(trainer: DictConfig, accelerator: str) -> None:
         per_node = len(devices)
     elif devices in (-1, "auto"):
         per_node = torch.cuda.device_count() if accelerator in GPU_ACCELERATORS or accelerator == "auto" else 1
+    elif isinstance(devices, str):  # "2" (a count) or "0,1" (which GPUs), as Lightning reads them
+        ids = [d for d in devices.split(",") if d.strip()]
+        per_node = int(ids[0]) if len(ids) == 1 and ids[0].strip().isdigit() and "," not in devices else len(ids)
     else:
         per_node = int(devices) if is_int(devices) else 1
     processes = per_node * (int(trainer.get("num_nodes", 1)) if is_int(trainer.get("num_nodes", 1)) else 1)

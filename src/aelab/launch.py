@@ -45,6 +45,13 @@ def run_stamp(pattern: str) -> str:
     env = os.environ
     if "TORCHELASTIC_RUN_ID" in env:
         if env.get("WORLD_SIZE") != env.get("LOCAL_WORLD_SIZE"):
+            if env["TORCHELASTIC_RUN_ID"] in ("", "none"):
+                from aelab.errors import ConfigError
+
+                raise ConfigError(
+                    "torchrun across nodes needs a launch id that names the run's folder: "
+                    "torchrun --rdzv-id=<a new id per run> ..."
+                )
             return "torchrun-" + re.sub(r"[^A-Za-z0-9._-]+", "_", env["TORCHELASTIC_RUN_ID"])
         return time.strftime(pattern, time.localtime(_start_time(os.getppid())))
     if launched_externally():  # by srun: every task of the job step shares its ids
@@ -59,3 +66,33 @@ def _start_time(pid: int) -> float:
         float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
     )
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_plugins(strategy: object) -> list:
+    """Lightning plugins a spawning fit needs: inside a SLURM job of one task, Lightning would read
+    every spawned process's rank from SLURM (all 0); its own environment numbers them instead."""
+    if str(strategy) != "ddp_spawn" or "SLURM_NTASKS" not in os.environ or launched_externally():
+        return []
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    return [LightningEnvironment()]
+
+
+def raised_in_spawned_process(error: BaseException) -> BaseException:
+    """What a process spawned by the fit raised, as the error it was there (torch only passes its
+    traceback as text): an aelab error keeps its one-line message; anything else stays as it is."""
+    import importlib
+
+    from aelab.errors import AelabError
+
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name, _, message = last.partition(": ")
+    module, _, cls = name.rpartition(".")
+    try:
+        raised = getattr(importlib.import_module(module), cls) if module else None
+    except (ImportError, ValueError):
+        return error
+    if isinstance(raised, type) and issubclass(raised, AelabError):
+        return raised(message)
+    return error

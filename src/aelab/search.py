@@ -131,13 +131,36 @@ class Search:
         self.study = optuna.create_study(
             study_name=study_name,
             storage=f"sqlite:///{sweep_dir / STORAGE}",
-            sampler=optuna.samplers.TPESampler(seed=seed),
+            # seeded by the trials already run, so a resumed search does not propose its first
+            # trials again; constant_liar keeps trials asked together apart
+            sampler=optuna.samplers.TPESampler(seed=seed + self._trials_in(sweep_dir, study_name), constant_liar=True),
             direction="minimize",
             load_if_exists=True,
         )
 
+    @staticmethod
+    def _trials_in(sweep_dir: Path, study_name: str) -> int:
+        import optuna
+
+        if not (sweep_dir / STORAGE).is_file():
+            return 0
+        try:
+            return len(optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / STORAGE}").trials)
+        except KeyError:  # another study's storage
+            return 0
+
     def run(self, fixed: list[str]) -> None:
         from optuna.trial import TrialState
+
+        stored = self.study.user_attrs.get("fixed_overrides")
+        if stored is None:
+            self.study.set_user_attr("fixed_overrides", fixed)
+        elif stored != fixed:
+            raise ConfigError(
+                f"{self.sweep_dir / STORAGE} holds a search run with {' '.join(stored) or 'no overrides'}, not "
+                f"{' '.join(fixed) or 'no overrides'}: resume it with the same overrides, or start a new search "
+                f"without hydra.sweep.dir"
+            )
 
         done = [t for t in self.study.trials if t.state.is_finished()]
         interrupted = [t.number for t in self.study.trials if t.state == TrialState.RUNNING]
@@ -224,7 +247,7 @@ def write_trials_report(
     if best is not None:
         # as one run: without the search itself
         kept = [o for o in fixed if not o.startswith(("hparams_search=", "hydra.sweeper.", "hydra/sweeper="))]
-        chosen = " ".join([*map(shlex.quote, kept), *(f"{k}={override_text(best[k])}" for k in keys)])
+        chosen = " ".join(shlex.quote(o) for o in [*kept, *(f"{k}={override_text(best[k])}" for k in keys)])
         intro += (
             f"\nBest: trial {best['trial']}, {VAL_MSE_BEST} {best[VAL_MSE_BEST]:.5f}: `{command_line()} {chosen}`\n"
         )

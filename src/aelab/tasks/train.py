@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab import runs
-from aelab.config import check_monitor, device_of, validate
+from aelab.config import check_monitor, validate
 from aelab.files import write_atomic
-from aelab.launch import launched_rank
+from aelab.launch import cluster_plugins, launched_rank, raised_in_spawned_process
 from aelab.names import EPOCH_TIMES, EPOCHS, IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.quiet import quiet_known_warnings
 
@@ -31,9 +31,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if device_of(cfg).type == "cuda":
-        # TF32 matmuls: ample for MSE on 8-bit images, several times faster on Ampere and later.
-        torch.set_float32_matmul_precision("high")
 
     output_dir = Path(cfg.paths.output_dir)
     limit_threads_for_parallel_jobs()
@@ -74,9 +71,8 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     model.run_identity = identity
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[runs.AtomicCheckpointIO()]
-    )
+    plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     resumed_run = None
     if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:
@@ -88,7 +84,12 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
         runs.check_resumable(ckpt_path, dict(model.hparams), asked)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    from torch.multiprocessing import ProcessRaisedException
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except ProcessRaisedException as raised:
+        raise raised_in_spawned_process(raised) from None
 
     # read from callback_metrics, which a spawned DDP fit sends back from its rank-zero process;
     # that fit leaves this process's trainer and model as they were before it, weights aside
