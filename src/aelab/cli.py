@@ -109,13 +109,19 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
     """The translation layer: what a user can fix, as one ``AelabError`` line; ``None`` for a bug.
 
     Follows explicit causes (``raise ... from``: Hydra's ``instantiate`` wraps what constructors
-    raise) to an ``AelabError``, an OS error a user can fix (disk full, permissions) or Lightning's
-    refusal of trainer settings. An error raised while handling another one is not followed: a
-    bug in a handler keeps its traceback.
+    raise) and errors of spawned DDP processes to an ``AelabError``, an OS error a user can fix
+    (disk full, permissions) or Lightning's refusal of trainer settings. An error raised while
+    handling another one is not followed: a bug in a handler keeps its traceback.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
+    from torch.multiprocessing import ProcessRaisedException
 
+    from aelab.launch import raised_in_spawned_process
+
+    if isinstance(err, ProcessRaisedException):
+        # raised in a DDP process the fit (or test) spawned: torch passes only its traceback's text
+        err = raised_in_spawned_process(err)
     chain: list[BaseException] = []
     link: BaseException | None = err
     while link is not None and link not in chain:

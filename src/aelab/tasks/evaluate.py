@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from aelab import runs
 from aelab.config import device_of, validate
 from aelab.files import write_json
+from aelab.launch import cluster_plugins
 from aelab.models.inference import as_model_input, encode_images
 from aelab.names import FIGURES, TEST_MSE, TEST_MSE_PER_CLASS
 from aelab.quiet import quiet_known_warnings
@@ -33,7 +34,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loaded = runs.load_run_from_config(cfg)
     model, datamodule = loaded.model, loaded.datamodule
     trainer = instantiate(
-        cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False, enable_model_summary=False
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=cluster_plugins(cfg.trainer.get("strategy")),
     )
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     if not math.isfinite(metrics[TEST_MSE]):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from aelab import runs
 from aelab.config import check_monitor, validate
 from aelab.files import write_atomic
-from aelab.launch import cluster_plugins, launched_rank, raised_in_spawned_process
+from aelab.launch import cluster_plugins, launched_rank
 from aelab.names import EPOCH_TIMES, EPOCHS, IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.quiet import quiet_known_warnings
 
@@ -84,12 +84,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
         runs.check_resumable(ckpt_path, dict(model.hparams), asked)
 
-    from torch.multiprocessing import ProcessRaisedException
-
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except ProcessRaisedException as raised:
-        raise raised_in_spawned_process(raised) from None
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     # read from callback_metrics, which a spawned DDP fit sends back from its rank-zero process;
     # that fit leaves this process's trainer and model as they were before it, weights aside
