@@ -121,3 +121,16 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_sweep(tmp_path: Path, data: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``python src/train.py -m <overrides> trainer.max_epochs=1`` on ``data``, into ``tmp_path/sweep``."""
+    return run_cli(
+        "train.py",
+        "-m",
+        *overrides,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(data)},
+    )

@@ -21,7 +21,7 @@ from aelab.data.datasets import dataset_spec
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError
 
-from conftest import QUIET, REPO, run_cli
+from conftest import QUIET, REPO, run_cli, run_sweep
 
 
 def epoch_labels(n, batch_size, *, world_size, shuffle, epoch=0, seed=7):
@@ -181,17 +181,7 @@ def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_p
 
 def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli(
-        "train.py",
-        "-m",
-        "trainer=ddp_sim",
-        "model.latent_dim=2,3",
-        "data.batch_size=16",
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={sweep_dir}",
-        QUIET,
-        env={"AELAB_DATA_DIR": str(tiny_mnist)},
-    )
+    result = run_sweep(tmp_path, tiny_mnist, "trainer=ddp_sim", "model.latent_dim=2,3", "data.batch_size=16")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     assert jobs == [

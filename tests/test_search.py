@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from aelab.errors import ConfigError
 from aelab.search import STORAGE, distributions, override_text
 
-from conftest import QUIET, run_cli
+from conftest import run_sweep
 
 # a space in which about half the trials fail: data.batch_size=0 is refused by the datamodule
 FLAKY_SPACE = """\
@@ -32,17 +32,7 @@ def search(tmp_path, data, *overrides):
     config_dir = tmp_path / "extra_configs"
     (config_dir / "hparams_search").mkdir(parents=True, exist_ok=True)
     (config_dir / "hparams_search" / "flaky.yaml").write_text(FLAKY_SPACE)
-    return run_cli(
-        "train.py",
-        "-m",
-        f"--config-dir={config_dir}",
-        "hparams_search=flaky",
-        *overrides,
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={tmp_path / 'search'}",
-        QUIET,
-        env={"AELAB_DATA_DIR": str(data)},
-    )
+    return run_sweep(tmp_path, data, f"--config-dir={config_dir}", "hparams_search=flaky", *overrides)
 
 
 def read_trials(sweep_dir):
@@ -51,7 +41,7 @@ def read_trials(sweep_dir):
 
 
 def test_a_search_survives_failing_trials_and_resumes_from_its_storage(tmp_path, tiny_mnist):
-    sweep_dir = tmp_path / "search"
+    sweep_dir = tmp_path / "sweep"
     first = search(tmp_path, tiny_mnist, "hydra.sweeper.n_trials=8")
     assert first.returncode == 0, first.stderr[-3000:]
     trials = read_trials(sweep_dir)

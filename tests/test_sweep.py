@@ -8,19 +8,7 @@ import pytest
 
 from aelab.report.metrics import pca_reconstruction_mse
 
-from conftest import QUIET, run_cli
-
-
-def sweep(tmp_path, data, *overrides):
-    return run_cli(
-        "train.py",
-        "-m",
-        *overrides,
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        QUIET,
-        env={"AELAB_DATA_DIR": str(data)},
-    )
+from conftest import QUIET, run_cli, run_sweep
 
 
 def read_rows(sweep_dir):
@@ -30,7 +18,7 @@ def read_rows(sweep_dir):
 
 @pytest.fixture
 def failed_sweep(tmp_path, tiny_mnist):
-    result = sweep(tmp_path, tiny_mnist, "model.latent_dim=0,3")
+    result = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=0,3")
     return tmp_path / "sweep", result
 
 
@@ -66,13 +54,13 @@ def test_summary_has_every_column_and_both_figures(failed_sweep):
 
 
 def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_path, tiny_mnist):
-    first = sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
+    first = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
     assert first.returncode == 0, first.stderr[-2000:]
     sweep_dir = tmp_path / "sweep"
     before = (sweep_dir / "summary.csv").read_text()
     job = sweep_dir / "model.latent_dim=2,trainer.max_epochs=1"
     checkpoint_mtime = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns
-    second = sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
+    second = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
     assert second.returncode == 0
     assert "already finished; not training it again" in second.stdout + second.stderr
     assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == checkpoint_mtime
@@ -80,10 +68,10 @@ def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_
 
 
 def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnist):
-    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
+    assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
     (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
-    result = sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
+    result = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
     assert result.returncode == 0
     assert "resuming the interrupted job" in result.stdout + result.stderr
     assert json.loads((job / "run_summary.json").read_text())["epochs"] == 1
@@ -148,7 +136,7 @@ def test_pca_mse_is_zero_when_d_spans_the_data_and_falls_with_d():
 def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mnist):
     from aelab.data import MNISTLikeDataModule, normalized_rows
 
-    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2,5").returncode == 0
+    assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,5").returncode == 0
     dm = MNISTLikeDataModule(str(tiny_mnist))
     dm.setup()
     expected = pca_reconstruction_mse(
@@ -163,12 +151,12 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
     the finished run it found there."""
     from conftest import make_tiny_dataset
 
-    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
+    assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
     summary_before = (job / "run_summary.json").read_text()
     checkpoint_before = (job / "checkpoints" / "last.ckpt").read_bytes()
 
-    other = sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
+    other = run_sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
     assert other.returncode == 1
     (row,) = read_rows(tmp_path / "sweep")
     assert row["status"] == "failed"
@@ -178,7 +166,7 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
     assert (job / "checkpoints" / "last.ckpt").read_bytes() == checkpoint_before
 
     # back on the data it was trained on, the job is found finished again
-    again = sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
+    again = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
     assert again.returncode == 0
     assert read_rows(tmp_path / "sweep")[0]["status"] == "ok"
 
@@ -186,10 +174,10 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
 def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mnist):
     from conftest import make_tiny_dataset
 
-    assert sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
+    assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
     (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
-    other = sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
+    other = run_sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
     assert other.returncode == 1
     assert (
         "holds an unfinished run (last.ckpt) with other settings (data.content: "
@@ -219,14 +207,14 @@ def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
 def test_a_submitit_local_sweep_reports_failures_and_resumes_like_any_sweep(tmp_path, tiny_mnist):
     """hydra/launcher=submitit_local: each job a separate process started by submitit, as on SLURM."""
     sweep_dir = tmp_path / "sweep"
-    first = sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
+    first = run_sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
     assert first.returncode == 1 and "1 of 2 jobs failed" in first.stderr
     bad, good = read_rows(sweep_dir)
     assert bad["status"] == "failed" and bad["error"].startswith("ConfigError: model.latent_dim=0 is invalid")
     assert good["status"] == "ok" and good["job"] == "model.latent_dim=3,trainer.max_epochs=1"
     assert (sweep_dir / ".submitit").is_dir() and (sweep_dir / good["job"] / "checkpoints" / "last.ckpt").is_file()
 
-    again = sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
+    again = run_sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
     assert again.returncode == 1
     assert "already finished; not training it again" in (sweep_dir / good["job"] / "train.log").read_text()
     assert read_rows(sweep_dir)[1] == good
