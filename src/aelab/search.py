@@ -131,23 +131,12 @@ class Search:
         self.study = optuna.create_study(
             study_name=study_name,
             storage=f"sqlite:///{sweep_dir / STORAGE}",
-            # seeded by the trials already run, so a resumed search does not propose its first
-            # trials again; constant_liar keeps trials asked together apart
-            sampler=optuna.samplers.TPESampler(seed=seed + self._trials_in(sweep_dir, study_name), constant_liar=True),
             direction="minimize",
             load_if_exists=True,
         )
-
-    @staticmethod
-    def _trials_in(sweep_dir: Path, study_name: str) -> int:
-        import optuna
-
-        if not (sweep_dir / STORAGE).is_file():
-            return 0
-        try:
-            return len(optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / STORAGE}").trials)
-        except KeyError:  # another study's storage
-            return 0
+        # seeded past the trials already stored, so a resumed search does not propose its first
+        # trials again; constant_liar keeps trials asked together apart
+        self.study.sampler = optuna.samplers.TPESampler(seed=seed + len(self.study.trials), constant_liar=True)
 
     def run(self, fixed: list[str]) -> None:
         from optuna.trial import TrialState
