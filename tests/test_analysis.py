@@ -128,7 +128,7 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     assert 0 < report["latent/trustworthiness_pca"] <= 1
     assert list(report["test/mse_per_class"]) == [str(d) for d in range(10)]
     assert report["normal_classes"] == ["1"] and 0 <= report["test/anomaly_auroc"] <= 1
-    for name in ("map_pca", "per_class_errors", "interpolation", "gaussian_samples"):
+    for name in ("map_pca", "per_class_errors", "interpolation", "random_codes"):
         assert (run / "analysis" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "test latents, conv d=8 (MNIST)"' in projector and "sprite" in projector

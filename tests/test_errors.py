@@ -158,6 +158,33 @@ CASES = {
         ["model.optimizer.fused=yes"],
         "model.optimizer.fused='yes' is invalid: it must be true or false",
     ),
+    "unknown objective": ("train", ["objective=gan"], "objective=gan"),
+    "vae on the conv map": (
+        "train",
+        ["model=conv", "objective=vae"],
+        "model.latent_dim=null is invalid for objective=vae: its Gaussian code is a vector of model.latent_dim "
+        "numbers (model=conv's default is its 64x2x2 map); set one, e.g. model.latent_dim=16",
+    ),
+    "negative beta": (
+        "train",
+        ["objective=vae", "model.objective.beta=-1"],
+        "model.objective.beta=-1 is invalid: it must be a number >= 0",
+    ),
+    "unknown corruption": (
+        "train",
+        ["objective=denoising", "model.objective.corruption=blur"],
+        "model.objective.corruption='blur' is invalid: it must be one of gaussian, masking",
+    ),
+    "masking more than every pixel": (
+        "train",
+        ["objective=denoising", "model.objective.level=1.5"],
+        "model.objective.level=1.5 is invalid: it must be a number >= 0 and <= 1",
+    ),
+    "beta on the plain objective": (
+        "train",
+        ["+model.objective.beta=4"],
+        "model.objective.beta=4 is invalid: beta is not an argument of aelab.models.objectives.Objective",
+    ),
     "misspelt model key": (
         "train",
         ["model.dropout=0.1"],
@@ -453,6 +480,12 @@ CASES = {
     "foreign checkpoint": ("train", ["#foreign"], "was not written by aelab"),
     "checkpoint of another latent size": ("train", ["#trained", "model.latent_dim=5"], "holds a different network"),
     "checkpoint of another backbone": ("train", ["#trained", "model=conv"], "holds a different network"),
+    "checkpoint of another objective": (
+        "train",
+        ["#trained", "objective=vae"],
+        "was trained with another objective than the config's: it holds Objective(), the config asks for "
+        "Variational(beta=1.0). Pass the objective it was trained with (e.g. objective=plain)",
+    ),
     "loss diverges": ("train", ["model.optimizer.lr=1e30"], "loss became non-finite in epoch 0"),
     # eval and analyze share the groups and their checks
     "eval without a checkpoint": ("eval", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),

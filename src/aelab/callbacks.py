@@ -94,6 +94,7 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
     return {
         "dataset": datamodule.spec.name if datamodule is not None else "",
         "backbone": pl_module.backbone,
+        "objective": pl_module.objective.label,
         "latent_size": latent_size,
         "params": sum(p.numel() for p in pl_module.parameters()),
         "compression": round(pl_module.compression, 4),

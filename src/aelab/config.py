@@ -29,6 +29,7 @@ from aelab.errors import ConfigError, hydra_value, is_int
 from aelab.launch import launched_externally
 from aelab.loggers import EXTRAS
 from aelab.models.autoencoder import COMPILE_MODES
+from aelab.models.objectives import CORRUPTIONS
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
 from aelab.registry import import_targets
 
@@ -275,6 +276,11 @@ SCHEMA: dict[str, Rule] = {
     "model.optimizer.fused": Flag(null=True),
     "model.optimizer": Open(),
     "model.scheduler": Open(),
+    "model.objective": Group(what="a group of settings (e.g. objective=vae)"),
+    "model.objective.beta": NonNegative(),
+    "model.objective.weight": NonNegative(),
+    "model.objective.corruption": OneOf(values=CORRUPTIONS),
+    "model.objective.level": Number(from_zero=True, max=1.0),
     # trainer
     "trainer": Group(what="a group of settings (e.g. trainer=cpu)"),
     "trainer.accelerator": OneOf(values=ACCELERATORS),
@@ -356,16 +362,22 @@ def rule_of(cfg: DictConfig, key: str) -> Rule | None:
     """The rule for ``key`` in ``cfg``; ``None`` if the key is unknown. A key without a rule of its
     own is known when the class its group builds (``_target_``) takes it as an argument."""
     rule = SCHEMA.get(key)
-    if rule is not None or key.rpartition(".")[2].startswith("_"):
+    name = key.rpartition(".")[2]
+    if name.startswith("_"):
         return rule or Open()
     target = _target_of_group(cfg, key)
+    if target is not None and not isinstance(rule, Unsupported):
+        # a group whose class varies (model.objective) takes only its class's arguments, even
+        # where another class of the group gives the key a rule
+        arguments = _arguments(target)
+        if arguments is not None and name not in arguments:
+            return None
+    if rule is not None:
+        return rule
     if target is None:
         # inside a mapping a class takes as one argument (logger.mlflow.tags.run_dir): the class's to check
         parent = key.rpartition(".")[0]
         return rule_for(key) or (Open() if parent and isinstance(rule_of(cfg, parent), Open) else None)
-    arguments = _arguments(target)
-    if arguments is not None and key.rpartition(".")[2] not in arguments:
-        return None
     return rule_for(key) or Open()  # Open: the class checks its own argument
 
 
@@ -460,6 +472,8 @@ def _arguments(target: str) -> tuple[str, ...] | None:
 
     try:
         built = get_object(target)
+        if inspect.isclass(built) and built.__init__ is object.__init__:
+            return ()  # a class without an __init__ of its own takes no arguments
         parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters
     except Exception:  # noqa: BLE001 - any failure to import or inspect is reported when building
         return None

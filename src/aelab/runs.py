@@ -40,8 +40,9 @@ from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import atomic_path, remove_temporaries, write_json
 from aelab.models.backbones import IMAGE_SHAPE, backbone_label
 from aelab.models.inference import as_model_input, in_batches
+from aelab.models.objectives import Objective
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
-from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
+from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name, qualified_name
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +508,14 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
     silently)."""
     checkpoint = load_checkpoint(path)
     saved = stored_config(checkpoint, "model", path)
+    saved_objective, wanted_objective = (_objective_of(config) for config in (saved, wanted))
+    if saved_objective != wanted_objective:
+        label = _objective_label(saved_objective)
+        raise CheckpointError(
+            f"checkpoint {path} was trained with another objective than the config's: it holds "
+            f"{_describe(saved_objective)}, the config asks for {_describe(wanted_objective)}. "
+            f"Pass the objective it was trained with (e.g. objective={label})"
+        )
     for key in ("encoder", "decoder"):
         if saved.get(key) != wanted.get(key):
             raise CheckpointError(
@@ -528,6 +537,17 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
             f"trainer.max_epochs={max_epochs} asks "
             f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
         )
+
+
+def _objective_of(model_config: dict[str, Any]) -> dict[str, Any]:
+    # checkpoints from before objectives existed hold none: they were plain autoencoders
+    return dict(model_config.get("objective") or {"_target_": qualified_name(Objective)})
+
+
+def _objective_label(objective_config: dict[str, Any]) -> str:
+    """The objective's configs/objective option, read off its registered class without building it."""
+    cls = REGISTRY.get(str(objective_config.get("_target_")))
+    return str(getattr(cls, "label", "?"))
 
 
 def _backbone_of(model_config: dict[str, Any]) -> str:

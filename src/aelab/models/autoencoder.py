@@ -4,8 +4,9 @@ Constructor arguments are plain dicts/numbers (the model configs set ``_convert_
 hyperparameters stored in checkpoints load with ``torch.load(weights_only=True)``, and the parts
 are built through ``aelab.registry`` so that a stored config can never name arbitrary code.
 
-A new objective is a subclass that overrides ``loss_terms`` (and ``encode``, if its code is
-stochastic: analysis reads ``encode`` as the deterministic code), plus a ``configs/model`` yaml.
+The objective (``model.objective``: plain, denoising, sparse, variational) is a part built like
+the backbones, from ``aelab.models.objectives``; a subclass overriding ``loss_terms`` is the other
+way in, for an objective that needs the module itself.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from aelab.data.datamodule import batches_in
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
+from aelab.models.objectives import Objective
 from aelab.names import (
     DATA_CLASS_KEY,
     EPOCH_SUMS_KEY,
@@ -58,16 +59,21 @@ class AutoEncoder(L.LightningModule):
         latent_dim: int | None = None,
         scheduler: Mapping[str, Any] | None = None,
         compile: bool | str = False,
+        objective: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if compile not in COMPILE_MODES:
             raise ConfigError(f"model.compile={compile!r} is not one of {', '.join(map(str, COMPILE_MODES))}")
         # logger=False: the HyperparameterSummary callback logs a curated, flat set instead.
         self.save_hyperparameters(logger=False)
-        self.encoder = build(encoder, "model.encoder")
+        # checkpoints from before objectives existed hold none: they were plain autoencoders
+        self.objective: Objective = build(objective, "model.objective") if objective else Objective()
+        self.encoder = build(self.objective.encoder_spec(encoder), "model.encoder")
         self.decoder = build(decoder, "model.decoder")
         self.example_input_array = torch.zeros(2, *IMAGE_SHAPE)
-        self._reconstruct = self.reconstruct
+        # the encoder's and decoder's forward, compiled in setup when model.compile asks
+        self._run_encoder = self.encoder.__call__
+        self._run_decoder = self.decoder.__call__
         self.best_val_mse = math.inf
         self._sums: dict[str, Tensor] = {}
         self._count = 0
@@ -103,25 +109,29 @@ class AutoEncoder(L.LightningModule):
     def compression(self) -> float:
         return 1 - self.latent_size / IMAGE_SIZE
 
+    def encoded(self, x: Tensor) -> Tensor:
+        """What the encoder outputs (for a VAE: mean and log-variance side by side)."""
+        return self._run_encoder(x)
+
     def encode(self, x: Tensor) -> Tensor:
         """The code of ``x``: deterministic, since analysis and export read it as *the* latent."""
-        return self.encoder(x)
+        return self.objective.code(self._run_encoder(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(z)
+        return self._run_decoder(z)
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))
+        return self.decode(self.encode(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._reconstruct(x)
+        return self.reconstruct(x)
 
     def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
         """The objective as named batch means; their sum is optimised. Train, val and test share it.
 
         ``mse`` must be among them: it is the reconstruction error every run reports.
         """
-        return {"mse": F.mse_loss(self(x).float(), x)}
+        return self.objective.loss_terms(self, x)
 
     def logged_metrics(self) -> list[str]:
         """The per-epoch metrics a checkpoint callback may monitor: they follow the objective's terms."""
@@ -152,9 +162,9 @@ class AutoEncoder(L.LightningModule):
             torch.set_float32_matmul_precision("high")
         mode = self.settings.compile
         if mode:
-            self._reconstruct = torch.compile(
-                self.reconstruct, mode=None if mode is True or mode == "default" else mode
-            )
+            mode = None if mode is True or mode == "default" else mode
+            self._run_encoder = torch.compile(self.encoder.forward, mode=mode)
+            self._run_decoder = torch.compile(self.decoder.forward, mode=mode)
 
     # Terms are summed on the device and logged once per epoch: Lightning's ``self.log`` costs
     # ~0.7 ms per call on CPU, more than a whole MLP step's arithmetic. Validation sums in float64,

@@ -47,3 +47,14 @@ def encode_images(model, images: torch.Tensor, device: torch.device, batch_size:
         latents.append(z.flatten(1).float().cpu())
         errors.append((reconstruction.float() - x).pow(2).flatten(1).mean(1).cpu())
     return torch.cat(latents).numpy(), torch.cat(errors).numpy()
+
+
+@torch.no_grad()
+def decode_random_codes(model, count: int, seed: int, device: torch.device) -> np.ndarray:
+    """``count`` codes drawn from N(0, I), the VAE's prior, decoded: (count, 1, 28, 28). For the
+    other objectives the same draw shows what an autoencoder makes of codes it was never given;
+    one seed, one draw, whatever the model, so figures of several models compare."""
+    code_shape = model.encode(torch.zeros(1, *IMAGE_SHAPE, device=device)).shape[1:]
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randn(count, *code_shape, generator=generator)
+    return model.decode(codes.to(device)).float().cpu().numpy()

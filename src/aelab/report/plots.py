@@ -83,13 +83,20 @@ def _latent_size_axis(ax, sizes) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def series(row: dict) -> str:
+    """The line a job belongs to in the figures: its backbone, and its objective unless plain
+    (summaries from before objectives existed name none: those were plain)."""
+    objective = row.get("objective") or "plain"
+    return row["backbone"] if objective == "plain" else f"{row['backbone']} {objective}"
+
+
 def mse_vs_latent_size(rows: list[dict], data: str):
-    """Best val MSE against latent size, one line per backbone, PCA of the same size dashed."""
+    """Best val MSE against latent size, one line per backbone and objective, PCA of the same size dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for backbone in sorted({r["backbone"] for r in rows}):
-        points = sorted((r["latent_size"], r[VAL_MSE_BEST]) for r in rows if r["backbone"] == backbone)
-        ax.plot(*zip(*points, strict=True), marker="o", label=backbone)
+    for name in sorted({series(r) for r in rows}):
+        points = sorted((r["latent_size"], r[VAL_MSE_BEST]) for r in rows if series(r) == name)
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
     pca = sorted({(r["latent_size"], r[VAL_PCA_MSE]) for r in rows if r[VAL_PCA_MSE] is not None})
     if pca:
         ax.plot(*zip(*pca, strict=True), linestyle="--", color="gray", marker=".", label="PCA")
@@ -111,8 +118,17 @@ def reconstructions_by_latent_size(panels: list[tuple[str, Any]], data: str):
     )
 
 
+def random_codes_by_job(panels: list[tuple[str, Any]], data: str):
+    """Rows of images: each job's decoding of codes drawn from N(0, I) with one seed."""
+    return image_rows(
+        [np.asarray(images) for _, images in panels],
+        [title for title, _ in panels],
+        f"Random codes from N(0, I) decoded: generation by objective ({data})",
+    )
+
+
 def metrics_vs_latent_size(rows: list[dict]):
-    """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone."""
+    """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone and objective."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = [
@@ -120,15 +136,15 @@ def metrics_vs_latent_size(rows: list[dict]):
         (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)"),
         (TEST_MSE, TEST_MSE),
     ]
-    backbones = sorted({r["backbone"] for r in rows})
+    names = sorted({series(r) for r in rows})
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for backbone in backbones:
-            points = sorted((r["latent_size"], r[key]) for r in rows if r["backbone"] == backbone)
-            ax.plot(*zip(*points, strict=True), marker="o", label=backbone)
+        for name in names:
+            points = sorted((r["latent_size"], r[key]) for r in rows if series(r) == name)
+            ax.plot(*zip(*points, strict=True), marker="o", label=name)
         if key == KMEANS_ACC and any(r.get(UMAP_GMM_ACC) is not None for r in rows):
-            for backbone in backbones:
-                points = sorted((r["latent_size"], r[UMAP_GMM_ACC]) for r in rows if r["backbone"] == backbone)
-                ax.plot(*zip(*points, strict=True), marker=".", linestyle="--", label=f"{backbone} UMAP+GMM")
+            for name in names:
+                points = sorted((r["latent_size"], r[UMAP_GMM_ACC]) for r in rows if series(r) == name)
+                ax.plot(*zip(*points, strict=True), marker=".", linestyle="--", label=f"{name} UMAP+GMM")
         _latent_size_axis(ax, [r["latent_size"] for r in rows])
         ax.set_title(label)
         ax.legend(fontsize=7)

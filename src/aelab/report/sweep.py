@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from aelab import runs
 from aelab.data import normalize, normalized_rows
 from aelab.errors import AelabError
+from aelab.models.inference import decode_random_codes
 from aelab.names import FIGURES, VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
 from aelab.report import plots
 from aelab.report.metrics import pca_reconstruction_mse
@@ -31,6 +32,7 @@ COLUMNS = [
     "job",
     "data",
     "backbone",
+    "objective",
     "latent_dim",
     "latent_size",
     "params",
@@ -45,6 +47,7 @@ COLUMNS = [
 ]
 FIGURE_MSE = "mse_vs_latent_size.png"
 FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
+FIGURE_RANDOM_CODES = "random_codes.png"
 
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -68,6 +71,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 "job": job_dir.name,
                 "data": summary.get("data"),
                 "backbone": summary.get("backbone"),
+                "objective": summary.get("objective", "plain"),
                 "latent_dim": latent_dim if isinstance(latent_dim, int) else None,
                 "latent_size": summary.get("latent_size"),
                 "params": summary.get("params"),
@@ -127,7 +131,7 @@ def add_pca_baseline(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRu
 @torch.no_grad()
 def reconstruction_panels(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun], num_images: int = 8):
     """Fixed validation inputs, then each job's reconstructions of them (the article's figure)."""
-    ok = sorted((r for r in rows if r["job"] in opened), key=lambda r: (r["backbone"], r["latent_size"]))
+    ok = _finished(rows, opened)
     if not ok:
         return []
     datamodule = opened[ok[0]["job"]].datamodule
@@ -135,8 +139,28 @@ def reconstruction_panels(rows: list[dict[str, Any]], opened: dict[str, runs.Loa
     inputs = normalize(datamodule.split("val")[0][:num_images])
     panels = [("input", inputs)]
     for row in ok:
-        panels.append((f"{row['backbone']} d={row['latent_size']}", opened[row["job"]].model(inputs)))
+        panels.append((_panel_title(row), opened[row["job"]].model(inputs)))
     return panels
+
+
+def random_code_panels(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun], num_images: int = 8):
+    """Each job's decoding of one seeded draw of codes from N(0, I): an objective with a prior
+    (the VAE) makes images of them, a plain autoencoder mostly does not."""
+    return [
+        (_panel_title(row), decode_random_codes(opened[row["job"]].model, num_images, 0, torch.device("cpu")))
+        for row in _finished(rows, opened)
+    ]
+
+
+def _finished(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun]) -> list[dict[str, Any]]:
+    return sorted(
+        (r for r in rows if r["job"] in opened), key=lambda r: (r["backbone"], r["latent_size"], plots.series(r))
+    )
+
+
+def _panel_title(row: dict[str, Any]) -> str:
+    objective = row.get("objective") or "plain"
+    return f"{row['backbone']} d={row['latent_size']}" + ("" if objective == "plain" else f"\n{objective}")
 
 
 def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -154,9 +178,11 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
         "split; PCA: the best linear code of the same size, fit on the same training data.",
     )
     panels = reconstruction_panels(rows, opened)
+    random_panels = random_code_panels(rows, opened)
     figures = {
         FIGURE_MSE: plots.mse_vs_latent_size([r for r in rows if r["status"] == "ok" and r["latent_size"]], data),
         FIGURE_RECONSTRUCTIONS: plots.reconstructions_by_latent_size(panels, data) if panels else None,
+        FIGURE_RANDOM_CODES: plots.random_codes_by_job(random_panels, data) if random_panels else None,
     }
     from torch.utils.tensorboard import SummaryWriter
 

@@ -22,7 +22,7 @@ from aelab.config import device_of, validate
 from aelab.data import normalize, normalized_rows
 from aelab.errors import ConfigError
 from aelab.files import write_atomic, write_json
-from aelab.models.inference import encode_images
+from aelab.models.inference import decode_random_codes, encode_images
 from aelab.names import (
     ANOMALY_AUROC,
     FIGURES,
@@ -44,6 +44,7 @@ SUMMARY_COLUMNS = [
     "job",
     "data",
     "backbone",
+    "objective",
     "latent_size",
     TEST_MSE,
     TEST_PCA_MSE,
@@ -104,6 +105,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
         "data": datamodule.name,
         "data_dir": str(datamodule.data_dir),
         "backbone": model.backbone,
+        "objective": model.objective.label,
         "latent_size": int(test_z.shape[1]),
         "n_train": len(train_z),
         "n_test": len(test_z),
@@ -152,7 +154,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     if keep:
         result["normal_classes"] = [classes[c] for c in keep]
         result[ANOMALY_AUROC] = analysis.anomaly_auroc(test_errors, test_y, keep)
-    figures["interpolation"], figures["gaussian_samples"] = generation_figures(
+    figures["interpolation"], figures["random_codes"] = generation_figures(
         model, test_images, test_y, classes, train_z, device, seed, title
     )
 
@@ -171,8 +173,9 @@ def _prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
 
 @torch.no_grad()
 def generation_figures(model, test_images, test_y, classes, train_z, device, seed, title):
-    """A latent interpolation between two test images of different classes; a grid decoded from
-    the Gaussian fitted to the training latents."""
+    """A latent interpolation between two test images of different classes; random codes decoded:
+    two rows drawn from N(0, I) (a VAE's prior), two from the Gaussian fitted to the training
+    latents (the best an autoencoder without a prior can be sampled)."""
     first = int(np.flatnonzero(test_y != test_y[0])[0])
     ends = normalize(test_images[[0, first]].to(device))
     z_shape = model.encode(ends[:1]).shape[1:]
@@ -185,13 +188,14 @@ def generation_figures(model, test_images, test_y, classes, train_z, device, see
         ["ends", "decoded"],
         f"interpolation {classes[int(test_y[0])]} -> {classes[int(test_y[first])]}, {title}",
     )
+    prior = decode_random_codes(model, 16, seed, device)
     mean, cov = analysis.fit_gaussian(train_z)
-    samples = np.random.default_rng(seed).multivariate_normal(mean, cov, size=32).astype(np.float32)
-    decoded = model.decode(torch.from_numpy(samples).to(device).view(-1, *z_shape)).cpu().numpy()
+    samples = np.random.default_rng(seed).multivariate_normal(mean, cov, size=16).astype(np.float32)
+    fitted = model.decode(torch.from_numpy(samples).to(device).view(-1, *z_shape)).cpu().numpy()
     grid = plots.image_rows(
-        [decoded[i : i + 8] for i in range(0, 32, 8)],
-        ["", "", "", ""],
-        f"decoded from the fitted latent Gaussian, {title}",
+        [prior[:8], prior[8:], fitted[:8], fitted[8:]],
+        ["N(0, I)", "", "fitted\nGaussian", ""],
+        f"random codes decoded, {title}",
     )
     return interpolation, grid
 
@@ -242,11 +246,12 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
                 "dataset": result["dataset"],
                 "data": result["data"],
                 "backbone": result["backbone"],
+                "objective": result["objective"],
                 "latent_size": result["latent_size"],
                 TRUSTWORTHINESS: trust[0] if trust else None,
             }
         )
-    rows.sort(key=lambda r: (r["backbone"], r["latent_size"]))
+    rows.sort(key=lambda r: (r["backbone"], r["objective"], r["latent_size"]))
     write_table(
         rows,
         SUMMARY_COLUMNS,

@@ -1,0 +1,144 @@
+"""What an autoencoder is trained to do, as a part the ``AutoEncoder`` holds (``model.objective``).
+
+An objective names the loss terms of a batch (their sum is optimised; each is logged as
+``train/<term>``, ``val/<term>``), says which code ``encode`` returns (analysis, export and the
+latent figures read that one), and may widen the encoder's output (the VAE's mean and
+log-variance). ``mse`` is always a term: the reconstruction error every run reports, measured on
+clean inputs outside training, so val/mse compares across objectives.
+
+A new objective is a registered subclass of ``Objective`` plus a ``configs/objective/*.yaml``
+(``python src/train.py objective=<name>``); it reaches the training loop through
+``AutoEncoder.loss_terms`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aelab.errors import ConfigError, hydra_value
+from aelab.models.backbones import IMAGE_SIZE
+from aelab.registry import register
+
+if TYPE_CHECKING:
+    from aelab.models.autoencoder import AutoEncoder
+
+CORRUPTIONS = ("gaussian", "masking")
+
+
+def _check_number(key: str, value: object, *, high: float = math.inf) -> float:
+    """The class's own check of a setting (a checkpoint is rebuilt without the config schema),
+    worded as the schema words it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+        bound = "a number >= 0" + (f" and <= {high:g}" if math.isfinite(high) else "")
+        raise ConfigError(f"model.objective.{key}={hydra_value(value)} is invalid: it must be {bound}")
+    return float(value)
+
+
+@register
+class Objective:
+    """The plain autoencoder: the mean squared error of the reconstruction, nothing else."""
+
+    # the objective's name in tables and run names: its configs/objective option
+    label = "plain"
+
+    def encoder_spec(self, spec: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The encoder to build, given the configured one (an objective may widen its output)."""
+        return spec
+
+    def code(self, encoded: Tensor) -> Tensor:
+        """The deterministic code, from what the encoder outputs."""
+        return encoded
+
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
+        return {"mse": F.mse_loss(model(x).float(), x)}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({settings})"
+
+
+@register
+class Denoising(Objective):
+    """Reconstruct the clean image from a corrupted one (Vincent et al., 2008). Corruption is
+    applied in training only, like dropout: train/mse is the error on corrupted inputs, val/mse
+    the plain reconstruction error.
+
+    ``corruption``: ``gaussian`` adds noise of standard deviation ``level`` (the data spans
+    [-1, 1]) and clips; ``masking`` sets a ``level`` fraction of the pixels to the background, -1.
+    """
+
+    label = "denoising"
+
+    def __init__(self, corruption: str = "gaussian", level: float = 0.5) -> None:
+        if corruption not in CORRUPTIONS:
+            raise ConfigError(
+                f"model.objective.corruption={hydra_value(corruption)} is invalid: it must be one of "
+                f"{', '.join(CORRUPTIONS)}"
+            )
+        self.corruption = corruption
+        self.level = _check_number("level", level, high=1.0)
+
+    def corrupt(self, x: Tensor) -> Tensor:
+        if self.corruption == "gaussian":
+            return (x + self.level * torch.randn_like(x)).clamp_(-1.0, 1.0)
+        return x.masked_fill(torch.rand_like(x) < self.level, -1.0)
+
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
+        inputs = self.corrupt(x) if model.training else x
+        return {"mse": F.mse_loss(model(inputs).float(), x)}
+
+
+@register
+class Sparse(Objective):
+    """The reconstruction error plus ``weight`` times the mean absolute value of the code (an L1
+    penalty, logged as the term ``l1``): most code entries near zero for any one image."""
+
+    label = "sparse"
+
+    def __init__(self, weight: float = 0.001) -> None:
+        self.weight = _check_number("weight", weight)
+
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
+        z = model.encode(x)
+        return {"mse": F.mse_loss(model.decode(z).float(), x), "l1": self.weight * z.float().abs().mean()}
+
+
+@register
+class Variational(Objective):
+    """A variational autoencoder (Kingma & Welling, 2014): the encoder outputs the mean and the
+    log-variance of a Gaussian code, training decodes a reparameterised sample of it, and the
+    term ``kl`` is ``beta`` times its KL divergence from N(0, I) in nats per image, divided by the
+    784 pixels so that it shares the per-pixel scale of ``mse``. At ``beta`` 1 the loss is the
+    negative ELBO, per pixel, of a Gaussian decoder of variance 1/2. ``encode`` returns the mean,
+    and outside training ``mse`` is the reconstruction of the mean.
+    """
+
+    label = "vae"
+
+    def __init__(self, beta: float = 1.0) -> None:
+        self.beta = _check_number("beta", beta)
+
+    def encoder_spec(self, spec: Mapping[str, Any]) -> Mapping[str, Any]:
+        latent_dim = spec.get("latent_dim")
+        if latent_dim is None:
+            raise ConfigError(
+                "model.latent_dim=null is invalid for objective=vae: its Gaussian code is a vector of "
+                "model.latent_dim numbers (model=conv's default is its 64x2x2 map); set one, e.g. model.latent_dim=16"
+            )
+        # one linear output layer of twice the width: the mean's and the log-variance's heads
+        return {**spec, "latent_dim": 2 * int(latent_dim)}
+
+    def code(self, encoded: Tensor) -> Tensor:
+        return encoded.chunk(2, dim=1)[0]
+
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
+        mean, log_var = model.encoded(x).float().chunk(2, dim=1)
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if model.training else mean
+        kl = -0.5 * (1 + log_var - mean.square() - log_var.exp()).sum(dim=1).mean()
+        return {"mse": F.mse_loss(model.decode(z).float(), x), "kl": self.beta * kl / IMAGE_SIZE}
