@@ -165,7 +165,7 @@ def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     assert rows[0]["job"] == "model.latent_dim=2,trainer.max_epochs=1"
     assert all(0 <= float(r["latent/knn_accuracy"]) <= 1 and float(r["test/mse"]) > 0 for r in rows)
     assert (sweep_dir / "analysis_vs_latent_size.png").is_file()
-    assert "| mlp | 2 |" in (sweep_dir / "analysis_summary.md").read_text()
+    assert "| mlp | plain | 2 |" in (sweep_dir / "analysis_summary.md").read_text()
 
 
 def test_every_map_and_the_n2d_clustering_on_a_tiny_run(tmp_path):

@@ -47,7 +47,7 @@ def test_summary_has_every_column_and_both_figures(failed_sweep):
     assert float(good["compression"]) == pytest.approx(1 - 3 / 784, abs=1e-4)
     assert 0 < float(good["val/pca_mse"]) < 2 and 0 < float(good["val/mse_best"]) < 2
     assert float(good["wall_time_s"]) > 0
-    assert "| mlp | 3 | 3 | 218643 |" in (sweep_dir / "summary.md").read_text()
+    assert "| mlp | plain | 3 | 3 | 218643 |" in (sweep_dir / "summary.md").read_text()
     for figure in ("mse_vs_latent_size.png", "reconstructions_by_latent_size.png"):
         assert (sweep_dir / figure).read_bytes()[:4] == b"\x89PNG"
     assert list((sweep_dir / "sweep").glob("events.out.tfevents.*"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,20 @@ from aelab.errors import ConfigError, hydra_value
 from aelab.models.backbones import IMAGE_SIZE
 from aelab.registry import register
 
-if TYPE_CHECKING:
-    from aelab.models.autoencoder import AutoEncoder
+
+class AutoEncoder(Protocol):
+    """What an objective uses of ``aelab.models.AutoEncoder`` (which imports this module)."""
+
+    training: bool
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def encoded(self, x: Tensor) -> Tensor: ...
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, z: Tensor) -> Tensor: ...
+
 
 CORRUPTIONS = ("gaussian", "masking")
 
