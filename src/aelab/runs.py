@@ -40,9 +40,9 @@ from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import atomic_path, remove_temporaries, write_json
 from aelab.models.backbones import IMAGE_SHAPE, backbone_label
 from aelab.models.inference import as_model_input, in_batches
-from aelab.models.objectives import Objective
+from aelab.models.objectives import objective_spec
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
-from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name, qualified_name
+from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
     silently)."""
     checkpoint = load_checkpoint(path)
     saved = stored_config(checkpoint, "model", path)
-    saved_objective, wanted_objective = (_objective_of(config) for config in (saved, wanted))
+    saved_objective, wanted_objective = (objective_spec(config.get("objective")) for config in (saved, wanted))
     if saved_objective != wanted_objective:
         label = _objective_label(saved_objective)
         raise CheckpointError(
@@ -537,11 +537,6 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
             f"trainer.max_epochs={max_epochs} asks "
             f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
         )
-
-
-def _objective_of(model_config: dict[str, Any]) -> dict[str, Any]:
-    # checkpoints from before objectives existed hold none: they were plain autoencoders
-    return dict(model_config.get("objective") or {"_target_": qualified_name(Objective)})
 
 
 def _objective_label(objective_config: dict[str, Any]) -> str:

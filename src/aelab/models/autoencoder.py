@@ -24,7 +24,7 @@ from torch import Tensor
 from aelab.data.datamodule import batches_in
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
-from aelab.models.objectives import Objective
+from aelab.models.objectives import Objective, objective_spec
 from aelab.names import (
     DATA_CLASS_KEY,
     EPOCH_SUMS_KEY,
@@ -66,8 +66,7 @@ class AutoEncoder(L.LightningModule):
             raise ConfigError(f"model.compile={compile!r} is not one of {', '.join(map(str, COMPILE_MODES))}")
         # logger=False: the HyperparameterSummary callback logs a curated, flat set instead.
         self.save_hyperparameters(logger=False)
-        # checkpoints from before objectives existed hold none: they were plain autoencoders
-        self.objective: Objective = build(objective, "model.objective") if objective else Objective()
+        self.objective: Objective = build(objective_spec(objective), "model.objective")
         self.encoder = build(self.objective.encoder_spec(encoder), "model.encoder")
         self.decoder = build(decoder, "model.decoder")
         self.example_input_array = torch.zeros(2, *IMAGE_SHAPE)
@@ -115,7 +114,7 @@ class AutoEncoder(L.LightningModule):
 
     def encode(self, x: Tensor) -> Tensor:
         """The code of ``x``: deterministic, since analysis and export read it as *the* latent."""
-        return self.objective.code(self._run_encoder(x))
+        return self.objective.code(self.encoded(x))
 
     def decode(self, z: Tensor) -> Tensor:
         return self._run_decoder(z)

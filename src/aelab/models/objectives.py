@@ -23,7 +23,7 @@ from torch import Tensor
 
 from aelab.errors import ConfigError, hydra_value
 from aelab.models.backbones import IMAGE_SIZE
-from aelab.registry import register
+from aelab.registry import qualified_name, register
 
 
 class AutoEncoder(Protocol):
@@ -154,3 +154,9 @@ class Variational(Objective):
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if model.training else mean
         kl = -0.5 * (1 + log_var - mean.square() - log_var.exp()).sum(dim=1).mean()
         return {"mse": F.mse_loss(model.decode(z).float(), x), "kl": self.beta * kl / IMAGE_SIZE}
+
+
+def objective_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The objective a model config holds; checkpoints from before objectives existed hold none:
+    they were plain autoencoders."""
+    return dict(spec) if spec else {"_target_": qualified_name(Objective)}
