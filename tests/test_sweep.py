@@ -218,3 +218,43 @@ def test_a_submitit_local_sweep_reports_failures_and_resumes_like_any_sweep(tmp_
     assert again.returncode == 1
     assert "already finished; not training it again" in (sweep_dir / good["job"] / "train.log").read_text()
     assert read_rows(sweep_dir)[1] == good
+
+
+def test_a_sweep_over_the_kept_class_is_the_one_class_benchmark(tmp_path, tiny_mnist):
+    import torch
+
+    from aelab import runs
+    from aelab.models.inference import encode_images
+
+    result = run_sweep(tmp_path, tiny_mnist, "data.keep_classes=[1],[2,3]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep_dir = tmp_path / "sweep"
+    rows = read_rows(sweep_dir)
+    assert [r["normal_classes"] for r in rows] == ["1", "2 3"]
+    header = list(rows[0])
+    assert header.index("normal_classes") == header.index("latent_size") + 1
+    for row, keep in zip(rows, ([1], [2, 3]), strict=True):
+        # the score of the weights the fit ended with, over the whole test split
+        loaded = runs.load_run(sweep_dir / row["job"] / "checkpoints" / "last.ckpt")
+        images, labels = loaded.datamodule.split("test")
+        assert len(images) == 40
+        _, errors = encode_images(loaded.model.eval(), images, torch.device("cpu"), 256)
+        is_anomaly = ~np.isin(labels.numpy(), keep)
+        # AUROC by its definition: the chance that an anomaly scores above a normal image
+        wins = (errors[is_anomaly][:, None] > errors[~is_anomaly][None, :]).mean()
+        ties = (errors[is_anomaly][:, None] == errors[~is_anomaly][None, :]).mean()
+        assert float(row["test/anomaly_auroc"]) == pytest.approx(wins + ties / 2, abs=1e-12)
+    scores = [float(r["test/anomaly_auroc"]) for r in rows]
+    worst = min(rows, key=lambda r: float(r["test/anomaly_auroc"]))
+    assert (
+        f"mean {sum(scores) / 2:.4f} over 2 jobs, lowest {min(scores):.4f} (normal class {worst['normal_classes']})"
+        in (sweep_dir / "summary.md").read_text()
+    )
+    summary = json.loads((sweep_dir / rows[0]["job"] / "run_summary.json").read_text())
+    assert summary["normal_classes"] == ["1"]
+
+
+def test_a_sweep_without_one_class_jobs_has_no_one_class_columns(failed_sweep):
+    sweep_dir, _ = failed_sweep
+    assert "test/anomaly_auroc" not in read_rows(sweep_dir)[0]
+    assert "One-class" not in (sweep_dir / "summary.md").read_text()

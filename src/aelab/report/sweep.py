@@ -21,7 +21,7 @@ from aelab import runs
 from aelab.data import normalize, normalized_rows
 from aelab.errors import AelabError
 from aelab.models.inference import decode_random_codes
-from aelab.names import FIGURES, VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
+from aelab.names import ANOMALY_AUROC, FIGURES, VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
 from aelab.report import plots
 from aelab.report.metrics import pca_reconstruction_mse
 from aelab.report.tables import write_table
@@ -45,6 +45,8 @@ COLUMNS = [
     "status",
     "error",
 ]
+# only in a sweep with one-class jobs (data.keep_classes), after latent_size
+ONE_CLASS_COLUMNS = ["normal_classes", ANOMALY_AUROC]
 FIGURE_MSE = "mse_vs_latent_size.png"
 FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
 FIGURE_RANDOM_CODES = "random_codes.png"
@@ -79,6 +81,8 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 VAL_MSE_BEST: summary.get(VAL_MSE_BEST),
                 VAL_MSE: summary.get(VAL_MSE),
                 VAL_PCA_MSE: None,
+                "normal_classes": " ".join(summary.get("normal_classes") or []) or None,
+                ANOMALY_AUROC: summary.get(ANOMALY_AUROC),
                 "epochs": summary.get("epochs"),
                 "wall_time_s": _rounded(summary.get("wall_time_s"), 1),
                 "status": summary.get("status", "failed"),
@@ -87,6 +91,28 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda r: r["job_num"])
+
+
+def table_columns(rows: list[dict[str, Any]]) -> list[str]:
+    if not any(r[ANOMALY_AUROC] is not None for r in rows):
+        return COLUMNS
+    at = COLUMNS.index("latent_size") + 1
+    return [*COLUMNS[:at], *ONE_CLASS_COLUMNS, *COLUMNS[at:]]
+
+
+def one_class_line(rows: list[dict[str, Any]]) -> str:
+    """The one-class benchmark's headline: mean and lowest AUROC over the jobs that have one."""
+    scored = [r for r in rows if r[ANOMALY_AUROC] is not None]
+    if not scored:
+        return ""
+    worst = min(scored, key=lambda r: r[ANOMALY_AUROC])
+    mean = sum(r[ANOMALY_AUROC] for r in scored) / len(scored)
+    return (
+        f"\n\nOne-class jobs (trained on normal_classes only): {ANOMALY_AUROC}, reconstruction error "
+        f"as the score for any other class over the whole test split, mean {mean:.4f} over "
+        f"{len(scored)} job{'' if len(scored) == 1 else 's'}, lowest {worst[ANOMALY_AUROC]:.4f} "
+        f"(normal class {worst['normal_classes']})."
+    )
 
 
 def _rounded(value: Any, digits: int) -> Any:
@@ -172,10 +198,10 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
     data = ", ".join(sorted({r["data"] for r in rows if r["data"]})) or "unknown data"
     write_table(
         rows,
-        COLUMNS,
+        table_columns(rows),
         sweep_dir / "summary",
         f"# Sweep {sweep_dir.name} ({data})\n\nMSE per pixel on the [-1, 1] scale, on the validation "
-        "split; PCA: the best linear code of the same size, fit on the same training data.",
+        "split; PCA: the best linear code of the same size, fit on the same training data." + one_class_line(rows),
     )
     panels = reconstruction_panels(rows, opened)
     random_panels = random_code_panels(rows, opened)

@@ -17,7 +17,7 @@ from aelab import runs
 from aelab.config import check_monitor, validate
 from aelab.files import write_atomic
 from aelab.launch import cluster_plugins, launched_rank
-from aelab.names import EPOCH_TIMES, EPOCHS, IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.names import ANOMALY_AUROC, EPOCH_TIMES, EPOCHS, IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.quiet import quiet_known_warnings
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,29 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         "last_checkpoint": _checkpoint_path(trainer, "last_model_path") or _existing(runs.last_checkpoint(output_dir)),
         IDENTITY_KEY: identity,
     }
+    if writer and datamodule.settings.keep_classes is not None:
+        summary.update(one_class_scores(model, datamodule))
     if writer:
         runs.write_summary(output_dir, summary)
         log.info(closing_line(summary))
     return summary
+
+
+def one_class_scores(model, datamodule) -> dict[str, Any]:
+    """A one-class run's test/anomaly_auroc: the whole official test split scored by reconstruction
+    error with the weights the fit ended with (choosing an epoch by a score on the test split would
+    tune on it), so that a sweep over data.keep_classes is the whole one-class benchmark."""
+    from aelab.models.inference import encode_images
+    from aelab.report.metrics import anomaly_auroc
+
+    keep = datamodule.settings.keep_classes
+    images, labels = datamodule.split("test")
+    model.eval()
+    _, errors = encode_images(model, images, model.device, datamodule.settings.batch_size)
+    return {
+        "normal_classes": [datamodule.classes[c] for c in keep],
+        ANOMALY_AUROC: anomaly_auroc(errors, labels.numpy(), keep),
+    }
 
 
 def closing_line(summary: dict[str, Any]) -> str:
@@ -129,8 +148,9 @@ def closing_line(summary: dict[str, Any]) -> str:
     epochs = summary.get("epochs")
     return (
         f"done after {epochs} epoch{'' if epochs == 1 else 's'}: "
-        f"{VAL_MSE} {mse(VAL_MSE)}, {VAL_MSE_BEST} {mse(VAL_MSE_BEST)}; "
-        f"run in {summary.get('output_dir')}; best checkpoint {summary.get('best_checkpoint')}"
+        f"{VAL_MSE} {mse(VAL_MSE)}, {VAL_MSE_BEST} {mse(VAL_MSE_BEST)}"
+        + (f", {ANOMALY_AUROC} {summary[ANOMALY_AUROC]:.4f}" if ANOMALY_AUROC in summary else "")
+        + f"; run in {summary.get('output_dir')}; best checkpoint {summary.get('best_checkpoint')}"
     )
 
 
