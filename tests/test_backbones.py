@@ -5,6 +5,8 @@ from hydra.utils import instantiate
 from aelab.errors import ConfigError
 from aelab.models import AutoEncoder, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
+from conftest import compose_config
+
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
@@ -131,3 +133,59 @@ def test_loss_terms_are_the_named_mse_of_the_reconstruction():
     terms = model.loss_terms(x)
     assert list(terms) == ["mse"]
     assert torch.equal(terms["mse"], torch.nn.functional.mse_loss(model(x), x))
+
+
+def test_mlp_norm_and_activation_follow_each_hidden_layer_only():
+    encoder = MLPEncoder(5, hidden_dims=(40, 20), norm="batch", activation="silu")
+    kinds = [type(m).__name__ for m in encoder]
+    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "SiLU", "Linear", "BatchNorm1d", "SiLU", "Linear"]
+    decoder = MLPDecoder(5, hidden_dims=(20, 40), norm="layer", activation="gelu")
+    assert [type(m).__name__ for m in decoder][:4] == ["Linear", "LayerNorm", "GELU", "Linear"]
+    # a batch norm adds a scale and a shift per unit: 2 * (40 + 20) on top of the plain network
+    assert n_params(encoder) == n_params(MLPEncoder(5, hidden_dims=(40, 20))) + 2 * (40 + 20)
+    # the article's network is what null and relu build: its checkpoints load as they were
+    assert [type(m).__name__ for m in MLPEncoder(3)] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+
+
+def test_the_mlp_config_gives_the_decoder_the_encoders_norm_and_activation(tmp_path):
+    cfg = compose_config("train", tmp_path, ["model.encoder.norm=batch", "model.encoder.activation=silu"])
+    model = instantiate(cfg.model)
+    kinds = [type(m).__name__ for m in model.decoder]
+    assert kinds[:3] == ["Linear", "BatchNorm1d", "SiLU"] and model.hparams["decoder"]["norm"] == "batch"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"norm": "group"},
+            "model.encoder.norm='group' is invalid: it must be null or one of batch, layer, "
+            "e.g. model.encoder.norm=batch",
+        ),
+        (
+            {"activation": None},
+            "model.encoder.activation=null is invalid: it must be one of relu, silu, gelu, "
+            "e.g. model.encoder.activation=silu",
+        ),
+    ],
+)
+def test_mlp_rejects_an_unknown_norm_or_activation_with_the_fix(arguments, message):
+    with pytest.raises(ConfigError) as caught:
+        MLPEncoder(3, **arguments)
+    assert str(caught.value) == message
+
+
+def test_probing_the_latent_shape_leaves_batch_norm_statistics_and_the_mode_alone():
+    spec = {"latent_dim": 4, "hidden_dims": [8], "norm": "batch"}
+    model = AutoEncoder(
+        encoder={"_target_": "aelab.models.backbones.MLPEncoder", **spec},
+        decoder={"_target_": "aelab.models.backbones.MLPDecoder", **spec},
+        optimizer=ADAMW,
+        latent_dim=4,
+    ).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.latent_shape == (4,) and model.latent_size == 4
+    assert model.logged_metrics()[0] == "val/mse"
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

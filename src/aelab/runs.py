@@ -38,7 +38,7 @@ import aelab.models  # noqa: F401 - registers the models and backbones that chec
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.files import atomic_path, remove_temporaries, write_json
-from aelab.models.backbones import IMAGE_SHAPE, backbone_label
+from aelab.models.backbones import backbone_label
 from aelab.models.inference import as_model_input, in_batches
 from aelab.models.objectives import objective_spec
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
@@ -358,8 +358,7 @@ class LoadedRun:
     @functools.cached_property
     def latent_shape(self) -> tuple[int, ...]:
         """One image's code as the decoder takes it: ``(3,)`` for the MLP at d=3, ``(64, 2, 2)`` for the conv AE."""
-        with torch.no_grad():
-            return tuple(self.model.encode(torch.zeros(1, *IMAGE_SHAPE, device=self.device)).shape[1:])
+        return self.model.latent_shape
 
     def encode(self, images: Any) -> torch.Tensor:
         """Latents, (N, *latent_shape)."""

@@ -11,10 +11,11 @@ way in, for an objective that needs the module itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -97,12 +98,29 @@ class AutoEncoder(L.LightningModule):
         """A short label derived from the encoder's class: ``MLPEncoder`` -> ``mlp``."""
         return backbone_label(type(self.encoder).__name__)
 
+    @contextlib.contextmanager
+    def probe(self) -> Iterator[Tensor]:
+        """Two blank images on the model's device, to pass through it in eval mode, without
+        gradients and with the random state put back: a probe leaves the model (training flag,
+        batch-norm statistics) and the run's random stream as they were."""
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng():
+                yield torch.zeros(2, *IMAGE_SHAPE, device=next(self.parameters()).device)
+        finally:
+            self.train(training)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one image's code: (d,), or (64, 2, 2) for the conv AE's map."""
+        with self.probe() as images:
+            return tuple(self.encode(images).shape[1:])
+
     @property
     def latent_size(self) -> int:
         """Numbers per image in the bottleneck (256 for the conv AE's 64x2x2 map)."""
-        with torch.no_grad():
-            device = next(self.parameters()).device
-            return self.encode(torch.zeros(1, *IMAGE_SHAPE, device=device))[0].numel()
+        return math.prod(self.latent_shape)
 
     @property
     def compression(self) -> float:
@@ -134,19 +152,11 @@ class AutoEncoder(L.LightningModule):
 
     def logged_metrics(self) -> list[str]:
         """The per-epoch metrics a checkpoint callback may monitor: they follow the objective's terms."""
-        # in eval mode and with the random state put back: a probe, not a training step
         if self._metric_names is not None:
             return self._metric_names
-        training = self.training
-        self.eval()
-        try:
-            # on the model's device (it may already be on the GPU), once: a compiled model would
-            # compile a graph for this probe
-            probe = torch.zeros(2, *IMAGE_SHAPE, device=next(self.parameters()).device)
-            with torch.no_grad(), torch.random.fork_rng():
-                terms = list(self.loss_terms(probe))
-        finally:
-            self.train(training)
+        # once: a compiled model would compile a graph for this probe
+        with self.probe() as images:
+            terms = list(self.loss_terms(images))
         if len(terms) > 1:
             terms.append(LOSS)
         self._metric_names = [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]

@@ -54,7 +54,6 @@ def decode_random_codes(model, count: int, seed: int, device: torch.device) -> n
     """``count`` codes drawn from N(0, I), the VAE's prior, decoded: (count, 1, 28, 28). For the
     other objectives the same draw shows what an autoencoder makes of codes it was never given;
     one seed, one draw, whatever the model, so figures of several models compare."""
-    code_shape = model.encode(torch.zeros(1, *IMAGE_SHAPE, device=device)).shape[1:]
     generator = torch.Generator().manual_seed(seed)
-    codes = torch.randn(count, *code_shape, generator=generator)
+    codes = torch.randn(count, *model.latent_shape, generator=generator)
     return model.decode(codes.to(device)).float().cpu().numpy()
