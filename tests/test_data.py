@@ -205,6 +205,16 @@ def test_idx_roundtrip_plain_and_gzip(tmp_path):
         assert np.array_equal(read_idx(tmp_path / name, ndim=3), array)
 
 
+def test_an_idx_file_is_decoded_once_per_process_until_it_changes(tmp_path):
+    path = tmp_path / "a-idx1-ubyte.gz"
+    write_idx(path, np.arange(5, dtype=np.uint8))
+    first = read_idx(path, ndim=1)
+    # the same read-only array for every job of a sweep in this process
+    assert read_idx(path, ndim=1) is first and not first.flags.writeable
+    write_idx(path, np.arange(7, dtype=np.uint8))
+    assert read_idx(path, ndim=1).tolist() == list(range(7))
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [

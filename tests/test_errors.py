@@ -407,7 +407,7 @@ CASES = {
     "unknown experiment": (
         "train",
         ["experiment=nope"],
-        "experiment=nope is invalid: it must be one of seed_conv, seed_mlp",
+        "experiment=nope is invalid: it must be one of one_class, seed_conv, seed_mlp, strong_mlp",
     ),
     "unknown debug option": ("train", ["debug=nope"], "debug=nope is invalid: it must be one of fdr, limit, overfit"),
     "unknown logger option": (

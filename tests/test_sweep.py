@@ -230,7 +230,7 @@ def test_a_sweep_over_the_kept_class_is_the_one_class_benchmark(tmp_path, tiny_m
     assert result.returncode == 0, result.stderr[-2000:]
     sweep_dir = tmp_path / "sweep"
     rows = read_rows(sweep_dir)
-    assert [r["normal_classes"] for r in rows] == ["1", "2 3"]
+    assert [r["normal_classes"] for r in rows] == ["1", "2, 3"]
     header = list(rows[0])
     assert header.index("normal_classes") == header.index("latent_size") + 1
     for row, keep in zip(rows, ([1], [2, 3]), strict=True):

@@ -20,6 +20,7 @@ KMEANS_ACC = "latent/kmeans_acc"
 UMAP_GMM_ACC = "latent/umap_gmm_acc"
 TRUSTWORTHINESS = "latent/trustworthiness"  # latent/trustworthiness_<map> per 2-D map
 ANOMALY_AUROC = "test/anomaly_auroc"  # one-class runs: reconstruction error as a score for "other class"
+NORMAL_CLASSES = "normal_classes"  # one-class runs: the names of the classes trained on (data.keep_classes)
 # TensorBoard's group for the figures eval and analyze add to a run. It opens the first two groups in
 # name order, so this one sorts after train/ and val/: the loss curves stay on the first screen.
 FIGURES = "views"

@@ -106,8 +106,10 @@ class AutoEncoder(L.LightningModule):
         training = self.training
         self.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng():
-                yield torch.zeros(2, *IMAGE_SHAPE, device=next(self.parameters()).device)
+            device = next(self.parameters()).device
+            # only this device's generator: forking every GPU's would initialise CUDA for a CPU model
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                yield torch.zeros(2, *IMAGE_SHAPE, device=device)
         finally:
             self.train(training)
 

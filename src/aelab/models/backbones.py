@@ -61,7 +61,8 @@ def _mlp(sizes: Sequence[int], norm: str | None, activation: str, part: str) -> 
 
 @register
 class MLPEncoder(nn.Sequential):
-    """784 -> 128 -> 64 -> d with ReLU between, none on the latent (it may take any real value)."""
+    """784 -> 128 -> 64 -> d (``hidden_dims``) with an activation (and optionally a norm) between,
+    none on the latent (it may take any real value)."""
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class MLPEncoder(nn.Sequential):
 
 @register
 class MLPDecoder(nn.Sequential):
-    """d -> 64 -> 128 -> 784, Tanh so outputs share the data's [-1, 1] range."""
+    """d -> 64 -> 128 -> 784 (``hidden_dims``), Tanh so outputs share the data's [-1, 1] range."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from aelab import runs
 from aelab.data import normalize, normalized_rows
 from aelab.errors import AelabError
 from aelab.models.inference import decode_random_codes
-from aelab.names import ANOMALY_AUROC, FIGURES, VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
+from aelab.names import ANOMALY_AUROC, FIGURES, NORMAL_CLASSES, VAL_MSE, VAL_MSE_BEST, VAL_PCA_MSE
 from aelab.report import plots
 from aelab.report.metrics import pca_reconstruction_mse
 from aelab.report.tables import write_table
@@ -46,7 +46,7 @@ COLUMNS = [
     "error",
 ]
 # only in a sweep with one-class jobs (data.keep_classes), after latent_size
-ONE_CLASS_COLUMNS = ["normal_classes", ANOMALY_AUROC]
+ONE_CLASS_COLUMNS = [NORMAL_CLASSES, ANOMALY_AUROC]
 FIGURE_MSE = "mse_vs_latent_size.png"
 FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
 FIGURE_RANDOM_CODES = "random_codes.png"
@@ -81,7 +81,8 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 VAL_MSE_BEST: summary.get(VAL_MSE_BEST),
                 VAL_MSE: summary.get(VAL_MSE),
                 VAL_PCA_MSE: None,
-                "normal_classes": " ".join(summary.get("normal_classes") or []) or None,
+                # names like Fashion-MNIST's "Ankle boot" hold spaces
+                NORMAL_CLASSES: ", ".join(summary.get(NORMAL_CLASSES) or []) or None,
                 ANOMALY_AUROC: summary.get(ANOMALY_AUROC),
                 "epochs": summary.get("epochs"),
                 "wall_time_s": _rounded(summary.get("wall_time_s"), 1),
@@ -108,10 +109,10 @@ def one_class_line(rows: list[dict[str, Any]]) -> str:
     worst = min(scored, key=lambda r: r[ANOMALY_AUROC])
     mean = sum(r[ANOMALY_AUROC] for r in scored) / len(scored)
     return (
-        f"\n\nOne-class jobs (trained on normal_classes only): {ANOMALY_AUROC}, reconstruction error "
+        f"\n\nOne-class jobs (trained on {NORMAL_CLASSES} only): {ANOMALY_AUROC}, reconstruction error "
         f"as the score for any other class over the whole test split, mean {mean:.4f} over "
         f"{len(scored)} job{'' if len(scored) == 1 else 's'}, lowest {worst[ANOMALY_AUROC]:.4f} "
-        f"(normal class {worst['normal_classes']})."
+        f"(normal class {worst[NORMAL_CLASSES]})."
     )
 
 
@@ -186,7 +187,8 @@ def _finished(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun]) -> 
 
 def _panel_title(row: dict[str, Any]) -> str:
     objective = row.get("objective") or "plain"
-    return f"{row['backbone']} d={row['latent_size']}" + ("" if objective == "plain" else f"\n{objective}")
+    title = f"{row['backbone']} d={row['latent_size']}" + ("" if objective == "plain" else f"\n{objective}")
+    return title + (f"\nnormal: {row[NORMAL_CLASSES]}" if row.get(NORMAL_CLASSES) else "")
 
 
 def write_report(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from aelab.names import (
     FIGURES,
     KNN_ACCURACY,
     LINEAR_PROBE_ACCURACY,
+    NORMAL_CLASSES,
     TEST_MSE,
     TEST_MSE_PER_CLASS,
     TEST_PCA_MSE,
@@ -152,7 +153,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
         test_errors, test_y, classes, f"reconstruction error by class, {title}"
     )
     if keep:
-        result["normal_classes"] = [classes[c] for c in keep]
+        result[NORMAL_CLASSES] = [classes[c] for c in keep]
         result[ANOMALY_AUROC] = analysis.anomaly_auroc(test_errors, test_y, keep)
     figures["interpolation"], figures["random_codes"] = generation_figures(
         model, test_images, test_y, classes, train_z, device, seed, title
@@ -178,7 +179,7 @@ def generation_figures(model, test_images, test_y, classes, train_z, device, see
     latents (the best an autoencoder without a prior can be sampled)."""
     first = int(np.flatnonzero(test_y != test_y[0])[0])
     ends = normalize(test_images[[0, first]].to(device))
-    z_shape = model.encode(ends[:1]).shape[1:]
+    z_shape = model.latent_shape
     z = model.encode(ends).flatten(1)
     weights = torch.linspace(0, 1, 10, device=device)[:, None]
     path = (1 - weights) * z[0] + weights * z[1]

@@ -17,7 +17,16 @@ from aelab import runs
 from aelab.config import check_monitor, validate
 from aelab.files import write_atomic
 from aelab.launch import cluster_plugins, launched_rank
-from aelab.names import ANOMALY_AUROC, EPOCH_TIMES, EPOCHS, IDENTITY_KEY, TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.names import (
+    ANOMALY_AUROC,
+    EPOCH_TIMES,
+    EPOCHS,
+    IDENTITY_KEY,
+    NORMAL_CLASSES,
+    TRAIN_MSE,
+    VAL_MSE,
+    VAL_MSE_BEST,
+)
 from aelab.quiet import quiet_known_warnings
 
 log = logging.getLogger(__name__)
@@ -114,26 +123,27 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         IDENTITY_KEY: identity,
     }
     if writer and datamodule.settings.keep_classes is not None:
-        summary.update(one_class_scores(model, datamodule))
+        summary.update(one_class_scores(model, datamodule, trainer.strategy.root_device))
     if writer:
         runs.write_summary(output_dir, summary)
         log.info(closing_line(summary))
     return summary
 
 
-def one_class_scores(model, datamodule) -> dict[str, Any]:
+def one_class_scores(model, datamodule, device: torch.device) -> dict[str, Any]:
     """A one-class run's test/anomaly_auroc: the whole official test split scored by reconstruction
-    error with the weights the fit ended with (choosing an epoch by a score on the test split would
-    tune on it), so that a sweep over data.keep_classes is the whole one-class benchmark."""
+    error (fp32, on the training device: Lightning hands the model back on the CPU) with the weights
+    the fit ended with (choosing an epoch by a score on the test split would tune on it), so that a
+    sweep over data.keep_classes is the whole one-class benchmark."""
     from aelab.models.inference import encode_images
     from aelab.report.metrics import anomaly_auroc
 
     keep = datamodule.settings.keep_classes
     images, labels = datamodule.split("test")
-    model.eval()
-    _, errors = encode_images(model, images, model.device, datamodule.settings.batch_size)
+    model.to(device).eval()
+    _, errors = encode_images(model, images, device, datamodule.settings.batch_size)
     return {
-        "normal_classes": [datamodule.classes[c] for c in keep],
+        NORMAL_CLASSES: [datamodule.classes[c] for c in keep],
         ANOMALY_AUROC: anomaly_auroc(errors, labels.numpy(), keep),
     }
 
