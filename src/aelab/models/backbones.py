@@ -11,7 +11,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from aelab.errors import ConfigError, check_positive_int, hydra_value
+from aelab.errors import check_choice, check_positive_int
 from aelab.registry import register
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -39,16 +39,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _check_choice(key: str, value: object, choices: Sequence[str], *, optional: bool, example: str) -> None:
-    if (value is None and optional) or (isinstance(value, str) and value in choices):
-        return
-    allowed = ("null or " if optional else "") + "one of " + ", ".join(choices)
-    raise ConfigError(f"{key}={hydra_value(value)} is invalid: it must be {allowed}, e.g. {key}={example}")
-
-
 def _mlp(sizes: Sequence[int], norm: str | None, activation: str, part: str) -> list[nn.Module]:
-    _check_choice(f"model.{part}.norm", norm, tuple(NORMS), optional=True, example="batch")
-    _check_choice(f"model.{part}.activation", activation, tuple(ACTIVATIONS), optional=False, example="silu")
+    check_choice(f"model.{part}.norm", norm, tuple(NORMS), optional=True, example="batch")
+    check_choice(f"model.{part}.activation", activation, tuple(ACTIVATIONS), example="silu")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(fan_in, fan_out))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aelab.errors import ConfigError, hydra_value
+from aelab.errors import ConfigError, check_choice, hydra_value
 from aelab.models.backbones import IMAGE_SIZE
 from aelab.registry import qualified_name, register
 
@@ -88,11 +88,7 @@ class Denoising(Objective):
     label = "denoising"
 
     def __init__(self, corruption: str = "gaussian", level: float = 0.5) -> None:
-        if corruption not in CORRUPTIONS:
-            raise ConfigError(
-                f"model.objective.corruption={hydra_value(corruption)} is invalid: it must be one of "
-                f"{', '.join(CORRUPTIONS)}"
-            )
+        check_choice("model.objective.corruption", corruption, CORRUPTIONS)
         self.corruption = corruption
         self.level = _check_number("level", level, high=1.0)
 
