@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -94,6 +96,14 @@ def compose_config(name: str, tmp_path: Path, overrides: list[str] = ()) -> Dict
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     return cfg
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A temporary folder with a short path (pytest's are long), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="ae"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> DictConfig:

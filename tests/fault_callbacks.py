@@ -73,3 +73,12 @@ class KillWhileSaving(L.Callback):
             real_fsync(fd)
 
         os.fsync = dying_fsync
+
+
+class CountBackwards(L.Callback):
+    """Needs a hook once per backward: a CUDA graph, which replays many, would skip it."""
+
+    calls = 0
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        CountBackwards.calls += 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aelab.data import DATASETS, DeviceBatchLoader, MNISTLikeDataModule, normalize
-from aelab.data.datamodule import batches_in
+from aelab.data.datamodule import batches_in, steps_in
 from aelab.data.idx import parse_idx, read_idx, read_split, write_idx
 from aelab.errors import ConfigError, DataError
 
@@ -90,7 +90,7 @@ def test_debug_overfit_trains_on_the_same_first_batch_every_epoch(tiny_mnist, ov
     first_labels = []
     for epoch in (0, 1):
         loader.set_epoch(epoch)
-        first_labels.append(batches_in(next(iter(loader)))[0][1].tolist())
+        first_labels.append(next(batches_in(next(iter(loader))))[1].tolist())
     assert (first_labels[0] == first_labels[1]) == bool(overfit_batches)
 
 
@@ -104,7 +104,7 @@ def test_chunks_hold_the_same_batches_in_the_same_order_and_resume_counts_batche
         loader.skip_once = skip
         chunks = list(loader)
         assert skip or len(chunks) == len(loader)
-        return [y.tolist() for chunk in chunks for _, y in batches_in(chunk)], [len(batches_in(c)) for c in chunks]
+        return [y.tolist() for chunk in chunks for _, y in batches_in(chunk)], [steps_in(c) for c in chunks]
 
     one, sizes = batches(1)
     assert sizes == [1] * 7  # 50 images in batches of 8: 6 full and one of 2

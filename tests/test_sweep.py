@@ -77,7 +77,7 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnis
     assert json.loads((job / "run_summary.json").read_text())["epochs"] == 1
 
 
-def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, tiny_mnist):
+def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, tiny_mnist, short_dir):
     from test_errors import TESTS, run_printed
 
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
@@ -87,12 +87,14 @@ def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, t
         "model.latent_dim=2,3",
         "trainer.max_epochs=2",
         "data.batch_size=32",
+        "data.steps_per_call=1",  # SignalAt stops at a batch index: one batch per training_step call
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         QUIET,
         "+callbacks.stop._target_=fault_callbacks.SignalAt",
         "+callbacks.stop.epoch=1",
         "+callbacks.stop.batch=1",
-        f"+callbacks.stop.once={tmp_path / 'fired'}",
+        # a short path: the job's folder name holds every override, and the name's length is capped
+        f"+callbacks.stop.once={short_dir / 'f'}",
         env=env,
     )
     assert stopped.returncode == 143, stopped.stderr[-3000:]

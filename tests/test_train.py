@@ -1,5 +1,6 @@
 """Training end to end: the real Trainer, real TensorBoard files, real checkpoints."""
 
+import csv
 import json
 
 import pytest
@@ -201,7 +202,7 @@ def test_chunks_of_steps_per_call_train_exactly_as_one_batch_per_call(tmp_path, 
     runs = {}
     for steps in (1, 4):  # 96 images in batches of 16: 6 batches an epoch, chunks of 4 and 2
         summary = train_tiny(
-            tmp_path, tiny_mnist, "data.batch_size=16", f"data.steps_per_call={steps}", name=f"k{steps}"
+            tmp_path, tiny_mnist, "data.batch_size=16", f"data.steps_per_call={steps}", "logger=csv", name=f"k{steps}"
         )
         runs[steps] = (summary, torch.load(summary["last_checkpoint"], weights_only=True))
     (one, one_ckpt), (chunked, chunked_ckpt) = runs[1], runs[4]
@@ -213,3 +214,113 @@ def test_chunks_of_steps_per_call_train_exactly_as_one_batch_per_call(tmp_path, 
     moments = [s["exp_avg_sq"] for s in chunked_ckpt["optimizer_states"][0]["state"].values()]
     expected = [s["exp_avg_sq"] for s in one_ckpt["optimizer_states"][0]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(moments, expected, strict=True))
+    # the step the CSV, MLflow and W&B loggers get counts batches, not calls: 6 an epoch
+    steps = {k: (tmp_path / f"k{k}" / "csv" / "metrics.csv").read_text() for k in (1, 4)}
+    assert steps[4] == steps[1]
+    # (Lightning's step is the index of the epoch's last batch; each epoch writes two rows)
+    assert [row["step"] for row in csv.DictReader(steps[4].splitlines())] == ["5", "5", "11", "11"]
+
+
+class ReplayByCalling:
+    """A CUDA graph's contract on the CPU: capturing runs nothing, each replay runs what was captured."""
+
+    made: list["ReplayByCalling"] = []
+
+    def __init__(self):
+        self.replays = 0
+        ReplayByCalling.made.append(self)
+
+    def capture(self, body):
+        self.body = body
+
+    def replay(self):
+        self.body()
+        self.replays += 1
+
+
+def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_resume_either_way(
+    tmp_path, tiny_mnist, monkeypatch, caplog
+):
+    """The CUDA-graph path's bookkeeping (static positions, the warm-up put back, epoch sums,
+    Lightning's step count, tensor learning rates a scheduler fills, checkpoints written as the
+    eager loop writes them) checked bit for bit against the eager loop, with the graph stood in
+    for on the CPU. On a GPU the same code captures real graphs (docs/benchmarks.md)."""
+    from aelab.models import step_graph
+
+    monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
+    monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
+    monkeypatch.setattr(ReplayByCalling, "made", [])
+    cosine = "model.scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true,T_max:4}"
+    common = ["data.batch_size=16", "data.steps_per_call=4", cosine]  # 6 batches an epoch: chunks of 4 and 2
+    caplog.set_level("INFO", logger="aelab")
+    eager = train_tiny(tmp_path, tiny_mnist, *common, "model.cuda_graph=false", name="eager")
+    eager_line = (
+        "training steps: eager on cpu, 4 batches per training_step call (no CUDA graph: model.cuda_graph=false)"
+    )
+    assert eager_line in caplog.text
+    graph = train_tiny(tmp_path, tiny_mnist, *common, name="graph")
+    assert "training steps: CUDA graph on cpu, 4 batches per training_step call" in caplog.text
+    assert [g.replays for g in ReplayByCalling.made] == [2, 2]  # one graph per chunk shape, two epochs
+    for key in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
+        assert graph[key] == eager[key], key
+    eager_ckpt = torch.load(eager["last_checkpoint"], weights_only=True)
+    graph_ckpt = torch.load(graph["last_checkpoint"], weights_only=True)
+    assert graph_ckpt["global_step"] == eager_ckpt["global_step"] == 12
+    for name, weight in eager_ckpt["state_dict"].items():
+        assert torch.equal(graph_ckpt["state_dict"][name], weight), name
+    # float learning rates, the group's own capturable: the checkpoint is the eager loop's
+    assert graph_ckpt["optimizer_states"][0]["param_groups"] == eager_ckpt["optimizer_states"][0]["param_groups"]
+    assert graph_ckpt["lr_schedulers"] == eager_ckpt["lr_schedulers"]
+    for index, state in eager_ckpt["optimizer_states"][0]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(graph_ckpt["optimizer_states"][0]["state"][index][key], value), (index, key)
+    # each resumes through its own path to the same third epoch (the graph's with new captures)
+    resumed = {}
+    for name, run in (("eager", eager), ("graph", graph)):
+        resumed[name] = train_tiny(
+            tmp_path,
+            tiny_mnist,
+            *common,
+            f"model.cuda_graph={name == 'graph'}",
+            "trainer.max_epochs=3",
+            f"ckpt_path={run['last_checkpoint']}",
+            name=f"{name}-resumed",
+        )
+    assert [g.replays for g in ReplayByCalling.made] == [2, 2, 1, 1]
+    assert resumed["graph"][VAL_MSE] == resumed["eager"][VAL_MSE]
+    ends = [torch.load(r["last_checkpoint"], weights_only=True)["state_dict"] for r in resumed.values()]
+    assert all(torch.equal(ends[0][name], ends[1][name]) for name in ends[0])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["+callbacks.count._target_=fault_callbacks.CountBackwards"],
+            "eager on cpu, 4 batches per training_step call (no CUDA graph: CountBackwards.on_after_backward "
+            "runs once per step)",
+        ),
+        (
+            ["+trainer.max_steps=12"],
+            "eager on cpu, 1 batch per training_step call (no CUDA graph: one batch per training_step call "
+            "(trainer.max_steps counts batches))",
+        ),
+    ],
+)
+def test_the_graph_path_steps_aside_where_it_cannot_serve_and_the_log_says_why(
+    tmp_path, tiny_mnist, monkeypatch, caplog, overrides, line
+):
+    from aelab.models import step_graph
+
+    import fault_callbacks
+
+    monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
+    monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
+    monkeypatch.setattr(ReplayByCalling, "made", [])
+    monkeypatch.setattr(fault_callbacks.CountBackwards, "calls", 0)
+    caplog.set_level("INFO", logger="aelab")
+    summary = train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "data.steps_per_call=4", *overrides)
+    assert f"training steps: {line}" in caplog.text
+    assert ReplayByCalling.made == []
+    assert summary["epochs"] == 2
+    assert fault_callbacks.CountBackwards.calls == (12 if "callbacks" in overrides[0] else 0)

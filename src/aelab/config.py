@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aelab.data.datamodule import LOADERS
+from aelab.data.datamodule import LOADERS, STEPS_PER_CALL_WORDS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
 from aelab.launch import launched_externally
@@ -264,11 +264,12 @@ SCHEMA: dict[str, Rule] = {
     "data.seed": Int(min=0, max=2**32 - 1),
     "data.download": Flag(),
     "data.mirrors": TextList(null=True),
-    "data.steps_per_call": POSITIVE,
+    "data.steps_per_call": Either(rules=(POSITIVE, OneOf(values=STEPS_PER_CALL_WORDS))),
     # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
     "model": Group(what="a group of settings (e.g. model=conv)"),
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
     "model.compile": OneOf(values=COMPILE_MODES),
+    "model.cuda_graph": Flag(),
     "model.encoder": Open(),
     "model.decoder": Open(),
     "model.optimizer.lr": Number(above=0.0),

@@ -99,9 +99,17 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return {**summary, "status": "failed", "error": failure.get("error", "")}
 
 
-# Keys that do not change what a run computes: where the data is read from and how, and how long
-# it trains (a finished run may be extended with a larger trainer.max_epochs).
-_NOT_IDENTITY = {"data.data_dir", "data.download", "data.mirrors", "data.num_workers", "data.steps_per_call"}
+# Keys that do not change what a run computes: where the data is read from and how, how its steps
+# are dispatched, and how long it trains (a finished run may be extended with a larger
+# trainer.max_epochs).
+_NOT_IDENTITY = {
+    "data.data_dir",
+    "data.download",
+    "data.mirrors",
+    "data.num_workers",
+    "data.steps_per_call",
+    "model.cuda_graph",
+}
 
 
 def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,8 +22,6 @@ from aelab.data.datasets import dataset_spec, download, missing_data_message, mi
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError, DataError, check_positive_int, is_int
 from aelab.registry import register
-
-log = logging.getLogger(__name__)
 
 LOADERS = ("device", "dataloader")
 
@@ -43,13 +40,35 @@ def normalized_rows(images: torch.Tensor) -> np.ndarray:
     return normalize(images).flatten(1).numpy()
 
 
-# the key of a chunk of batches (DeviceBatchLoader with steps_per_call > 1)
-STEPS = "steps"
+# A chunk of consecutive training batches (DeviceBatchLoader with steps_per_call > 1), as a plain
+# dict so Lightning's batch transfer passes it through: the resident split, the chunk's positions in
+# the epoch's order, and each batch's bounds within them. Batches are gathered as they are optimised
+# (``batches_in``), and a CUDA graph reads the same gather from a static copy of the positions
+# (aelab.models.step_graph).
+IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
+# data.steps_per_call=auto: one call per epoch on a GPU (where the epoch is one CUDA graph), chunks
+# of 16 on the CPU, where longer ones measure no faster (docs/benchmarks.md)
+CPU_STEPS_PER_CALL = 16
+STEPS_PER_CALL_WORDS = ("auto", "epoch")
 
 
-def batches_in(batch: Any) -> list:
+def is_chunk(batch: Any) -> bool:
+    return isinstance(batch, dict)
+
+
+def batches_in(batch: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The (x, y) batches one ``training_step`` call optimises on: a chunk's, or the one given."""
-    return batch[STEPS] if isinstance(batch, dict) else [batch]
+    if not is_chunk(batch):
+        yield batch
+        return
+    images, labels, index = batch[IMAGES], batch[LABELS], batch[INDEX]
+    for first, end in itertools.pairwise(batch[BOUNDS]):
+        positions = index[first:end]
+        yield normalize(images[positions]), labels[positions]
+
+
+def steps_in(batch: Any) -> int:
+    return len(batch[BOUNDS]) - 1 if is_chunk(batch) else 1
 
 
 class DeviceBatchLoader:
@@ -59,9 +78,9 @@ class DeviceBatchLoader:
     before every epoch, also after a resume, so a resumed run sees the same batches as an
     uninterrupted one. The last partial batch is kept, like ``DataLoader(drop_last=False)``.
 
-    With ``steps_per_call`` > 1 each item is ``{STEPS: [(x, y), ...]}``: that many consecutive
-    batches, which the model's ``training_step`` optimises on one after the other, so Lightning's
-    per-step machinery runs once per chunk instead of once per batch.
+    With ``steps_per_call`` > 1 each item is a chunk (``IMAGES``, ``LABELS``, ``INDEX``, ``BOUNDS``)
+    of that many consecutive batches, which the model's ``training_step`` optimises on one after
+    the other, so Lightning's per-step machinery runs once per chunk instead of once per batch.
 
     Under DDP (``world_size`` > 1) each process takes one contiguous shard of the epoch's order
     (``shard_bounds``): every image once per epoch across the processes, none repeated (unlike
@@ -124,32 +143,29 @@ class DeviceBatchLoader:
         return math.ceil(self.batches_per_epoch / self.steps_per_call)
 
     def __iter__(self) -> Iterator[Any]:
-        if self.steps_per_call == 1:
-            yield from self._batches()
-            return
-        chunk: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for batch in self._batches():
-            chunk.append(batch)
-            if len(chunk) == self.steps_per_call:
-                yield {STEPS: chunk}
-                chunk = []
-        if chunk:
-            yield {STEPS: chunk}
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
         start, bounds = shard_bounds(n, self.batch_size, self.rank, self.world_size)
-        skipped, self.skip_once = self.skip_once, 0
-        order = None
+        bounds = bounds[self.skip_once :]
+        self.skip_once = 0
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=generator).to(self.images.device)
-        for first, end in itertools.pairwise(bounds[skipped:]):
-            if order is None:
-                yield normalize(self.images[start + first : start + end]), self.labels[start + first : start + end]
-            else:
-                index = order[start + first : start + end]
-                yield normalize(self.images[index]), self.labels[index]
+        else:
+            order = torch.arange(n, device=self.images.device)
+        shard = order[start : start + bounds[-1]]
+        if self.steps_per_call == 1:
+            for first, end in itertools.pairwise(bounds):
+                positions = shard[first:end]
+                yield normalize(self.images[positions]), self.labels[positions]
+            return
+        for i in range(0, len(bounds) - 1, self.steps_per_call):
+            chunk = bounds[i : i + self.steps_per_call + 1]
+            yield {
+                IMAGES: self.images,
+                LABELS: self.labels,
+                INDEX: shard[chunk[0] : chunk[-1]],
+                BOUNDS: tuple(b - chunk[0] for b in chunk),
+            }
 
 
 def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, list[int]]:
@@ -203,7 +219,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
-        steps_per_call: int = 1,
+        steps_per_call: int | str = "auto",
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)
@@ -211,7 +227,8 @@ class MNISTLikeDataModule(L.LightningDataModule):
             raise ConfigError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
         check_positive_int("data.batch_size", batch_size)
         check_positive_int("data.val_size", val_size, optional=True)
-        check_positive_int("data.steps_per_call", steps_per_call)
+        if steps_per_call not in STEPS_PER_CALL_WORDS:
+            check_positive_int("data.steps_per_call", steps_per_call)
         if keep_classes is not None:
             n = len(self.spec.classes)
             if not keep_classes or not all(is_int(c) and 0 <= c < n for c in keep_classes):
@@ -228,8 +245,10 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         # training batches of the current epoch already done when the checkpoint resumed from was saved
         self._resume_batches = 0
-        # batches per training_step call of the training loader in use (1 unless chunked)
+        # batches per training_step call of the training loader in use, and why 1 where that
+        # is not what data.steps_per_call asks
         self._steps_per_call = 1
+        self.steps_per_call_note = ""
 
     @property
     def settings(self) -> Any:
@@ -325,7 +344,6 @@ class MNISTLikeDataModule(L.LightningDataModule):
         hp = self.settings
         if hp.loader == "device":
             images, labels = self.split(split, self._device())
-            steps = self._chunk_steps() if split == "train" else 1
             trainer = self.trainer
             loader = DeviceBatchLoader(
                 images,
@@ -333,13 +351,13 @@ class MNISTLikeDataModule(L.LightningDataModule):
                 hp.batch_size,
                 shuffle=shuffle,
                 seed=hp.seed,
-                steps_per_call=steps,
                 rank=trainer.global_rank if trainer is not None else 0,
                 world_size=trainer.world_size if trainer is not None else 1,
             )
             if split == "train":
+                loader.steps_per_call = self._chunk_steps(loader.batches_per_epoch)
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
-                self._steps_per_call = steps
+                self._steps_per_call = loader.steps_per_call
             return loader
         images, labels = self.splits[split]
         return DataLoader(
@@ -352,11 +370,16 @@ class MNISTLikeDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
         )
 
-    def _chunk_steps(self) -> int:
-        """``steps_per_call``, where it keeps the run what it would be one batch per call: not
-        when the Trainer counts batches itself (debug=fdr|overfit|limit, max_steps)."""
+    def _chunk_steps(self, batches_per_epoch: int) -> int:
+        """``steps_per_call`` as a number, where it keeps the run what it would be one batch per
+        call: not when the Trainer counts batches itself (debug=fdr|overfit|limit, max_steps)."""
         wanted = self.settings.steps_per_call
+        if wanted == "auto":
+            wanted = "epoch" if self._device().type == "cuda" else CPU_STEPS_PER_CALL
+        if wanted == "epoch":
+            wanted = batches_per_epoch
         trainer = self.trainer
+        self.steps_per_call_note = ""
         if wanted == 1 or trainer is None:
             return 1
         counting = {
@@ -369,10 +392,9 @@ class MNISTLikeDataModule(L.LightningDataModule):
         }
         reasons = [key for key, set_ in counting.items() if set_]
         if reasons:
-            log.info("data.steps_per_call=%d not used: %s counts batches; one batch per step", wanted, reasons[0])
+            self.steps_per_call_note = f"{reasons[0]} counts batches"
             return 1
-        log.info("training loop: %d batches per training_step call (data.steps_per_call)", wanted)
-        return wanted
+        return min(wanted, batches_per_epoch)
 
     # A checkpoint saved mid-epoch (Ctrl-C, SIGTERM) records how many of the epoch's batches were
     # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly. Counted in

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import operator
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from aelab.data.datamodule import batches_in
+from aelab.data.datamodule import batches_in, is_chunk, steps_in
 from aelab.errors import AelabError, ConfigError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
 from aelab.models.objectives import Objective, objective_spec
@@ -39,6 +40,8 @@ from aelab.names import (
 )
 from aelab.quiet import quiet_known_warnings
 from aelab.registry import build, qualified_name, register
+
+log = logging.getLogger(__name__)
 
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
 
@@ -61,6 +64,7 @@ class AutoEncoder(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         compile: bool | str = False,
         objective: Mapping[str, Any] | None = None,
+        cuda_graph: bool = True,
     ) -> None:
         super().__init__()
         if compile not in COMPILE_MODES:
@@ -84,6 +88,10 @@ class AutoEncoder(L.LightningModule):
         # the command-line overrides the run was started with (aelab.runs.resume_overrides)
         self.run_overrides: list[str] | None = None
         self._validating = False
+        # the training chunks' CUDA graphs (aelab.models.step_graph), when this fit replays them
+        self._step_graphs: Any = None
+        # each optimiser group's own ``capturable`` while the graph path has made them capturable
+        self._eager_capturable: list[bool] | None = None
         # The step is four lines, and Lightning's automatic-optimisation closure costs ~0.3 ms per
         # step on CPU, a third of an MLP step: measured with scripts/benchmark.py.
         self.automatic_optimization = False
@@ -219,13 +227,47 @@ class AutoEncoder(L.LightningModule):
     def on_train_start(self) -> None:
         # sums restored from a mid-epoch checkpoint were made before the model reached its device
         self._sums = {name: total.to(self.device) for name, total in self._sums.items()}
+        from aelab.models import step_graph  # imports Lightning's hook helpers: only when training
+
+        self._step_graphs = self._eager_capturable = None
+        refusal = step_graph.refusal(self)
+        if refusal is None:
+            optimizer = self.optimizers()
+            assert not isinstance(optimizer, list)
+            self._step_graphs = step_graph.StepGraphs(self, optimizer)
+            self._eager_capturable = self._step_graphs.was_capturable
+        log.info(self._training_path(refusal, step_graph.GRAPH_DEVICES))
+
+    def _training_path(self, refusal: str | None, graph_devices: list[str]) -> str:
+        """The one line that says how this fit's training steps run."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        steps = getattr(datamodule, "_steps_per_call", 1)
+        how = "CUDA graph" if refusal is None else "eager"
+        device = self.trainer.strategy.root_device
+        line = f"training steps: {how} on {device}, {steps} batch{'es' if steps > 1 else ''} per training_step call"
+        if refusal is not None and device.type in graph_devices:
+            line += f" (no CUDA graph: {refusal})"
+        elif steps == 1 and (note := getattr(datamodule, "steps_per_call_note", "")):
+            line += f" ({note})"
+        return line
 
     def on_train_epoch_start(self) -> None:
         self._reset_sums()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> None:
         """One optimiser step per (x, y) batch: one, or a chunk of them (``data.steps_per_call``),
         each exactly as if Lightning had called this once per batch."""
+        if self._step_graphs is not None and is_chunk(batch):
+            from aelab.models.step_graph import CaptureError
+
+            try:
+                self._step_graphs.run(batch)
+            except CaptureError as error:
+                log.warning("training steps: eager from here on; capturing a CUDA graph failed: %s", error)
+                self._step_graphs = None
+            else:
+                self._count_batches(batch)
+                return
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # configure_optimizers returns one
         for x, _ in batches_in(batch):
@@ -235,7 +277,12 @@ class AutoEncoder(L.LightningModule):
             self.manual_backward(loss)
             optimizer.step()
             self._accumulate(terms, x.shape[0], torch.float32)
-        return loss
+        self._count_batches(batch)
+
+    def _count_batches(self, batch: Any) -> None:
+        # Lightning counts training_step calls as the step it gives loggers; a chunk's batches all
+        # count, so a CSV/MLflow/W&B step is a batch whatever data.steps_per_call is
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps_in(batch) - 1
 
     def on_train_epoch_end(self) -> None:
         # Lightning validates before this hook; that validation checked these sums are finite.
@@ -306,6 +353,15 @@ class AutoEncoder(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
+        if self._eager_capturable is not None:
+            # as the eager path would have saved them, so any run resumes from either path
+            from aelab.models.step_graph import plain_optimizer_state, plain_scheduler_state
+
+            if "optimizer_states" in checkpoint:
+                (state,) = checkpoint["optimizer_states"]
+                checkpoint["optimizer_states"] = [plain_optimizer_state(state, self._eager_capturable)]
+            if "lr_schedulers" in checkpoint:
+                checkpoint["lr_schedulers"] = [plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
         # A mid-epoch save (an interrupt) keeps the epoch's sums so far: a restore into the middle
         # of an epoch skips on_train_epoch_start, and the epoch's train/mse stays exact.
         sums, count = self._train_state if self._validating else (self._sums, self._count)
