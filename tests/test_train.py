@@ -258,6 +258,12 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
         "training steps: eager on cpu, 4 batches per training_step call (no CUDA graph: model.cuda_graph=false)"
     )
     assert eager_line in caplog.text
+    # a callback with a per-step hook: Lightning's manual_backward and LightningOptimizer.step
+    # run, which the other paths skip; the arithmetic is the same
+    wrapped = train_tiny(
+        tmp_path, tiny_mnist, *common, "+callbacks.count._target_=fault_callbacks.CountBackwards", name="wrapped"
+    )
+    assert "training steps: eager on cpu, 4 batches per training_step call (through Lightning's" in caplog.text
     graph = train_tiny(tmp_path, tiny_mnist, *common, name="graph")
     assert "training steps: CUDA graph on cpu, 4 batches per training_step call" in caplog.text
     assert [g.replays for g in ReplayByCalling.made] == [2, 2]  # one graph per chunk shape, two epochs
@@ -265,9 +271,11 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
         assert graph[key] == eager[key], key
     eager_ckpt = torch.load(eager["last_checkpoint"], weights_only=True)
     graph_ckpt = torch.load(graph["last_checkpoint"], weights_only=True)
-    assert graph_ckpt["global_step"] == eager_ckpt["global_step"] == 12
+    wrapped_ckpt = torch.load(wrapped["last_checkpoint"], weights_only=True)
+    assert graph_ckpt["global_step"] == eager_ckpt["global_step"] == wrapped_ckpt["global_step"] == 12
     for name, weight in eager_ckpt["state_dict"].items():
         assert torch.equal(graph_ckpt["state_dict"][name], weight), name
+        assert torch.equal(wrapped_ckpt["state_dict"][name], weight), name
     # float learning rates, the group's own capturable: the checkpoint is the eager loop's
     assert graph_ckpt["optimizer_states"][0]["param_groups"] == eager_ckpt["optimizer_states"][0]["param_groups"]
     assert graph_ckpt["lr_schedulers"] == eager_ckpt["lr_schedulers"]
@@ -292,13 +300,53 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
     assert all(torch.equal(ends[0][name], ends[1][name]) for name in ends[0])
 
 
+def test_the_graph_path_recaptures_when_a_scheduler_changes_what_a_graph_holds_fixed(tmp_path, tiny_mnist, monkeypatch):
+    """OneCycleLR cycles Adam's betas with the lr: a graph would replay the betas it was captured
+    with, so each epoch's new betas get new graphs, and the weights stay the eager loop's."""
+    from aelab.models import step_graph
+
+    monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
+    monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
+    monkeypatch.setattr(ReplayByCalling, "made", [])
+    one_cycle = (
+        "model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,max_lr:0.01,total_steps:4}"
+    )
+    common = ["data.batch_size=16", "data.steps_per_call=4", one_cycle]
+    eager = train_tiny(tmp_path, tiny_mnist, *common, "model.cuda_graph=false", name="eager")
+    graph = train_tiny(tmp_path, tiny_mnist, *common, name="graph")
+    assert [g.replays for g in ReplayByCalling.made] == [1, 1, 1, 1]
+    ends = [torch.load(run["last_checkpoint"], weights_only=True)["state_dict"] for run in (eager, graph)]
+    assert all(torch.equal(ends[0][name], ends[1][name]) for name in ends[0])
+
+
+def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist, monkeypatch):
+    from aelab.errors import AelabError
+    from aelab.models import step_graph
+
+    class Uncapturable(ReplayByCalling):
+        def capture(self, body):
+            try:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            finally:
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
+    monkeypatch.setattr(step_graph, "new_graph", Uncapturable)
+    with pytest.raises(AelabError) as error:
+        train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "data.steps_per_call=4")
+    assert str(error.value) == (
+        "capturing the training steps as a CUDA graph failed (operation not permitted when stream is capturing); "
+        "train eagerly with model.cuda_graph=false"
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "line"),
     [
         (
             ["+callbacks.count._target_=fault_callbacks.CountBackwards"],
-            "eager on cpu, 4 batches per training_step call (no CUDA graph: CountBackwards.on_after_backward "
-            "runs once per step)",
+            "eager on cpu, 4 batches per training_step call (through Lightning's backward and step: "
+            "CountBackwards.on_after_backward runs once per step)",
         ),
         (
             ["+trainer.max_steps=12"],

@@ -386,6 +386,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
             "trainer.fast_dev_run": bool(getattr(trainer, "fast_dev_run", False)),
             "trainer.overfit_batches": bool(getattr(trainer, "overfit_batches", 0)),
             "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
+            "trainer.val_check_interval": trainer.val_check_interval not in (1.0, None),
             "trainer.max_steps": trainer.max_steps not in (-1, None),
             # DDP prepares its gradient reduction once per training_step call, for one backward
             "trainer.strategy (DDP)": trainer.world_size > 1,

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from aelab.data.datamodule import batches_in, is_chunk, steps_in
 from aelab.errors import AelabError, ConfigError
+from aelab.models import step_graph
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
 from aelab.models.objectives import Objective, objective_spec
 from aelab.names import (
@@ -89,7 +90,9 @@ class AutoEncoder(L.LightningModule):
         self.run_overrides: list[str] | None = None
         self._validating = False
         # the training chunks' CUDA graphs (aelab.models.step_graph), when this fit replays them
-        self._step_graphs: Any = None
+        self._step_graphs: step_graph.StepGraphs | None = None
+        # whether this fit's eager steps can skip Lightning's backward and optimiser-step wrappers
+        self._plain_steps = False
         # each optimiser group's own ``capturable`` while the graph path has made them capturable
         self._eager_capturable: list[bool] | None = None
         # The step is four lines, and Lightning's automatic-optimisation closure costs ~0.3 ms per
@@ -227,29 +230,33 @@ class AutoEncoder(L.LightningModule):
     def on_train_start(self) -> None:
         # sums restored from a mid-epoch checkpoint were made before the model reached its device
         self._sums = {name: total.to(self.device) for name, total in self._sums.items()}
-        from aelab.models import step_graph  # imports Lightning's hook helpers: only when training
-
         self._step_graphs = self._eager_capturable = None
+        wrapped = step_graph.wrapper_refusal(self)
+        self._plain_steps = wrapped is None
         refusal = step_graph.refusal(self)
         if refusal is None:
             optimizer = self.optimizers()
             assert not isinstance(optimizer, list)
             self._step_graphs = step_graph.StepGraphs(self, optimizer)
             self._eager_capturable = self._step_graphs.was_capturable
-        log.info(self._training_path(refusal, step_graph.GRAPH_DEVICES))
+        log.info(self._training_path(refusal, wrapped, step_graph.GRAPH_DEVICES))
 
-    def _training_path(self, refusal: str | None, graph_devices: list[str]) -> str:
-        """The one line that says how this fit's training steps run."""
+    def _training_path(self, refusal: str | None, wrapped: str | None, graph_devices: list[str]) -> str:
+        """The one line that says how this fit's training steps run, and what keeps them from
+        running faster."""
         datamodule = getattr(self.trainer, "datamodule", None)
         steps = getattr(datamodule, "_steps_per_call", 1)
         how = "CUDA graph" if refusal is None else "eager"
         device = self.trainer.strategy.root_device
         line = f"training steps: {how} on {device}, {steps} batch{'es' if steps > 1 else ''} per training_step call"
-        if refusal is not None and device.type in graph_devices:
-            line += f" (no CUDA graph: {refusal})"
+        why = []
+        if wrapped is not None:
+            why.append(f"through Lightning's backward and step: {wrapped}")
+        if refusal is not None and refusal != wrapped and device.type in graph_devices:
+            why.append(f"no CUDA graph: {refusal}")
         elif steps == 1 and (note := getattr(datamodule, "steps_per_call_note", "")):
-            line += f" ({note})"
-        return line
+            why.append(note)
+        return line + (f" ({'; '.join(why)})" if why else "")
 
     def on_train_epoch_start(self) -> None:
         self._reset_sums()
@@ -257,25 +264,21 @@ class AutoEncoder(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One optimiser step per (x, y) batch: one, or a chunk of them (``data.steps_per_call``),
         each exactly as if Lightning had called this once per batch."""
-        if self._step_graphs is not None and is_chunk(batch):
-            from aelab.models.step_graph import CaptureError
-
-            try:
-                self._step_graphs.run(batch)
-            except CaptureError as error:
-                log.warning("training steps: eager from here on; capturing a CUDA graph failed: %s", error)
-                self._step_graphs = None
-            else:
-                self._count_batches(batch)
-                return
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # configure_optimizers returns one
+        if self._step_graphs is not None and is_chunk(batch):
+            self._step_graphs.run(batch)
+            self._count_batches(batch)
+            return
         for x, _ in batches_in(batch):
-            optimizer.zero_grad(set_to_none=True)
-            terms = self.loss_terms(x)
-            loss = functools.reduce(operator.add, terms.values())
-            self.manual_backward(loss)
-            optimizer.step()
+            if self._plain_steps:
+                terms = step_graph.plain_step(self, optimizer, x)
+                step_graph.count_steps(optimizer, 1)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                terms = self.loss_terms(x)
+                self.manual_backward(functools.reduce(operator.add, terms.values()))
+                optimizer.step()
             self._accumulate(terms, x.shape[0], torch.float32)
         self._count_batches(batch)
 
@@ -293,6 +296,8 @@ class AutoEncoder(L.LightningModule):
             scheduler.step()
 
     def on_train_end(self) -> None:
+        # the graphs' memory pools are not needed by what follows (test, analysis, the next job)
+        self._step_graphs = None
         self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
 
     def on_validation_epoch_start(self) -> None:

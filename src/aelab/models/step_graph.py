@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from aelab.data.datamodule import BOUNDS, IMAGES, INDEX, normalize
+from aelab.errors import AelabError
 
 if TYPE_CHECKING:
     from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -40,15 +42,25 @@ if TYPE_CHECKING:
 # Any so the package keeps no import cycle
 AutoEncoder = Any
 
-PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+PER_STEP_HOOKS = (
+    "on_before_backward",
+    "backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "optimizer_step",
+    "on_before_zero_grad",
+)
+# the precisions whose plugin adds nothing to a backward or an optimiser step (no loss scaling)
+PLAIN_BACKWARD_PRECISIONS = ("32-true", "bf16-mixed")
 GRAPH_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 # where a graph is captured; the tests add "cpu" with a stand-in graph (new_graph) to check the
 # path's bookkeeping against the eager loop bit for bit
 GRAPH_DEVICES = ["cuda"]
 
 
-class CaptureError(RuntimeError):
-    """A chunk could not be captured; the run goes on eagerly."""
+class CaptureError(AelabError):
+    """A chunk could not be captured. Not retried eagerly: a failed capture can leave the CUDA
+    stream and random state mid-capture, so the run stops with the fix instead."""
 
 
 class Graph(Protocol):
@@ -74,6 +86,23 @@ class CudaGraph:
 new_graph: Callable[[], Graph] = CudaGraph
 
 
+def wrapper_refusal(module: AutoEncoder) -> str | None:
+    """Why this run's steps need Lightning's ``manual_backward`` and ``LightningOptimizer.step``
+    (hooks, loss scaling, DDP), or ``None`` when a plain ``backward`` and optimiser step do the
+    same arithmetic. Those wrappers cost about 0.4 ms a step on this project's CPU, a seventh of an
+    MLP epoch (cProfile, 2026-12-02)."""
+    trainer = module.trainer
+    if not isinstance(trainer.strategy, SingleDeviceStrategy):
+        return f"{type(trainer.strategy).__name__} prepares each backward"
+    if str(trainer.precision) not in PLAIN_BACKWARD_PRECISIONS:
+        return f"trainer.precision={trainer.precision} scales the loss"
+    for owner, parent in [(module, LightningModule), *((c, Callback) for c in trainer.callbacks)]:
+        for hook in PER_STEP_HOOKS:
+            if is_overridden(hook, owner, parent):
+                return f"{type(owner).__name__}.{hook} runs once per step"
+    return None
+
+
 def refusal(module: AutoEncoder) -> str | None:
     """Why this run trains eagerly, or ``None`` when its chunks can be replayed as graphs."""
     trainer = module.trainer
@@ -86,8 +115,9 @@ def refusal(module: AutoEncoder) -> str | None:
     if datamodule is None or getattr(datamodule, "_steps_per_call", 1) == 1:
         note = getattr(datamodule, "steps_per_call_note", "")
         return f"one batch per training_step call ({note or 'data.steps_per_call=1 or data.loader=dataloader'})"
-    if trainer.world_size > 1:
-        return "DDP (trainer.devices > 1)"
+    wrapped = wrapper_refusal(module)
+    if wrapped is not None:
+        return wrapped
     if str(trainer.precision) != "32-true":
         return f"trainer.precision={trainer.precision}: captured only in 32-true"
     if module.settings.compile:
@@ -95,20 +125,38 @@ def refusal(module: AutoEncoder) -> str | None:
     optimizer = trainer.optimizers[0]
     if type(optimizer) not in GRAPH_OPTIMIZERS:
         return f"model.optimizer is {type(optimizer).__name__}; the graph path steps Adam and AdamW"
-    for owner, parent in [(module, LightningModule), *((c, Callback) for c in trainer.callbacks)]:
-        for hook in PER_STEP_HOOKS:
-            if is_overridden(hook, owner, parent):
-                return f"{type(owner).__name__}.{hook} runs once per step"
     return None
+
+
+def plain_step(module: AutoEncoder, optimizer: LightningOptimizer, x: Tensor) -> dict[str, Tensor]:
+    """The training step without Lightning's wrappers: what ``manual_backward`` and
+    ``LightningOptimizer.step`` do when ``wrapper_refusal`` finds nothing for them to add, the step
+    counted with Lightning all the same (``global_step``)."""
+    torch_optimizer = optimizer.optimizer
+    torch_optimizer.zero_grad(set_to_none=True)
+    terms = module.loss_terms(x)
+    functools.reduce(operator.add, terms.values()).backward()
+    torch_optimizer.step()
+    return terms
+
+
+def count_steps(optimizer: LightningOptimizer, steps: int) -> None:
+    """What ``LightningOptimizer.step`` does around the optimiser's own step: ``global_step``."""
+    for _ in range(steps):
+        optimizer._on_before_step()
+        optimizer._on_after_step()
 
 
 def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """A state and learning rates the graph can read on the device: ``capturable``, each group's
     ``lr`` a device tensor (schedulers fill it in place), each ``step`` on the device.
 
-    The lr tensor is float32 on CUDA, whose fused kernel reads a float; elsewhere float64, which
-    the CPU kernel reads back as the same double a plain float lr is."""
+    The lr tensor is float32 on CUDA, whose fused kernel reads a float (so a schedule, and the lr a
+    checkpoint stores, agree with the eager loop's to float32 precision there); elsewhere float64,
+    which the CPU kernel reads back as the same double a plain float lr is."""
     dtype = torch.float32 if device.type == "cuda" else torch.float64
+    # the warm-up steps it uncaptured on purpose; torch would warn once that capturable is slower
+    optimizer._warned_capturable_if_run_uncaptured = True
     for group in optimizer.param_groups:
         group["capturable"] = True
         if not isinstance(group["lr"], Tensor):
@@ -169,17 +217,43 @@ class StepGraphs:
         self.was_capturable = [bool(group.get("capturable", False)) for group in optimizer.optimizer.param_groups]
         prepare_optimizer(optimizer.optimizer, self.device)
         self._graphs: dict[tuple[Any, ...], _Captured] = {}
+        self._captured_settings = self._optimizer_settings()
+
+    def _optimizer_settings(self) -> list[tuple[Any, ...]]:
+        """What a graph holds fixed of the optimiser: each group's settings but the lr's value
+        (the lr tensor itself is held), its parameters and which of them train."""
+        return [
+            (
+                tuple((k, id(v) if isinstance(v, Tensor) else v) for k, v in group.items() if k != "params"),
+                tuple(id(p) for p in group["params"]),
+                tuple(p.requires_grad for p in group["params"]),
+            )
+            for group in self.optimizer.optimizer.param_groups
+        ]
 
     def run(self, chunk: dict[str, Any]) -> None:
         """Optimise on the chunk's batches, adding their terms to the module's epoch sums and
         counting each optimiser step with Lightning, as the eager loop does."""
+        settings = self._optimizer_settings()
+        if settings != self._captured_settings:
+            # a graph keeps every setting it was captured with but the lr tensor's value: a
+            # scheduler that sets betas (OneCycleLR's cycle_momentum), a callback that swaps the
+            # lr for a float or freezes a layer, gets new graphs
+            prepare_optimizer(self.optimizer.optimizer, self.device)
+            self._graphs.clear()
+            self._captured_settings = self._optimizer_settings()
         key = (chunk[IMAGES].data_ptr(), len(chunk[INDEX]), chunk[BOUNDS], id(self.optimizer.optimizer))
         captured = self._graphs.get(key)
         if captured is None:
             try:
                 captured = self._graphs[key] = self._capture(chunk)
-            except RuntimeError as error:  # capture leaves the weights as they were: nothing ran
-                raise CaptureError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
+            except RuntimeError as error:
+                cause = error.__context__ or error  # capture_end's own complaint hides the first one
+                reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                raise CaptureError(
+                    f"capturing the training steps as a CUDA graph failed ({reason}); train eagerly with "
+                    f"model.cuda_graph=false"
+                ) from error
         captured.index.copy_(chunk[INDEX])
         module = self.module
         for name, total in captured.sums_in.items():
@@ -190,19 +264,10 @@ class StepGraphs:
         captured.graph.replay()
         module._sums = {name: total.clone() for name, total in captured.sums_out.items()}
         module._count += len(chunk[INDEX])
-        for _ in range(captured.steps):
-            # global_step: what LightningOptimizer.step does around the optimiser's own step
-            self.optimizer._on_before_step()
-            self.optimizer._on_after_step()
+        count_steps(self.optimizer, captured.steps)
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
-        """The eager loop's step (AutoEncoder.training_step), without Lightning's wrappers."""
-        optimizer = self.optimizer.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        terms = self.module.loss_terms(x)
-        functools.reduce(operator.add, terms.values()).backward()
-        optimizer.step()
-        return terms
+        return plain_step(self.module, self.optimizer, x)
 
     def _capture(self, chunk: dict[str, Any]) -> _Captured:
         images, bounds = chunk[IMAGES], chunk[BOUNDS]
@@ -244,9 +309,9 @@ class StepGraphs:
                 with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     for size in sorted({end - first for first, end in itertools.pairwise(bounds)}):
                         names = list(self._step(normalize(images[index[:size]])))
-            if stream is not None:
-                torch.cuda.current_stream().wait_stream(stream)
         finally:
+            if stream is not None:  # before the restore: the side stream's steps must be done
+                torch.cuda.current_stream().wait_stream(stream)
             with torch.no_grad():
                 for tensor, value in zip(tensors, saved, strict=True):
                     tensor.copy_(value)
