@@ -82,3 +82,17 @@ class CountBackwards(L.Callback):
 
     def on_after_backward(self, trainer, pl_module) -> None:
         CountBackwards.calls += 1
+
+
+class CtrlCInStep(L.Callback):
+    """Presses Ctrl-C (SIGINT to its own process) after the backward of optimiser step ``step``,
+    in the middle of a training_step call; with ``once`` as SignalAt."""
+
+    def __init__(self, step: int, once: str) -> None:
+        self.step = step
+        self.once = once
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step and not os.path.exists(self.once):
+            open(self.once, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)

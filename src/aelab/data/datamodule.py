@@ -248,6 +248,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         # batches per training_step call of the training loader in use, and why 1 where that
         # is not what data.steps_per_call asks
         self._steps_per_call = 1
+        self._batches_per_epoch = 0
         self.steps_per_call_note = ""
 
     @property
@@ -358,6 +359,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
                 loader.steps_per_call = self._chunk_steps(loader.batches_per_epoch)
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
                 self._steps_per_call = loader.steps_per_call
+                self._batches_per_epoch = loader.batches_per_epoch
             return loader
         images, labels = self.splits[split]
         return DataLoader(
@@ -399,14 +401,22 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     # A checkpoint saved mid-epoch (Ctrl-C, SIGTERM) records how many of the epoch's batches were
     # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly. Counted in
-    # batches, not chunks, so the run may resume with another data.steps_per_call.
+    # batches, not chunks, so the run may resume with another data.steps_per_call. The model's own
+    # count (AutoEncoder.epoch_batches_done) includes a chunk Lightning had not marked completed
+    # when a Ctrl-C stopped the run right after it.
     def state_dict(self) -> dict[str, int]:
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        done = getattr(trainer.lightning_module, "epoch_batches_done", None)
+        if done is None:
+            done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) * self._steps_per_call
+        # the epoch's batches (the Trainer's count, in calls, may be limited; the last chunk is shorter)
+        per_epoch = trainer.num_training_batches * self._steps_per_call
+        if self._batches_per_epoch:
+            per_epoch = min(per_epoch, self._batches_per_epoch)
         # a save at the end of an epoch resumes at the start of the next one, with nothing to skip
-        return {"epoch_batches_done": done * self._steps_per_call if done < trainer.num_training_batches else 0}
+        return {"epoch_batches_done": done if done < per_epoch else 0}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_batches = int(state_dict.get("epoch_batches_done", 0))

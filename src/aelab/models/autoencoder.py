@@ -16,6 +16,8 @@ import functools
 import logging
 import math
 import operator
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -82,6 +84,8 @@ class AutoEncoder(L.LightningModule):
         self.best_val_mse = math.inf
         self._sums: dict[str, Tensor] = {}
         self._count = 0
+        # the current epoch's training batches optimised so far (a resume skips them)
+        self.epoch_batches_done = 0
         self._train_state: tuple[dict[str, Tensor], int] = ({}, 0)
         self._metric_names: list[str] | None = None
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
@@ -260,10 +264,15 @@ class AutoEncoder(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._reset_sums()
+        self.epoch_batches_done = 0
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One optimiser step per (x, y) batch: one, or a chunk of them (``data.steps_per_call``),
         each exactly as if Lightning had called this once per batch."""
+        with self._ctrl_c_after_the_call():
+            self._train_on(batch)
+
+    def _train_on(self, batch: Any) -> None:
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # configure_optimizers returns one
         if self._step_graphs is not None and is_chunk(batch):
@@ -282,10 +291,33 @@ class AutoEncoder(L.LightningModule):
             self._accumulate(terms, x.shape[0], torch.float32)
         self._count_batches(batch)
 
+    @contextlib.contextmanager
+    def _ctrl_c_after_the_call(self) -> Iterator[None]:
+        """A Ctrl-C during a training_step call takes effect once the call is done, so the weights,
+        the epoch's sums and its count of batches agree in the interrupt checkpoint, and its resume
+        ends where an uninterrupted run does (a chunk is a whole epoch on a GPU)."""
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield
+            return
+        pressed: list[int] = []
+        signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if pressed:
+            # the count Lightning's loop adds after a finished call, which the interrupt skips
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped += 1
+            raise KeyboardInterrupt
+
     def _count_batches(self, batch: Any) -> None:
         # Lightning counts training_step calls as the step it gives loggers; a chunk's batches all
         # count, so a CSV/MLflow/W&B step is a batch whatever data.steps_per_call is
         self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps_in(batch) - 1
+        self.epoch_batches_done += steps_in(batch)
 
     def on_train_epoch_end(self) -> None:
         # Lightning validates before this hook; that validation checked these sums are finite.
@@ -370,7 +402,11 @@ class AutoEncoder(L.LightningModule):
         # A mid-epoch save (an interrupt) keeps the epoch's sums so far: a restore into the middle
         # of an epoch skips on_train_epoch_start, and the epoch's train/mse stays exact.
         sums, count = self._train_state if self._validating else (self._sums, self._count)
-        checkpoint[EPOCH_SUMS_KEY] = {"sums": {k: float(v) for k, v in sums.items()}, "count": count}
+        checkpoint[EPOCH_SUMS_KEY] = {
+            "sums": {k: float(v) for k, v in sums.items()},
+            "count": count,
+            "batches": self.epoch_batches_done,
+        }
         # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
         if self.run_identity is not None:
@@ -386,3 +422,4 @@ class AutoEncoder(L.LightningModule):
         state = checkpoint.get(EPOCH_SUMS_KEY) or {"sums": {}, "count": 0}
         self._sums = {k: torch.tensor(v, device=self.device) for k, v in state["sums"].items()}
         self._count = int(state["count"])
+        self.epoch_batches_done = int(state.get("batches", 0))
