@@ -142,12 +142,20 @@ def evaluate(model: nn.Module, batches) -> float:
     return sse / count
 
 
+def resident_images(data: str, data_dir: Path, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and test images (uint8) on ``device``: what (b) and (g) slice batches from."""
+    dm = datamodule_for(data, data_dir)
+    return dm.split("train", device)[0], dm.split("test", device)[0]
+
+
+def evaluate_resident(model: nn.Module, test_images: torch.Tensor) -> float:
+    return evaluate(model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH)))
+
+
 def resident_loop(
     model_name: str, data: str, data_dir: Path, device: str, epochs: int, precision: str
 ) -> tuple[list[float], float]:
-    dm = datamodule_for(data, data_dir)
-    train_images = dm.split("train", device)[0]
-    test_images = dm.split("test", device)[0]
+    train_images, test_images = resident_images(data, data_dir, device)
     model = build(model_name).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)
     generator = torch.Generator().manual_seed(SEED)
@@ -165,9 +173,7 @@ def resident_loop(
                 loss = F.mse_loss(model(x), x)
             loss.backward()
             optimizer.step()
-        val = evaluate(
-            model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH))
-        )
+        val = evaluate_resident(model, test_images)
         sync(device)
         times.append(time.perf_counter() - start)
     return times, val
@@ -175,9 +181,7 @@ def resident_loop(
 
 def graph_loop(model_name: str, data: str, data_dir: Path, device: str, epochs: int) -> tuple[list[float], float]:
     """(g): the resident loop with each training epoch one CUDA graph, always fp32."""
-    dm = datamodule_for(data, data_dir)
-    train_images = dm.split("train", device)[0]
-    test_images = dm.split("test", device)[0]
+    train_images, test_images = resident_images(data, data_dir, device)
     model = build(model_name).to(device)
     lr = torch.tensor(1e-3, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5, fused=True, capturable=True)
@@ -213,9 +217,7 @@ def graph_loop(model_name: str, data: str, data_dir: Path, device: str, epochs: 
                     step(first, end)
                 optimizer.zero_grad(set_to_none=True)
         graph.replay()
-        val = evaluate(
-            model, ((normalize(test_images[i : i + BATCH]), None) for i in range(0, len(test_images), BATCH))
-        )
+        val = evaluate_resident(model, test_images)
         sync(device)
         times.append(time.perf_counter() - start)
     return times, val

@@ -1010,40 +1010,47 @@ def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, tra
     assert load_run(path, data_overrides={"download": True}).datamodule.hparams.download is True
 
 
+def interrupt_then_resume(tmp_path, tiny_mnist, returncode: int, *stop_overrides: str) -> dict:
+    """Train straight through; train again, stopped by the callback ``stop_overrides`` add (the
+    process exits with ``returncode``); run the printed resume command; check both runs end at the
+    same numbers. Returns the interrupt checkpoint, loaded."""
+    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
+    common = ["trainer.max_epochs=4", "data.batch_size=16", "seed=3", QUIET]  # 6 batches per epoch
+    straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    stopped = run_cli("train.py", *common, *stop_overrides, f"paths.log_dir={tmp_path / 'stopped'}", env=env)
+    assert stopped.returncode == returncode, stopped.stderr[-2000:]
+    (printed,) = re.findall(r"Resume with: (.+)", stopped.stderr)
+    interrupted = next((tmp_path / "stopped").glob("train/runs/*/checkpoints/interrupted.ckpt"))
+    assert printed.endswith(f"\"ckpt_path='{interrupted}'\"")
+    checkpoint = torch.load(interrupted, weights_only=True)
+
+    resumed = run_printed(printed, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "stopped")
+    assert b["epochs"] == 4
+    for key in ("val/mse", "val/mse_best", "train/mse"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
+    return checkpoint
+
+
 # steps_per_call=4: the run stopped after the first chunk of 4 of an epoch's 6 batches, so the
 # straight run (one batch per call) also shows that chunking trains exactly as it does
 @pytest.mark.parametrize(("steps_per_call", "stop_at"), [(1, 3), (4, 1)])
 def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_run_does(
     tmp_path, tiny_mnist, steps_per_call, stop_at
 ):
-    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
-    common = ["trainer.max_epochs=4", "data.batch_size=16", "seed=3", QUIET]  # 6 batches per epoch
-    straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
-    stopped = run_cli(
-        "train.py",
-        *common,
+    checkpoint = interrupt_then_resume(
+        tmp_path,
+        tiny_mnist,
+        143,
         f"data.steps_per_call={steps_per_call}",
-        f"paths.log_dir={tmp_path / 'stopped'}",
         "+callbacks.stop._target_=fault_callbacks.SignalAt",
         "+callbacks.stop.epoch=2",
         f"+callbacks.stop.batch={stop_at}",
-        env=env,
     )
-    assert stopped.returncode == 143, stopped.stderr[-2000:]
-    (printed,) = re.findall(r"Resume with: (.+)", stopped.stderr)
-    interrupted = next((tmp_path / "stopped").glob("train/runs/*/checkpoints/interrupted.ckpt"))
-    assert printed.endswith(f"\"ckpt_path='{interrupted}'\"")
-    assert torch.load(interrupted, weights_only=True)["aelab_epoch_sums"]["count"] > 0
-
-    resumed = run_printed(printed, env)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-
-    a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "stopped")
-    assert b["epochs"] == 4
-    for key in ("val/mse", "val/mse_best", "train/mse"):
-        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
+    assert checkpoint["aelab_epoch_sums"]["count"] > 0
 
 
 def test_ctrl_c_in_the_middle_of_a_chunk_then_the_printed_command_ends_where_an_uninterrupted_run_does(
@@ -1051,36 +1058,19 @@ def test_ctrl_c_in_the_middle_of_a_chunk_then_the_printed_command_ends_where_an_
 ):
     """Ctrl-C after the backward of step 14: epoch 2's third batch, inside its first chunk of 4. It
     takes effect once the chunk is done, so the checkpoint's weights, sums and batch count agree."""
-    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
-    common = ["trainer.max_epochs=4", "data.batch_size=16", "seed=3", QUIET]  # 6 batches per epoch
-    straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
-    stopped = run_cli(
-        "train.py",
-        *common,
+    checkpoint = interrupt_then_resume(
+        tmp_path,
+        tiny_mnist,
+        1,
         "data.steps_per_call=4",
-        f"paths.log_dir={tmp_path / 'stopped'}",
         "+callbacks.stop._target_=fault_callbacks.CtrlCInStep",
         "+callbacks.stop.step=14",
         f"+callbacks.stop.once={tmp_path / 'pressed'}",
-        env=env,
     )
-    assert stopped.returncode == 1, stopped.stderr[-2000:]
-    (printed,) = re.findall(r"Resume with: (.+)", stopped.stderr)
-    interrupted = next((tmp_path / "stopped").glob("train/runs/*/checkpoints/interrupted.ckpt"))
-    checkpoint = torch.load(interrupted, weights_only=True)
     # the whole chunk: 2 epochs of 6 batches, then 4; the pressed step's batch is among them
     assert checkpoint["global_step"] == 16
     assert checkpoint["aelab_epoch_sums"]["batches"] == 4 and checkpoint["aelab_epoch_sums"]["count"] == 64
     assert checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 16
-
-    resumed = run_printed(printed, env)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "stopped")
-    assert b["epochs"] == 4
-    for key in ("val/mse", "val/mse_best", "train/mse"):
-        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
 
 
 def test_an_argument_of_a_users_own_class_is_checked_by_that_class_not_refused(tmp_path):

@@ -246,8 +246,8 @@ class MNISTLikeDataModule(L.LightningDataModule):
         # training batches of the current epoch already done when the checkpoint resumed from was saved
         self._resume_batches = 0
         # batches per training_step call of the training loader in use, and why 1 where that
-        # is not what data.steps_per_call asks
-        self._steps_per_call = 1
+        # is not what data.steps_per_call asks (read by the model's one line on its training path)
+        self.train_steps_per_call = 1
         self._batches_per_epoch = 0
         self.steps_per_call_note = ""
 
@@ -358,7 +358,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
             if split == "train":
                 loader.steps_per_call = self._chunk_steps(loader.batches_per_epoch)
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
-                self._steps_per_call = loader.steps_per_call
+                self.train_steps_per_call = loader.steps_per_call
                 self._batches_per_epoch = loader.batches_per_epoch
             return loader
         images, labels = self.splits[split]
@@ -410,9 +410,9 @@ class MNISTLikeDataModule(L.LightningDataModule):
             return {}
         done = getattr(trainer.lightning_module, "epoch_batches_done", None)
         if done is None:
-            done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) * self._steps_per_call
+            done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) * self.train_steps_per_call
         # the epoch's batches (the Trainer's count, in calls, may be limited; the last chunk is shorter)
-        per_epoch = trainer.num_training_batches * self._steps_per_call
+        per_epoch = trainer.num_training_batches * self.train_steps_per_call
         if self._batches_per_epoch:
             per_epoch = min(per_epoch, self._batches_per_epoch)
         # a save at the end of an epoch resumes at the start of the next one, with nothing to skip

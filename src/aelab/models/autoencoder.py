@@ -237,7 +237,7 @@ class AutoEncoder(L.LightningModule):
         self._step_graphs = self._eager_capturable = None
         wrapped = step_graph.wrapper_refusal(self)
         self._plain_steps = wrapped is None
-        refusal = step_graph.refusal(self)
+        refusal = step_graph.refusal(self, wrapped)
         if refusal is None:
             optimizer = self.optimizers()
             assert not isinstance(optimizer, list)
@@ -249,7 +249,7 @@ class AutoEncoder(L.LightningModule):
         """The one line that says how this fit's training steps run, and what keeps them from
         running faster."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        steps = getattr(datamodule, "_steps_per_call", 1)
+        steps = getattr(datamodule, "train_steps_per_call", 1)
         how = "CUDA graph" if refusal is None else "eager"
         device = self.trainer.strategy.root_device
         line = f"training steps: {how} on {device}, {steps} batch{'es' if steps > 1 else ''} per training_step call"
@@ -392,13 +392,11 @@ class AutoEncoder(L.LightningModule):
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
         if self._eager_capturable is not None:
             # as the eager path would have saved them, so any run resumes from either path
-            from aelab.models.step_graph import plain_optimizer_state, plain_scheduler_state
-
             if "optimizer_states" in checkpoint:
                 (state,) = checkpoint["optimizer_states"]
-                checkpoint["optimizer_states"] = [plain_optimizer_state(state, self._eager_capturable)]
+                checkpoint["optimizer_states"] = [step_graph.plain_optimizer_state(state, self._eager_capturable)]
             if "lr_schedulers" in checkpoint:
-                checkpoint["lr_schedulers"] = [plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
+                checkpoint["lr_schedulers"] = [step_graph.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
         # A mid-epoch save (an interrupt) keeps the epoch's sums so far: a restore into the middle
         # of an epoch skips on_train_epoch_start, and the epoch's train/mse stays exact.
         sums, count = self._train_state if self._validating else (self._sums, self._count)

@@ -10,8 +10,7 @@ optimiser steps with a capturable state and learning rates held in device tensor
 schedulers fill in place.
 
 Lightning has no CUDA-graph support of its own (lightning #10174), so the per-step hooks that the
-graph skips (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``,
-``on_before_zero_grad``) make the run fall back to the eager loop when a module or callback
+graph skips (``PER_STEP_HOOKS``) make the run fall back to the eager loop when a module or callback
 overrides them.
 """
 
@@ -103,8 +102,9 @@ def wrapper_refusal(module: AutoEncoder) -> str | None:
     return None
 
 
-def refusal(module: AutoEncoder) -> str | None:
-    """Why this run trains eagerly, or ``None`` when its chunks can be replayed as graphs."""
+def refusal(module: AutoEncoder, wrapped: str | None) -> str | None:
+    """Why this run trains eagerly, or ``None`` when its chunks can be replayed as graphs.
+    ``wrapped``: what ``wrapper_refusal`` said of the run (a graph cannot call Lightning's wrappers)."""
     trainer = module.trainer
     device = trainer.strategy.root_device
     datamodule = getattr(trainer, "datamodule", None)
@@ -112,10 +112,9 @@ def refusal(module: AutoEncoder) -> str | None:
         return "model.cuda_graph=false"
     if device.type not in GRAPH_DEVICES:
         return f"the run is on the {device.type}; CUDA graphs need trainer=gpu"
-    if datamodule is None or getattr(datamodule, "_steps_per_call", 1) == 1:
+    if datamodule is None or getattr(datamodule, "train_steps_per_call", 1) == 1:
         note = getattr(datamodule, "steps_per_call_note", "")
         return f"one batch per training_step call ({note or 'data.steps_per_call=1 or data.loader=dataloader'})"
-    wrapped = wrapper_refusal(module)
     if wrapped is not None:
         return wrapped
     if str(trainer.precision) != "32-true":
@@ -130,8 +129,8 @@ def refusal(module: AutoEncoder) -> str | None:
 
 def plain_step(module: AutoEncoder, optimizer: LightningOptimizer, x: Tensor) -> dict[str, Tensor]:
     """The training step without Lightning's wrappers: what ``manual_backward`` and
-    ``LightningOptimizer.step`` do when ``wrapper_refusal`` finds nothing for them to add, the step
-    counted with Lightning all the same (``global_step``)."""
+    ``LightningOptimizer.step`` do when ``wrapper_refusal`` finds nothing for them to add. The caller
+    counts the step with Lightning (``count_steps``)."""
     torch_optimizer = optimizer.optimizer
     torch_optimizer.zero_grad(set_to_none=True)
     terms = module.loss_terms(x)
