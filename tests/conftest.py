@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from omegaconf import DictConfig, open_dict
 from aelab.data import DATASETS
 from aelab.data.datasets import SPLIT_FILES
 from aelab.data.idx import write_idx
+
+from zygote import Zygote
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -61,6 +64,39 @@ def missing(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+# aelab's optional extras (pyproject.toml) -> the modules each installs. A test that needs one is
+# marked @pytest.mark.extra("<name>") (or a parametrized case, with marks=): without the extra it
+# skips with the install line, in CI (which installs every extra) it fails.
+EXTRAS = {"mlflow": ("mlflow",), "wandb": ("wandb",), "export": ("onnx", "onnxscript", "onnxruntime")}
+
+
+def logger_option(option: str, prefix: str = "") -> object:
+    """``prefix + option`` as a parametrized case of a test, marked with the extras the loggers of
+    ``configs/logger/<option>.yaml`` need (``aelab.loggers.EXTRAS``, by their ``_target_``)."""
+    from omegaconf import OmegaConf
+
+    from aelab.loggers import EXTRAS as LOGGER_EXTRAS
+
+    config = OmegaConf.to_yaml(compose_logger(option))
+    extras = sorted({extra for target, (_, extra) in LOGGER_EXTRAS.items() if f"_target_: {target}" in config})
+    return pytest.param(prefix + option, marks=[pytest.mark.extra(extra) for extra in extras])
+
+
+def compose_logger(option: str) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return compose(config_name="train", overrides=[f"logger={option}"]).logger
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from aelab.config import install_command, is_installed
+
+    for marker in item.iter_markers("extra"):
+        (extra,) = marker.args
+        for module in EXTRAS[extra]:
+            if not is_installed(module):
+                missing(f"needs the {extra} extra ({module} is not installed): {install_command(extra)}")
 
 
 @pytest.fixture(scope="session")
@@ -112,17 +148,23 @@ def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> 
 
 
 def run_cli(
-    script: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 600
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 600,
+    cold: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run an entry point as a user does, from the repository root: ``train.py`` (the script) or
-    ``aelab-train`` (the installed command)."""
+    ``aelab-train`` (the installed command). It runs in a child of the session's zygote (see
+    ``zygote.py``), a real process started without re-importing torch and Lightning; ``cold=True``
+    starts a fresh interpreter instead, for tests of the process itself."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    command = (
-        [str(Path(sys.executable).parent / script)]
-        if script.startswith("aelab-")
-        else [sys.executable, str(REPO / "src" / script)]
-    )
+    program = str(Path(sys.executable).parent / script) if script.startswith("aelab-") else str(REPO / "src" / script)
+    if not cold:
+        return zygote().run([program, *args], env=full_env, cwd=cwd, timeout=timeout)
+    command = [program] if script.startswith("aelab-") else [sys.executable, program]
     return subprocess.run(
         [*command, *args],
         cwd=cwd,
@@ -130,7 +172,30 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=terminal_ctrl_c,
     )
+
+
+def terminal_ctrl_c() -> None:
+    """Ctrl-C as a terminal gives it to a command: tests started as a background job (a shell
+    without job control) would pass their ignored SIGINT on to the processes they start."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+_zygote: list[Zygote] = []
+
+
+def zygote() -> Zygote:
+    """The session's zygote, started when a test first runs a command line (about as long as one
+    cold start), stopped when the session ends."""
+    if not _zygote:
+        _zygote.append(Zygote())
+    return _zygote[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _zygote:
+        _zygote.pop().stop()
 
 
 def run_sweep(tmp_path: Path, data: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -144,3 +209,36 @@ def run_sweep(tmp_path: Path, data: Path, *overrides: str) -> subprocess.Complet
         QUIET,
         env={"AELAB_DATA_DIR": str(data)},
     )
+
+
+# --- the suite's budget: time per test file, printed at the end of every run ------------------
+
+_seconds_per_file: dict[str, float] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        # pytest-xdist: a worker's share of the cores, for its torch and every command it starts
+        # (set before the zygote starts: OpenMP reads it once, when torch loads it)
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _seconds_per_file[path] = _seconds_per_file.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Seconds per test file (setup, call and teardown of its tests, across workers), slowest
+    first: where the budget of make test goes (README, Tests)."""
+    if not _seconds_per_file or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    terminalreporter.write_sep("=", "seconds per test file (summed over workers)")
+    for path, seconds in sorted(_seconds_per_file.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}  {path}")
+    terminalreporter.write_line(f"{sum(_seconds_per_file.values()):8.1f}  in all")

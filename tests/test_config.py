@@ -10,7 +10,7 @@ from aelab.cli import TASKS
 from aelab.config import validate
 from aelab.errors import ConfigError
 
-from conftest import CONFIGS, REPO, compose_config, compose_train, run_cli
+from conftest import CONFIGS, REPO, compose_config, compose_train, logger_option, run_cli
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]
 
@@ -25,7 +25,13 @@ def test_every_code_group_has_its_config_folder():
 
 
 @pytest.mark.parametrize(
-    "override", [f"{group}={option}" for group in GROUPS if group != "hydra" for option in options(group)]
+    "override",
+    [
+        logger_option(option, "logger=") if group == "logger" else f"{group}={option}"
+        for group in GROUPS
+        if group != "hydra"
+        for option in options(group)
+    ],
 )
 def test_every_group_option_composes(tmp_path, tiny_mnist, override):
     cfg = compose_train(tmp_path, tiny_mnist, [override])

@@ -1,5 +1,7 @@
 """Bad input and faults: each gives one clear message, a non-zero exit, and loses nothing."""
 
+import copy
+import functools
 import json
 import os
 import pickle
@@ -21,7 +23,7 @@ from aelab.data.idx import parse_idx, write_idx
 from aelab.errors import CheckpointError, ConfigError, DataError
 from aelab.runs import load_checkpoint, load_run
 
-from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli
+from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli, terminal_ctrl_c
 
 TESTS = Path(__file__).parent
 
@@ -624,7 +626,13 @@ def case_arguments(case: str, tmp_path: Path, trained: Path) -> tuple[str, list[
     return script, cli_args, {"AELAB_DATA_DIR": str(data)}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.extra(script)) if script == "export" else case
+        for case, (script, *_) in CASES.items()
+    ],
+)
 def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
     if "without a GPU" in case and torch.cuda.is_available():
         pytest.skip("this row is about a machine without a CUDA GPU")
@@ -873,9 +881,7 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # a shell without job control starts background jobs with SIGINT ignored, and the child
-        # would inherit that: give it the disposition a terminal gives, so Ctrl-C is Ctrl-C
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=terminal_ctrl_c,
     )
     deadline = time.time() + 120
     while not list(tmp_path.glob("train/runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
@@ -958,6 +964,11 @@ def test_idx_reader_on_mutated_files_raises_only_data_error(mutations, cut):
         assert str(err).startswith("mutant: ")
 
 
+@functools.cache
+def composed_train_config(tmp_path: Path):
+    return compose_train(tmp_path, tmp_path)
+
+
 VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=8)
 )
@@ -972,7 +983,7 @@ def test_config_validation_on_random_values_raises_only_config_error(
 
     from aelab.config import validate
 
-    cfg = compose_train(tmp_path, tmp_path)
+    cfg = copy.deepcopy(composed_train_config(tmp_path))  # composed once: only the values vary
     with open_dict(cfg):
         cfg.model.latent_dim = latent_dim
         cfg.data.batch_size = batch_size

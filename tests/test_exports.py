@@ -17,7 +17,7 @@ from aelab.names import VAL_MSE
 from aelab.runs import load_run
 from aelab.tasks.train import train
 
-from conftest import compose_config, compose_train, missing, run_cli
+from conftest import compose_config, compose_train, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +156,11 @@ def test_latents_of_the_same_size_but_another_shape_or_a_bad_file_are_refused(tm
         run_task(root, "decode", ckpt, f"latents={infinite}")
 
 
+@pytest.mark.extra("export")
 def test_the_exported_onnx_files_give_pytorchs_outputs_in_onnxruntime(tmp_path, runs):
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError:
-        missing("the export extra is not installed: make install LOCK=requirements/all.lock")
+    import onnx
+    import onnxruntime
+
     root, trained = runs
     ckpt = trained["conv"]["last_checkpoint"]
     result = run_cli("export.py", f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}")

@@ -13,16 +13,8 @@ from aelab.errors import ConfigError
 from aelab.names import TRAIN_MSE, VAL_MSE
 from aelab.tasks.train import train
 
-from conftest import CONFIGS, QUIET, REPO, compose_train, missing, run_cli
+from conftest import CONFIGS, QUIET, REPO, compose_train, logger_option, run_cli
 from test_errors import run_in_process
-
-
-def optional_extra(module: str) -> None:
-    """An optional extra's package; CI installs every extra (requirements/all.lock)."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        missing(f"{module} is not installed: make install LOCK=requirements/all.lock")
 
 
 def train_with(tmp_path: Path, data: Path, *overrides: str) -> dict:
@@ -31,8 +23,8 @@ def train_with(tmp_path: Path, data: Path, *overrides: str) -> dict:
     return train(cfg)
 
 
+@pytest.mark.extra("mlflow")
 def test_logger_many_writes_tensorboard_csv_and_mlflow_and_mlflow_holds_the_run(tmp_path, tiny_mnist):
-    optional_extra("mlflow")
     from mlflow.tracking import MlflowClient
 
     summary = train_with(tmp_path, tiny_mnist, "logger=many")
@@ -94,7 +86,6 @@ def wandb_records(run_file: Path):
 def train_with_wandb(tmp_path: Path, data: Path, mode: str | None, *args: str) -> subprocess.CompletedProcess:
     """``python src/train.py logger=wandb`` as a user without a W&B account: no key, a fresh home,
     no terminal to ask on; ``mode``: WANDB_MODE, or ``None`` for online."""
-    optional_extra("wandb")
     env = {**os.environ, "AELAB_DATA_DIR": str(data), "HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path)}
     for name in ("WANDB_MODE", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
         env.pop(name, None)
@@ -117,6 +108,7 @@ def train_with_wandb(tmp_path: Path, data: Path, mode: str | None, *args: str) -
     )
 
 
+@pytest.mark.extra("wandb")
 def test_wandb_offline_run_holds_the_runs_config_metrics_and_images(tmp_path, tiny_mnist):
     result = train_with_wandb(tmp_path, tiny_mnist, "offline", "trainer.max_epochs=2", "data.batch_size=32")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -148,6 +140,7 @@ def test_wandb_offline_run_holds_the_runs_config_metrics_and_images(tmp_path, ti
     assert len(list(run_file.parent.glob("files/media/images/val/reconstructions_*.png"))) == 2
 
 
+@pytest.mark.extra("wandb")
 def test_wandb_without_an_account_says_how_to_log_in_or_go_offline(tmp_path, tiny_mnist):
     result = train_with_wandb(tmp_path, tiny_mnist, None, "trainer.max_epochs=1")
     assert result.returncode == 2, result.stderr[-3000:]
@@ -159,10 +152,8 @@ def test_wandb_without_an_account_says_how_to_log_in_or_go_offline(tmp_path, tin
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("logger", sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml")))
+@pytest.mark.parametrize("logger", [logger_option(p.stem) for p in sorted((CONFIGS / "logger").glob("*.yaml"))])
 def test_every_key_of_every_logger_option_passes_the_schema(tmp_path, tiny_mnist, logger):
-    for module in {"mlflow": ["mlflow"], "many": ["mlflow"], "wandb": ["wandb"]}.get(logger, []):
-        optional_extra(module)
     cfg = compose_train(tmp_path, tiny_mnist, [f"logger={logger}"])
     validate(cfg)
     assert set(cfg.logger) == ({"tensorboard", "csv", "mlflow"} if logger == "many" else {logger})
@@ -192,19 +183,19 @@ def test_the_entry_point_refuses_a_logger_without_its_extra_in_one_line(tmp_path
     ]
 
 
+@pytest.mark.extra("wandb")
 def test_a_wandb_misuse_keeps_its_own_message_and_traceback():
-    from aelab.cli import user_error
-
-    optional_extra("wandb")
     from wandb.errors import UsageError
+
+    from aelab.cli import user_error
 
     # only the missing key is translated; the same class reports mistakes in aelab's own use of W&B
     assert user_error(UsageError("Invalid project name 'a/b'")) is None
     assert "wandb login" in str(user_error(UsageError("No API key configured. Use `wandb login` to log in.")))
 
 
+@pytest.mark.extra("mlflow")
 def test_parallel_sweep_jobs_share_one_mlflow_store(tmp_path, tiny_mnist):
-    optional_extra("mlflow")
     from mlflow.tracking import MlflowClient
 
     result = run_cli(

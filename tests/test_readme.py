@@ -4,9 +4,8 @@ The extension snippet is exercised by tests/test_extension.py, which builds the 
 import os
 import re
 import subprocess
-import sys
 
-from conftest import QUIET, REPO, run_cli
+from conftest import QUIET, REPO, run_cli, zygote
 
 
 def python_blocks() -> list[str]:
@@ -14,10 +13,8 @@ def python_blocks() -> list[str]:
 
 
 def run_snippet(code: str, cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **env}
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
-    )
+    """``python -c <code>``, a process of its own (a child of the session's zygote)."""
+    return zygote().run(["-c", code], env={**os.environ, **env}, cwd=cwd, timeout=300)
 
 
 def test_the_readme_has_the_snippets_this_file_runs():

@@ -2,13 +2,14 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from aelab.report.metrics import pca_reconstruction_mse
 
-from conftest import QUIET, run_cli, run_sweep
+from conftest import QUIET, make_tiny_dataset, run_cli, run_sweep
 
 
 def read_rows(sweep_dir):
@@ -16,10 +17,13 @@ def read_rows(sweep_dir):
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture
-def failed_sweep(tmp_path, tiny_mnist):
-    result = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=0,3")
-    return tmp_path / "sweep", result
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory):
+    """One sweep of a failing and a finished job, read by the tests that take it (a test that
+    writes into it works on its own copy)."""
+    root = tmp_path_factory.mktemp("failed_sweep")
+    result = run_sweep(root, make_tiny_dataset(root / "data"), "model.latent_dim=0,3")
+    return root / "sweep", result
 
 
 def test_jobs_are_named_by_their_overrides_not_numbers(failed_sweep):
@@ -109,8 +113,9 @@ def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, t
     assert [(row["latent_dim"], row["status"], row["epochs"]) for row in rows] == [("2", "ok", "2"), ("3", "ok", "2")]
 
 
-def test_report_script_recreates_the_summary(failed_sweep):
-    sweep_dir, _ = failed_sweep
+def test_report_script_recreates_the_summary(failed_sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(failed_sweep[0], sweep_dir)
     before = (sweep_dir / "summary.csv").read_text()
     (sweep_dir / "summary.csv").unlink()
     import subprocess
@@ -151,7 +156,6 @@ def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mn
 def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
     """Re-running a sweep directory on other data stops that job, naming what differs, and keeps
     the finished run it found there."""
-    from conftest import make_tiny_dataset
 
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
@@ -174,7 +178,6 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
 
 
 def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mnist):
-    from conftest import make_tiny_dataset
 
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"

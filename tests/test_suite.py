@@ -1,0 +1,36 @@
+"""The suite itself: green on the set-up the README gives (without the optional extras)."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import EXTRAS, REPO
+
+# every test whose name or parameters mention an extra or what needs one (the loggers, the export
+# task); test_exports.py's tests of encode, decode and eval need none (its ONNX test is selected)
+NEEDS_AN_EXTRA = "mlflow or wandb or many or onnx or (export and not test_exports)"
+
+
+def test_without_the_extras_every_test_that_needs_one_skips_with_the_install_line(tmp_path):
+    """The default lock (requirements/dev.lock) has none of the extras: every process of a nested
+    pytest (its zygote, its cold interpreters, their DDP children) starts with them hidden, and the
+    tests that need one skip, each saying what to install, while the rest pass."""
+    hidden = [module for modules in EXTRAS.values() for module in modules]
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\n\nfor name in {hidden!r}:\n    sys.modules[name] = None\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("CI", None)  # outside CI a missing extra skips
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs"]
+        + ["-m", "not slow", "-k", NEEDS_AN_EXTRA, "--durations=0", "tests"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skips and all("extra" in line and "make install LOCK=requirements/all.lock" in line for line in skips), skips
+    (passed,) = re.findall(r"(\d+) passed", result.stdout)
+    assert int(passed) > 0
