@@ -155,13 +155,16 @@ def run_cli(
     timeout: float = 600,
     cold: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run an entry point as a user does, from the repository root: ``train.py`` (the script) or
-    ``aelab-train`` (the installed command). It runs in a child of the session's zygote (see
-    ``zygote.py``), a real process started without re-importing torch and Lightning; ``cold=True``
-    starts a fresh interpreter instead, for tests of the process itself."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    program = str(Path(sys.executable).parent / script) if script.startswith("aelab-") else str(REPO / "src" / script)
+    """Run an entry point as a user does, from the repository root: ``train.py`` (the script of
+    ``src/``), ``aelab-train`` (the installed command) or ``scripts/sweep_report.py`` (a path in the
+    repository). It runs in a child of the session's zygote (see ``zygote.py``), a real process
+    started without re-importing torch and Lightning; ``cold=True`` starts a fresh interpreter
+    instead, for tests of the process itself. ``HYDRA_FULL_ERROR`` is set only where ``env`` sets it."""
+    full_env = {name: value for name, value in os.environ.items() if name != "HYDRA_FULL_ERROR"} | (env or {})
+    if script.startswith("aelab-"):
+        program = str(Path(sys.executable).parent / script)
+    else:
+        program = str(REPO / script if "/" in script else REPO / "src" / script)
     if not cold:
         return zygote().run([program, *args], env=full_env, cwd=cwd, timeout=timeout)
     command = [program] if script.startswith("aelab-") else [sys.executable, program]

@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import runpy
+import shlex
 import signal
 import subprocess
 import sys
@@ -78,16 +79,11 @@ def trained(tmp_path_factory):
 
 
 def run_printed(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """A command aelab printed, run by a shell from the repository root with the project's Python."""
-    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    return subprocess.run(
-        ["bash", "-c", command],
-        cwd=REPO,
-        env={**os.environ, **env, "PATH": path},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """A command aelab printed, split into words as a shell splits it (POSIX quoting, the only
+    shell syntax aelab prints) and run from the repository root: ``python`` is the project's."""
+    program, *args = shlex.split(command)
+    assert program == "python" or program.startswith("aelab-"), command
+    return run_cli(*args, env=env) if program == "python" else run_cli(program, *args, env=env)
 
 
 def newest_summary(log_dir: Path) -> dict:
@@ -651,14 +647,21 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
     assert bool(list((tmp_path / "logs").glob("*/runs/*"))) == (case in TRAINING_STARTED)
 
 
+SAMPLE = [
+    "unknown top-level key",
+    "latent_dim zero",
+    "truncated image file",
+    "malicious checkpoint",
+    "analyze unknown map",
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "case",
-    ["unknown top-level key", "latent_dim zero", "truncated image file", "malicious checkpoint", "analyze unknown map"],
-)
+@pytest.mark.parametrize("case", SAMPLE)
 def test_the_table_matches_the_real_command_line(case, tmp_path, trained):
+    """A sample of the table as processes of their own; the first through a fresh interpreter too."""
     script, args, env = case_arguments(case, tmp_path, trained)
-    result = run_cli(f"{script}.py", *args, env=env)
+    result = run_cli(f"{script}.py", *args, env=env, cold=case == SAMPLE[0])
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error: ")]
     assert CASES[case][2] in line and result.stderr.strip().endswith(line)
@@ -726,12 +729,8 @@ def test_json_files_are_strict_json_even_when_a_number_is_not_finite(tmp_path):
 
 def test_hydra_full_error_shows_the_traceback(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "src/train.py"), "model.latent_dim=0", f"paths.log_dir={tmp_path}"],
-        cwd=REPO,
-        env={**os.environ, **env, "HYDRA_FULL_ERROR": "1"},
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "train.py", "model.latent_dim=0", f"paths.log_dir={tmp_path}", env={**env, "HYDRA_FULL_ERROR": "1"}
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
@@ -806,9 +805,7 @@ def test_the_sweep_report_reads_a_poisoned_job_without_running_it(tmp_path, tiny
     for checkpoint in job.glob("*.ckpt"):
         poisoned_copy = poisoned(checkpoint, tmp_path, "hyper_parameters.encoder", payloads(marker)["encoder"][1])
         poisoned_copy.replace(checkpoint)
-    report = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)], capture_output=True, text=True
-    )
+    report = run_cli("scripts/sweep_report.py", str(sweep_dir))
     assert report.returncode == 0, report.stderr[-2000:]
     assert "is refused: its hyper_parameters.encoder._target_ names os.system" in report.stderr
     assert not marker.exists()

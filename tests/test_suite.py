@@ -21,7 +21,7 @@ def test_without_the_extras_every_test_that_needs_one_skips_with_the_install_lin
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     env.pop("CI", None)  # outside CI a missing extra skips
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs"]
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", "-q", "-rs"]
         + ["-m", "not slow", "-k", NEEDS_AN_EXTRA, "--durations=0", "tests"],
         cwd=REPO,
         env=env,

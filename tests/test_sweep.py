@@ -118,14 +118,7 @@ def test_report_script_recreates_the_summary(failed_sweep, tmp_path):
     shutil.copytree(failed_sweep[0], sweep_dir)
     before = (sweep_dir / "summary.csv").read_text()
     (sweep_dir / "summary.csv").unlink()
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "sweep_report.py"), str(sweep_dir)], capture_output=True, text=True
-    )
+    result = run_cli("scripts/sweep_report.py", str(sweep_dir))
     assert result.returncode == 1  # one job failed
     assert (sweep_dir / "summary.csv").read_text() == before
 

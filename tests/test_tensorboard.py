@@ -37,6 +37,8 @@ WINDOW = (1400, 1000)
 # counts page time, not the server's: ~1.5 s was the least that showed the runs here, 20 s is margin
 # that costs nothing (a call takes ~5 s of wall time whatever the budget).
 VIRTUAL_TIME_MS = 20_000
+# both tests read one board (two runs trained, one analysed and evaluated, a server): one worker
+pytestmark = pytest.mark.xdist_group("tensorboard")
 
 
 @dataclass
