@@ -23,7 +23,6 @@ old text is not in the file exactly once) or the revision has no tests/.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -297,8 +296,7 @@ def run_pytest(root: Path, tests: tuple[str, ...], keyword: str | None, junit: P
     """The tests in ``root``: with ``junit`` (a control) all of them, into that report; without it
     (a mutant) up to the first failure."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
-    if importlib.util.find_spec("xdist") is not None:
-        command += ["-p", "no:xdist"]  # a handful of tests: no workers to start
+    command += ["-n", "0"]  # a handful of tests: no pytest-xdist workers to start
     command += ["-x"] if junit is None else [f"--junitxml={junit}"]
     if keyword is not None:
         command += ["-k", keyword]

@@ -103,6 +103,7 @@ def tiny_run(tmp_path_factory):
     return root, run
 
 
+@pytest.mark.slow
 def test_analyze_writes_json_figures_and_projector(tiny_run):
     root, run = tiny_run
     result = run_cli(
@@ -141,6 +142,7 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     assert "encoding 200 train and 60 test images" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
     trained = run_cli(
@@ -168,6 +170,7 @@ def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     assert "| mlp | plain | 2 |" in (sweep_dir / "analysis_summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_every_map_and_the_n2d_clustering_on_a_tiny_run(tmp_path):
     data = make_tiny_dataset(tmp_path / "data", n_train=200, n_test=120)
     trained = run_cli(

@@ -24,6 +24,7 @@ RUN_LINE = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and_says_where(
     tmp_path, tiny_mnist, new_repo_runs
 ):
@@ -46,6 +47,7 @@ def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and
     assert not list(elsewhere.iterdir()), "nothing is written where the command was typed"
 
 
+@pytest.mark.slow
 def test_the_command_and_the_script_compose_the_same_config(tmp_path):
     args = ["model=conv", "model.latent_dim=7", "--cfg", "job"]
     command = run_cli("aelab-train", *args, cwd=tmp_path)
@@ -55,6 +57,7 @@ def test_the_command_and_the_script_compose_the_same_config(tmp_path):
     assert "latent_dim: 7" in command.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_has_a_command_that_composes_as_its_script_and_logs_to_its_log_file(tmp_path, task):
     command = run_cli(f"aelab-{task}", "--cfg", "hydra", cwd=tmp_path)
@@ -97,6 +100,7 @@ def test_printed_commands_repeat_how_the_user_started(monkeypatch, argv0, entry,
     assert resume_command("/x/last.ckpt").startswith(f"{command} ")
 
 
+@pytest.mark.slow
 def test_hydra_tab_completion_works_for_the_command(tmp_path):
     result = run_cli("aelab-train", "-sc", "install=bash", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -140,6 +144,7 @@ def test_the_wheel_holds_every_module_every_config_and_the_commands(wheel):
         assert re.search(rf"^aelab-{task} = aelab\.commands:", text, re.M)
 
 
+@pytest.mark.slow
 def test_installed_from_the_wheel_it_trains_from_its_own_configs_into_the_working_directory(
     tmp_path, wheel, tiny_mnist
 ):
@@ -182,6 +187,7 @@ def test_help_explains_the_project_without_importing_torch_or_lightning(tmp_path
     assert result.stdout.rstrip().endswith("imported: []")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["model=conv", "--help"], ["--hydra-help"]])
 def test_help_is_hydras_own_text(tmp_path, args):
     """--help runs with one config repository per command line (aelab.cli.one_config_repository):

@@ -157,6 +157,7 @@ def ddp_sim_run(tmp_path, data, run_name, *overrides):
     )
 
 
+@pytest.mark.slow
 def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_path, tiny_mnist):
     run_dir = tmp_path / "logs" / "run"
     result = ddp_sim_run(tmp_path, tiny_mnist, "run", "trainer.max_epochs=2")
@@ -179,6 +180,7 @@ def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_p
     assert all(torch.equal(weights[k], checkpoint["state_dict"][k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
     result = run_sweep(tmp_path, tiny_mnist, "trainer=ddp_sim", "model.latent_dim=2,3", "data.batch_size=16")
@@ -194,6 +196,7 @@ def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tin
         assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "ok"]
 
 
+@pytest.mark.slow
 def test_ddp_sim_on_the_official_split_matches_one_process(tmp_path, mnist):
     run_dir = tmp_path / "run"
     result = run_cli(
@@ -209,6 +212,7 @@ def test_ddp_sim_on_the_official_split_matches_one_process(tmp_path, mnist):
     assert summary["data"] == "MNIST" and 0.1 < summary["val/mse"] < 0.3
 
 
+@pytest.mark.slow
 def test_under_torchrun_the_processes_share_one_directory_and_one_writer(tmp_path, tiny_mnist):
     """torchrun (as srun) starts the processes and each composes its config: they must agree on
     the run's folder (no hydra.run.dir given) and only the first may write."""
@@ -272,6 +276,7 @@ def test_how_the_process_was_launched_decides_strategy_folder_and_writer(
         assert run_stamp("%Y-%m-%d_%H-%M-%S") == stamp
 
 
+@pytest.mark.slow
 def test_an_error_in_a_spawned_process_is_the_same_one_line(tmp_path, tiny_mnist):
     result = ddp_sim_run(tmp_path, tiny_mnist, "diverged", "model.optimizer.lr=1e6", "trainer.max_epochs=2")
     assert result.returncode == 2
@@ -281,6 +286,7 @@ def test_an_error_in_a_spawned_process_is_the_same_one_line(tmp_path, tiny_mnist
     assert line.endswith("Lower model.optimizer.lr (now 1000000.0)")
 
 
+@pytest.mark.slow
 def test_inside_a_one_task_slurm_job_the_spawned_processes_get_their_own_ranks(tmp_path, tiny_mnist, monkeypatch):
     """sbatch with one task (or a submitit job) and trainer=ddp: Lightning would take every spawned
     process's rank from SLURM_PROCID, all 0, and each would train on the whole epoch alone."""

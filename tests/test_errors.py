@@ -788,6 +788,7 @@ def test_a_checkpoint_naming_a_non_project_target_is_refused_and_never_runs_it(t
     assert victim.read_bytes() == b"another run's checkpoint"
 
 
+@pytest.mark.slow
 def test_the_sweep_report_reads_a_poisoned_job_without_running_it(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
@@ -898,6 +899,7 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
     assert newest_summary(tmp_path)["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
     # one batch per training_step call, so that the kill lands between two batches of an epoch
@@ -1045,6 +1047,7 @@ def interrupt_then_resume(tmp_path, tiny_mnist, returncode: int, *stop_overrides
 
 # steps_per_call=4: the run stopped after the first chunk of 4 of an epoch's 6 batches, so the
 # straight run (one batch per call) also shows that chunking trains exactly as it does
+@pytest.mark.slow
 @pytest.mark.parametrize(("steps_per_call", "stop_at"), [(1, 3), (4, 1)])
 def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_run_does(
     tmp_path, tiny_mnist, steps_per_call, stop_at
@@ -1061,6 +1064,7 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     assert checkpoint["aelab_epoch_sums"]["count"] > 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_middle_of_a_chunk_then_the_printed_command_ends_where_an_uninterrupted_run_does(
     tmp_path, tiny_mnist
 ):

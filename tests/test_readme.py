@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from conftest import QUIET, REPO, run_cli, zygote
 
 
@@ -30,6 +32,7 @@ def test_the_instantiate_snippet_builds_the_model_and_datamodule(tmp_path, tiny_
     assert result.stdout.split() == ["AutoEncoder", "MNISTLikeDataModule", "conv"]
 
 
+@pytest.mark.slow
 def test_the_load_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mnist, new_repo_runs):
     # the snippet reads the repository's newest run (ckpt_path=last), so one is trained there
     trained = run_cli("train.py", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET)

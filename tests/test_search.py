@@ -40,6 +40,7 @@ def read_trials(sweep_dir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_a_search_survives_failing_trials_and_resumes_from_its_storage(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"
     first = search(tmp_path, tiny_mnist, "hydra.sweeper.n_trials=8")
@@ -123,6 +124,7 @@ def test_the_space_gives_optuna_the_distributions_it_names():
     assert space["widths"] == optuna.distributions.CategoricalDistribution(["[128,64]", "[256,128]"])
 
 
+@pytest.mark.slow
 def test_a_sweep_of_values_inside_a_search_is_refused_in_one_line(tmp_path, tiny_mnist):
     result = search(tmp_path, tiny_mnist, "model.latent_dim=2,3")
     assert result.returncode == 2

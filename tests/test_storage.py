@@ -47,6 +47,7 @@ def all_checkpoints_load(run: Path) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_keeps_every_saved_checkpoint_and_the_printed_command_resumes(
     small_disk, tmp_path, tiny_mnist
 ):
@@ -95,6 +96,7 @@ def test_a_read_only_log_disk_is_one_line_naming_the_path_and_the_fix(small_disk
     )
 
 
+@pytest.mark.slow
 def test_kill_9_while_a_checkpoint_is_written_loses_nothing_and_the_run_resumes(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
     common = ["trainer.max_epochs=4", "data.batch_size=32", "seed=3", f"paths.log_dir={tmp_path / 'logs'}", QUIET]

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import EXTRAS, REPO
 
 # every test whose name or parameters mention an extra or what needs one (the loggers, the export
@@ -12,6 +14,7 @@ from conftest import EXTRAS, REPO
 NEEDS_AN_EXTRA = "mlflow or wandb or many or onnx or (export and not test_exports)"
 
 
+@pytest.mark.slow
 def test_without_the_extras_every_test_that_needs_one_skips_with_the_install_line(tmp_path):
     """The default lock (requirements/dev.lock) has none of the extras: every process of a nested
     pytest (its zygote, its cold interpreters, their DDP children) starts with them hidden, and the

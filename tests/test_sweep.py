@@ -26,6 +26,7 @@ def failed_sweep(tmp_path_factory):
     return root / "sweep", result
 
 
+@pytest.mark.slow
 def test_jobs_are_named_by_their_overrides_not_numbers(failed_sweep):
     sweep_dir, _ = failed_sweep
     names = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
@@ -33,6 +34,7 @@ def test_jobs_are_named_by_their_overrides_not_numbers(failed_sweep):
     assert (sweep_dir / names[1] / "tensorboard").is_dir()
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_reported_the_rest_finish_and_the_sweep_exits_1(failed_sweep):
     sweep_dir, result = failed_sweep
     assert result.returncode == 1
@@ -43,6 +45,7 @@ def test_a_failed_job_is_reported_the_rest_finish_and_the_sweep_exits_1(failed_s
     assert good["status"] == "ok" and good["epochs"] == "1"
 
 
+@pytest.mark.slow
 def test_summary_has_every_column_and_both_figures(failed_sweep):
     sweep_dir, _ = failed_sweep
     good = read_rows(sweep_dir)[1]
@@ -57,6 +60,7 @@ def test_summary_has_every_column_and_both_figures(failed_sweep):
     assert list((sweep_dir / "sweep").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_path, tiny_mnist):
     first = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -71,6 +75,7 @@ def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_
     assert (sweep_dir / "summary.csv").read_text() == before
 
 
+@pytest.mark.slow
 def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnist):
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
@@ -81,6 +86,7 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnis
     assert json.loads((job / "run_summary.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, tiny_mnist, short_dir):
     from test_errors import TESTS, run_printed
 
@@ -113,6 +119,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, t
     assert [(row["latent_dim"], row["status"], row["epochs"]) for row in rows] == [("2", "ok", "2"), ("3", "ok", "2")]
 
 
+@pytest.mark.slow
 def test_report_script_recreates_the_summary(failed_sweep, tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(failed_sweep[0], sweep_dir)
@@ -133,6 +140,7 @@ def test_pca_mse_is_zero_when_d_spans_the_data_and_falls_with_d():
     assert mse[3] == pytest.approx(0, abs=1e-20)
 
 
+@pytest.mark.slow
 def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mnist):
     from aelab.data import MNISTLikeDataModule, normalized_rows
 
@@ -146,6 +154,7 @@ def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mn
     assert [float(r["val/pca_mse"]) for r in rows] == [round(expected[2], 5), round(expected[5], 5)]
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
     """Re-running a sweep directory on other data stops that job, naming what differs, and keeps
     the finished run it found there."""
@@ -170,6 +179,7 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
     assert read_rows(tmp_path / "sweep")[0]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mnist):
 
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
@@ -183,6 +193,7 @@ def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mn
     )
 
 
+@pytest.mark.slow
 def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
     import fcntl
 
@@ -202,6 +213,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path, tiny_mnist):
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_submitit_local_sweep_reports_failures_and_resumes_like_any_sweep(tmp_path, tiny_mnist):
     """hydra/launcher=submitit_local: each job a separate process started by submitit, as on SLURM."""
     sweep_dir = tmp_path / "sweep"
@@ -218,6 +230,7 @@ def test_a_submitit_local_sweep_reports_failures_and_resumes_like_any_sweep(tmp_
     assert read_rows(sweep_dir)[1] == good
 
 
+@pytest.mark.slow
 def test_a_sweep_over_the_kept_class_is_the_one_class_benchmark(tmp_path, tiny_mnist):
     import torch
 
@@ -252,6 +265,7 @@ def test_a_sweep_over_the_kept_class_is_the_one_class_benchmark(tmp_path, tiny_m
     assert summary["normal_classes"] == ["1"]
 
 
+@pytest.mark.slow
 def test_a_sweep_without_one_class_jobs_has_no_one_class_columns(failed_sweep):
     sweep_dir, _ = failed_sweep
     assert "test/anomaly_auroc" not in read_rows(sweep_dir)[0]

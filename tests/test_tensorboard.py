@@ -38,7 +38,7 @@ WINDOW = (1400, 1000)
 # that costs nothing (a call takes ~5 s of wall time whatever the budget).
 VIRTUAL_TIME_MS = 20_000
 # both tests read one board (two runs trained, one analysed and evaluated, a server): one worker
-pytestmark = pytest.mark.xdist_group("tensorboard")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorboard")]
 
 
 @dataclass

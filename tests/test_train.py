@@ -121,6 +121,7 @@ def test_resume_from_the_command_line_with_ckpt_path_last(tmp_path, mnist):
     assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_ckpt_path_alone_resumes_a_run_with_the_overrides_it_was_started_with(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     first = run_cli(
@@ -154,6 +155,7 @@ def test_ckpt_path_alone_resumes_a_run_with_the_overrides_it_was_started_with(tm
     assert "- trainer.max_epochs=2" in overrides
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_never_means_a_debug_run(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     debug = run_cli("train.py", "debug=limit", f"paths.log_dir={tmp_path}", QUIET, env=env)
@@ -165,6 +167,7 @@ def test_ckpt_path_last_never_means_a_debug_run(tmp_path, tiny_mnist):
     assert "(debug= runs do not count)" in result.stderr
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_says_how_to_extend_it_and_that_command_works(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     common = ["data.batch_size=32", f"paths.log_dir={tmp_path}", QUIET]
