@@ -25,7 +25,7 @@ def test_without_the_extras_every_test_that_needs_one_skips_with_the_install_lin
     env.pop("CI", None)  # outside CI a missing extra skips
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", "-q", "-rs"]
-        + ["-m", "not slow", "-k", NEEDS_AN_EXTRA, "--durations=0", "tests"],
+        + ["-k", NEEDS_AN_EXTRA, "--durations=0", "tests"],
         cwd=REPO,
         env=env,
         capture_output=True,
