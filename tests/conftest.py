@@ -185,6 +185,18 @@ def terminal_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        # pytest-xdist: a worker's share of the cores, for its torch and every command it starts
+        # (set before the zygote starts: OpenMP reads it once, when torch loads it)
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 _zygote: list[Zygote] = []
 
 
@@ -217,18 +229,6 @@ def run_sweep(tmp_path: Path, data: Path, *overrides: str) -> subprocess.Complet
 # --- the suite's budget: time per test file, printed at the end of every run ------------------
 
 _seconds_per_file: dict[str, float] = {}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if workers:
-        # pytest-xdist: a worker's share of the cores, for its torch and every command it starts
-        # (set before the zygote starts: OpenMP reads it once, when torch loads it)
-        threads = max(1, (os.cpu_count() or 1) // int(workers))
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        import torch
-
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
