@@ -156,12 +156,15 @@ def run_cli(
     cold: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run an entry point as a user does, from the repository root: ``train.py`` (the script of
-    ``src/``), ``aelab-train`` (the installed command) or ``scripts/sweep_report.py`` (a path in the
-    repository). It runs in a child of the session's zygote (see ``zygote.py``), a real process
-    started without re-importing torch and Lightning; ``cold=True`` starts a fresh interpreter
-    instead, for tests of the process itself. ``HYDRA_FULL_ERROR`` is set only where ``env`` sets it."""
+    ``src/``), ``aelab-train`` (the installed command), ``scripts/sweep_report.py`` (a path in the
+    repository) or ``-c`` (``python -c <code>``). It runs in a child of the session's zygote (see
+    ``zygote.py``), a real process started without re-importing torch and Lightning; ``cold=True``
+    starts a fresh interpreter instead, for tests of the process itself. ``HYDRA_FULL_ERROR`` is
+    set only where ``env`` sets it."""
     full_env = {name: value for name, value in os.environ.items() if name != "HYDRA_FULL_ERROR"} | (env or {})
-    if script.startswith("aelab-"):
+    if script == "-c":
+        program = script
+    elif script.startswith("aelab-"):
         program = str(Path(sys.executable).parent / script)
     else:
         program = str(REPO / script if "/" in script else REPO / "src" / script)

@@ -1,13 +1,12 @@
 """The README's Python snippets run as printed (read from README.md, so an edit there is tested here).
 The extension snippet is exercised by tests/test_extension.py, which builds the same two classes."""
 
-import os
 import re
 import subprocess
 
 import pytest
 
-from conftest import QUIET, REPO, run_cli, zygote
+from conftest import QUIET, REPO, run_cli
 
 
 def python_blocks() -> list[str]:
@@ -15,8 +14,7 @@ def python_blocks() -> list[str]:
 
 
 def run_snippet(code: str, cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``python -c <code>``, a process of its own (a child of the session's zygote)."""
-    return zygote().run(["-c", code], env={**os.environ, **env}, cwd=cwd, timeout=300)
+    return run_cli("-c", code, env=env, cwd=cwd, timeout=300)
 
 
 def test_the_readme_has_the_snippets_this_file_runs():

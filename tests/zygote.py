@@ -1,8 +1,9 @@
 """A zygote for the tests' command lines: one interpreter that imports torch, Lightning, Hydra and
 aelab's tasks once, then forks a child for each command a test runs.
 
-Why: a fresh ``python src/train.py`` spends 4-5 s (far more on a loaded 2-core machine) importing
-torch and Lightning before it reads its first override, and the suite runs entry points over a
+Why: a fresh ``python src/train.py`` spends about 10 s of CPU on the 2-core machine importing torch
+and Lightning (which brings torchvision's models and torch._dynamo through torchmetrics) before it
+reads its first override, and the suite runs entry points over a
 hundred times. A forked child starts with those modules in memory in a few milliseconds, and is
 still a real, separate process: its own pid, exit code and signals (a ``kill -9`` or a SIGTERM it
 sends itself ends it, not the test), its own stdout and stderr as files the test reads, its own
