@@ -52,6 +52,9 @@ def corrupt(root: Path, kind: str) -> Path:
         (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bnot really gzip")
     elif kind == "missing":
         labels.unlink()
+    elif kind == "unlabelled":  # readable, but every image of both splits in class 0
+        write_idx(labels, np.zeros(96, np.uint8))
+        write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(40, np.uint8))
     return root
 
 
@@ -528,6 +531,34 @@ CASES = {
     "analyze with no runs": ("analyze", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt under"),
     "analyze legacy precision": ("analyze", ["#trained", "trainer.precision=16"], "trainer.precision=16 is invalid"),
     "analyze a foreign checkpoint": ("analyze", ["#foreign"], "was not written by aelab"),
+    # audit opens checkpoints as analyze does
+    "audit without a checkpoint": ("audit", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
+    "audit a split typo": (
+        "audit",
+        ["#trained", "split=tset"],
+        "split='tset' is invalid: it must be one of test, train, all",
+    ),
+    "audit queries beyond the test split": (
+        "audit",
+        ["#trained", "queries=[0,40]"],
+        "queries=[0, 40] is invalid: 40 is beyond the 40 images of the MNIST test split; give test-split indices "
+        "0-39, e.g. queries=[0,1,2]",
+    ),
+    "audit a run without labels": (
+        "audit",
+        ["@unlabelled", "#trained", "data.data_dir={tmp}/broken"],
+        "every image of MNIST (broken) is in class '0', so no label can be suspect; audit a run of labelled data",
+    ),
+    "audit more neighbours than images": (
+        "audit",
+        ["#trained", "knn_k=136"],
+        "knn_k=136 is invalid for MNIST: its 136 images have at most 135 neighbours each; e.g. knn_k=10",
+    ),
+    "audit an unknown outlier score": (
+        "audit",
+        ["#trained", "outlier_method=iforest"],
+        "outlier_method='iforest' is invalid: it must be one of reconstruction, knn",
+    ),
     # encode, decode and export open checkpoints as eval does
     "encode without a checkpoint": ("encode", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
     "encode a malicious checkpoint": ("encode", ["#malicious"], "could run code"),

@@ -35,6 +35,7 @@ TASKS = {
     "train": "aelab.tasks.train:train",
     "eval": "aelab.tasks.evaluate:evaluate",
     "analyze": "aelab.tasks.analyze:analyze",
+    "audit": "aelab.tasks.audit:audit",
     "encode": "aelab.tasks.encode:encode",
     "decode": "aelab.tasks.encode:decode",
     "export": "aelab.tasks.export:export",

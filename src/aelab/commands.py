@@ -1,5 +1,5 @@
-"""The console scripts ``aelab-train``, ``aelab-eval``, ``aelab-analyze``, ``aelab-encode``, ``aelab-decode``
-and ``aelab-export`` (``[project.scripts]``).
+"""The console scripts ``aelab-train``, ``aelab-eval``, ``aelab-analyze``, ``aelab-audit``, ``aelab-encode``,
+``aelab-decode`` and ``aelab-export`` (``[project.scripts]``).
 
 Each composes the same config as ``src/<task>.py`` (``aelab.paths.config_dir()`` is the checkout's
 ``configs/``), takes the same overrides and calls the same task through the same error handling, so
@@ -36,6 +36,10 @@ def evaluate() -> None:
 
 def analyze() -> None:
     _run("analyze")
+
+
+def audit() -> None:
+    _run("audit")
 
 
 def encode() -> None:

@@ -32,6 +32,7 @@ from aelab.models.autoencoder import COMPILE_MODES
 from aelab.models.objectives import CORRUPTIONS
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
 from aelab.registry import import_targets
+from aelab.report.audit import OUTLIER_METHODS, SUSPECT_METHODS
 
 # 64-true and bf16-true are not offered: the data arrive as float32 and meet float64/bf16 weights
 PRECISIONS = ("32-true", 32, "bf16-mixed", "16-mixed")  # trainer.precision=32 arrives as an integer
@@ -243,7 +244,13 @@ SCHEMA: dict[str, Rule] = {
     "knn_k": POSITIVE,
     "umap_gmm": Flag(),
     "trustworthiness_points": Int(min=10),
-    # encode, decode
+    # audit
+    "suspect_method": OneOf(values=SUSPECT_METHODS),
+    "outlier_method": OneOf(values=OUTLIER_METHODS),
+    "queries": IntList(min=0, null=True),
+    "neighbours": Int(min=1, max=32),
+    "top": Int(min=1, max=256),
+    # encode, decode: a split of the datamodule (audit ranks official splits: TASK_SCHEMA)
     "split": OneOf(values=("train", "val", "test")),
     "csv": OneOf(values=(True, False, "auto")),
     "latents": Text(null=True),
@@ -334,6 +341,12 @@ SCHEMA: dict[str, Rule] = {
     "paths.output_dir": Text(),
 }
 
+# A key whose values differ by task: the rule that task gives it instead of SCHEMA's.
+TASK_SCHEMA: dict[str, dict[str, Rule]] = {
+    # the official files, train, test or both: what the audit's image indices count
+    "audit": {"split": OneOf(values=("test", "train", "all"))},
+}
+
 
 def validate(cfg: DictConfig) -> None:
     """Check every key of ``cfg`` against ``SCHEMA``; raise one ``ConfigError`` for the first bad one."""
@@ -362,7 +375,7 @@ def validate(cfg: DictConfig) -> None:
 def rule_of(cfg: DictConfig, key: str) -> Rule | None:
     """The rule for ``key`` in ``cfg``; ``None`` if the key is unknown. A key without a rule of its
     own is known when the class its group builds (``_target_``) takes it as an argument."""
-    rule = SCHEMA.get(key)
+    rule = TASK_SCHEMA.get(str(cfg.get("task_name")), {}).get(key) or SCHEMA.get(key)
     name = key.rpartition(".")[2]
     if name.startswith("_"):
         return rule or Open()

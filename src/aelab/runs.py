@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
@@ -43,6 +44,7 @@ from aelab.models.inference import as_model_input, in_batches
 from aelab.models.objectives import objective_spec
 from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
+from aelab.report.audit import CodeIndex
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +382,20 @@ class LoadedRun:
     def reconstruct(self, images: Any) -> torch.Tensor:
         """decode(encode(images)) in one pass, (N, 1, 28, 28) in [-1, 1]."""
         return in_batches(self.model.reconstruct, as_model_input(images), self.device, self.batch_size)
+
+    def neighbours(self, images: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` training images nearest to each of ``images`` by code, nearest first: indices
+        into the official training split (``datamodule.official_split("train")``), (N, k), and the
+        Euclidean distances between the codes, (N, k)."""
+        codes = self.encode(images).flatten(1).numpy()
+        return self._training_codes.query(codes, k)
+
+    @functools.cached_property
+    def _training_codes(self) -> CodeIndex:
+        # encoded once per loaded run: 60,000 MNIST images take seconds on a CPU
+        self.datamodule.setup()
+        images, _ = self.datamodule.official_split("train")
+        return CodeIndex(self.encode(images).flatten(1).numpy())
 
 
 def open_run(source: str | Path = "last", map_location: str | torch.device = "cpu") -> LoadedRun:

@@ -242,6 +242,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(data_dir)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._official: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         # training batches of the current epoch already done when the checkpoint resumed from was saved
         self._resume_batches = 0
@@ -293,8 +294,8 @@ class MNISTLikeDataModule(L.LightningDataModule):
             return
         self.prepare_data()
         n_classes = len(self.spec.classes)
-        train_images, train_labels = read_split(self.raw_dir, "train", n_classes)
-        test_images, test_labels = read_split(self.raw_dir, "test", n_classes)
+        self._official = {name: _as_tensors(*read_split(self.raw_dir, name, n_classes)) for name in ("train", "test")}
+        train_images, train_labels = self._official["train"]
         hp = self.settings
         if hp.val_size is not None:
             if hp.val_size >= len(train_images):
@@ -305,18 +306,14 @@ class MNISTLikeDataModule(L.LightningDataModule):
             # Seeded and independent of keep_classes, so runs with one seed validate on one set.
             order = np.random.default_rng(hp.seed).permutation(len(train_images))
             val_index, train_index = np.sort(order[: hp.val_size]), np.sort(order[hp.val_size :])
-            val_images, val_labels = train_images[val_index], train_labels[val_index]
+            val = train_images[val_index], train_labels[val_index]
             train_images, train_labels = train_images[train_index], train_labels[train_index]
         else:
-            val_images, val_labels = test_images, test_labels
+            val = self._official["test"]
         if hp.keep_classes is not None:
-            keep = np.isin(train_labels, hp.keep_classes)
+            keep = torch.isin(train_labels, torch.tensor(hp.keep_classes))
             train_images, train_labels = train_images[keep], train_labels[keep]
-        self.splits = {
-            "train": _as_tensors(train_images, train_labels),
-            "val": _as_tensors(val_images, val_labels),
-            "test": _as_tensors(test_images, test_labels),
-        }
+        self.splits = {"train": (train_images, train_labels), "val": val, "test": self._official["test"]}
 
     def content_hash(self) -> str:
         """A digest of the images and labels of every split: the data's identity, whatever folder
@@ -336,6 +333,12 @@ class MNISTLikeDataModule(L.LightningDataModule):
             images, labels = self.splits[name]
             self._on_device[key] = (images.to(key[1]), labels.to(key[1]))
         return self._on_device[key]
+
+    def official_split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (uint8) and labels of the dataset's own ``train`` or ``test`` file, in file order,
+        whatever ``val_size`` and ``keep_classes`` take from them: what an audit's indices count."""
+        self.setup()
+        return self._official[name]
 
     def _device(self) -> torch.device:
         trainer = self.trainer

@@ -74,6 +74,63 @@ def image_rows(rows: Sequence[np.ndarray], row_titles: Sequence[str], title: str
     return fig
 
 
+def captioned_images(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str, n_cols: int = 8):
+    """Sections of 28x28 images in [-1, 1], each image over its caption (e.g. ``7 -> 1``); a
+    section, ``(heading, images, captions)``, starts on a new row with its heading on the left."""
+    plt = _pyplot()
+    layout = [
+        (heading if start == 0 else "", images[start : start + n_cols], captions[start : start + n_cols])
+        for heading, images, captions in sections
+        for start in range(0, max(len(images), 1), n_cols)
+    ]
+    fig, axes = plt.subplots(len(layout), n_cols, figsize=(n_cols * 1.1, len(layout) * 1.35 + 0.5), squeeze=False)
+    for row, (heading, images, captions) in zip(axes, layout, strict=True):
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(np.asarray(images[j]).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+                ax.set_title(captions[j], fontsize=7)
+            else:
+                ax.axis("off")
+        row[0].set_ylabel(heading, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, np.ndarray]], classes, title: str):
+    """One row per query: the query, then for each ``(how, images (Q, k, ...), labels (Q, k))`` its k
+    neighbours found that way, each captioned with its class, a gap between the ways."""
+    plt = _pyplot()
+    k = max(images.shape[1] for _, images, _ in found)
+    n_cols = 1 + len(found) * (k + 1)
+    fig, axes = plt.subplots(len(queries), n_cols, figsize=(n_cols * 0.8, len(queries) * 1.0 + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, query in enumerate(queries):
+        cells = [(axes[i, 0], query, "query" if i == 0 else "")]
+        for w, (how, images, labels) in enumerate(found):
+            first = 1 + w * (k + 1) + 1
+            cells += [
+                (
+                    axes[i, first + j],
+                    images[i, j],
+                    f"{how}: {classes[int(labels[i, j])]}" if i == 0 and j == 0 else classes[int(labels[i, j])],
+                )
+                for j in range(images.shape[1])
+            ]
+        for ax, image, caption in cells:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(np.asarray(image).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+            ax.set_title(caption, fontsize=7, loc="left" if ":" in caption else "center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def _latent_size_axis(ax, sizes) -> None:
     sizes = sorted(set(sizes))
     ax.set_xscale("log")

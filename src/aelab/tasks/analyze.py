@@ -6,7 +6,6 @@ the numbers as a table and a projector embedding into the run's TensorBoard fold
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from aelab import runs
 from aelab.config import device_of, validate
 from aelab.data import normalize, normalized_rows
 from aelab.errors import ConfigError
-from aelab.files import write_atomic, write_json
+from aelab.files import write_json
 from aelab.models.inference import decode_random_codes, encode_images
 from aelab.names import (
     ANOMALY_AUROC,
@@ -36,7 +35,7 @@ from aelab.names import (
 )
 from aelab.quiet import quiet_known_warnings
 from aelab.report import metrics as analysis
-from aelab.report import plots
+from aelab.report import plots, projector
 from aelab.report.tables import write_table
 
 log = logging.getLogger(__name__)
@@ -213,21 +212,18 @@ def write_tensorboard(log_dir: Path, result, figures, test_z, test_y, classes, t
     from torch.utils.tensorboard import SummaryWriter
 
     rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
-    tag = "test_latents"
     with SummaryWriter(str(log_dir)) as writer:
         writer.add_text("analysis/numbers", f"| measure | value |\n| --- | --- |\n{rows}")
         for name, fig in figures.items():
             writer.add_figure(f"{FIGURES}/{name}", fig)
-        writer.add_embedding(
-            torch.from_numpy(test_z),
-            metadata=[classes[int(y)] for y in test_y],
-            label_img=test_images.unsqueeze(1).float() / 255,
-            tag=tag,
-        )
-    config = log_dir / "projector_config.pbtxt"
-    name = json.dumps(f"test latents, {title}")  # a quoted, escaped protobuf text string
-    named = config.read_text().replace(f'tensor_name: "{tag}:00000"', f"tensor_name: {name}")
-    write_atomic(config, named)
+    projector.add_embedding(
+        log_dir,
+        "test_latents",
+        f"test latents, {title}",
+        torch.from_numpy(test_z),
+        test_images,
+        {"class": [classes[int(y)] for y in test_y]},
+    )
 
 
 def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:

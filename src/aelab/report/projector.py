@@ -1,0 +1,55 @@
+"""Latents into TensorBoard's PROJECTOR, each embedding named for what it holds.
+
+torch's ``SummaryWriter.add_embedding`` rewrites ``projector_config.pbtxt`` with the embeddings of
+its own writer only, so analyze's test latents would vanish when the audit adds its own; this keeps
+the embeddings other tasks wrote there and replaces only one of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from aelab.files import write_atomic
+
+CONFIG_FILE = "projector_config.pbtxt"
+
+
+def add_embedding(
+    log_dir: Path,
+    tag: str,
+    name: str,
+    latents: Tensor,
+    images: Tensor,
+    columns: dict[str, Sequence[object]],
+) -> None:
+    """``latents`` (N, D) shown as ``name``, each point with its image (uint8, (N, 28, 28)) and the
+    metadata ``columns`` (a single column is written without a header, as TensorBoard expects).
+    ``tag`` names the embedding's folder, ``<log_dir>/00000/<tag>``."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+    from torch.utils.tensorboard import SummaryWriter
+
+    path = log_dir / CONFIG_FILE
+    config = ProjectorConfig()
+    if path.is_file():
+        text_format.Parse(path.read_text(), config)
+    metadata: list[Any]
+    if len(columns) == 1:
+        metadata, header = [str(v) for v in next(iter(columns.values()))], None
+    else:
+        metadata, header = [list(row) for row in zip(*columns.values(), strict=True)], list(columns)
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_embedding(
+            latents, metadata=metadata, metadata_header=header, label_img=images.unsqueeze(1).float() / 255, tag=tag
+        )
+    written = ProjectorConfig()
+    text_format.Parse(path.read_text(), written)
+    (embedding,) = written.embeddings
+    embedding.tensor_name = name
+    kept = [e for e in config.embeddings if e.tensor_name != name and e.tensor_path != embedding.tensor_path]
+    merged = ProjectorConfig(embeddings=[*kept, embedding])
+    write_atomic(path, text_format.MessageToString(merged))

@@ -1,0 +1,239 @@
+"""``audit(cfg)``: use a trained run's latent space on its own data: suspect labels, outliers, and
+the training images most like a few test images.
+
+Both official splits are encoded once and form the pool every score is computed over (an image is
+never its own neighbour or in its own training fold); the rows written are the audited split's
+(``split=test|train|all``), ranked most suspect first, with ``index`` the image's position in its
+official file. Writes ``audit/`` in the run (the CSVs, figures and ``audit.json``), and the figures
+and a projector embedding, with the suspect score and suggested class as metadata, into the run's
+TensorBoard folder. The methods and why each default is the default: ``aelab.report.audit`` and the
+README's "Auditing a dataset".
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from aelab import runs
+from aelab.config import device_of, validate
+from aelab.data import normalize
+from aelab.errors import ConfigError, hydra_value
+from aelab.files import atomic_path, write_json
+from aelab.models.inference import encode_images
+from aelab.names import FIGURES
+from aelab.quiet import quiet_known_warnings
+from aelab.report import audit as methods
+from aelab.report import plots, projector
+from aelab.tasks.analyze import stage
+
+log = logging.getLogger(__name__)
+
+AUDIT_DIR = "audit"
+SUSPECT_COLUMNS = ("split", "index", "label", "suggested", "score")
+OUTLIER_COLUMNS = ("split", "index", "label", "score")
+SPLITS = ("train", "test")
+# the projector's sprite holds one thumbnail per point: a larger audited split is sampled to this
+PROJECTOR_POINTS = 10000
+
+
+def audit(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    quiet_known_warnings()
+    device = device_of(cfg)
+    loaded = runs.load_run_from_config(cfg, None, device)
+    # a one-class run is audited against every class, as analyze measures it
+    data = loaded.datamodule.with_all_classes()
+    classes = data.classes
+    seed, k = int(cfg.seed), int(cfg.knn_k)
+    files = {name: data.official_split(name) for name in SPLITS}
+    images = torch.cat([files[name][0] for name in SPLITS])
+    labels = torch.cat([files[name][1] for name in SPLITS]).numpy()
+    split_of = np.repeat(np.array(SPLITS), [len(files[name][0]) for name in SPLITS])
+    index = np.concatenate([np.arange(len(files[name][0])) for name in SPLITS])
+    n_test = int((split_of == "test").sum())
+    queries = _queries(cfg.queries, labels[split_of == "test"], n_test, data.name)
+    if len(np.unique(labels)) < 2:
+        raise ConfigError(
+            f"{loaded.path}: every image of {data.name} is in class {classes[int(labels[0])]!r}, so no label can "
+            "be suspect; audit a run of labelled data (e.g. one trained with data=mnist)"
+        )
+    if k >= len(images):
+        raise ConfigError(
+            f"knn_k={k} is invalid for {data.name}: its {len(images)} images have at most {len(images) - 1} "
+            f"neighbours each; e.g. knn_k={min(10, len(images) - 1)}"
+        )
+
+    with stage(f"encoding {len(images)} images ({' + '.join(SPLITS)}) on {device}"):
+        codes, errors = encode_images(loaded.model, images, device, data.settings.batch_size)
+    if not (np.isfinite(codes).all() and np.isfinite(errors).all()):
+        raise runs.diverged(loaded.path, "its codes")
+    pool = methods.CodeIndex(codes)
+    with stage(f"suspect labels: {cfg.suspect_method}, k={k}"):
+        suspects = methods.suspect_labels(str(cfg.suspect_method), pool, labels, len(classes), k, seed)
+    # the other score is ranked too, for the figure: where the two agree, an image is odd both ways
+    other_method = next(m for m in methods.OUTLIER_METHODS if m != cfg.outlier_method)
+    with stage(f"outliers: {cfg.outlier_method}, and {other_method} beside it"):
+        outlier_score = methods.outlier_scores(str(cfg.outlier_method), pool, errors, k)
+        other_score = methods.outlier_scores(other_method, pool, errors, k)
+    with stage(f"neighbours of {len(queries)} test images"):
+        train = split_of == "train"
+        by_code, _ = methods.CodeIndex(codes[train]).query(codes[~train][queries], cfg.neighbours)
+        pixels = images.flatten(1).float().numpy()
+        by_pixels, _ = methods.CodeIndex(pixels[train]).query(pixels[~train][queries], cfg.neighbours)
+
+    audited = np.flatnonzero(split_of == cfg.split) if cfg.split != "all" else np.arange(len(images))
+    suspect_order = audited[methods.ranking(suspects.score[audited])]
+    outlier_order = audited[methods.ranking(outlier_score[audited])]
+    other_order = audited[methods.ranking(other_score[audited])]
+    out = loaded.run_dir / AUDIT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(
+        out / "suspect_labels.csv",
+        SUSPECT_COLUMNS,
+        ((split_of[i], index[i], labels[i], suspects.suggested[i], f"{suspects.score[i]:.6f}") for i in suspect_order),
+    )
+    _write_csv(
+        out / "outliers.csv",
+        OUTLIER_COLUMNS,
+        ((split_of[i], index[i], labels[i], f"{outlier_score[i]:.6f}") for i in outlier_order),
+    )
+
+    top, title = int(cfg.top), f"{loaded.model.backbone} d={loaded.model.latent_size} ({data.name})"
+    pixels_of = normalize(images).numpy()
+
+    def caption(i: int, text: str) -> str:
+        return f"{split_of[i]} {index[i]}\n{text}"
+
+    figures = {
+        "suspect_labels": plots.captioned_images(
+            [
+                (
+                    "",
+                    pixels_of[suspect_order[:top]],
+                    [
+                        caption(i, f"{classes[labels[i]]} -> {classes[suspects.suggested[i]]}")
+                        for i in suspect_order[:top]
+                    ],
+                )
+            ],
+            f"most suspect labels ({cfg.split}): given -> suggested, {title}",
+        ),
+        "outliers": plots.captioned_images(
+            [
+                (
+                    f"by {cfg.outlier_method}",
+                    pixels_of[outlier_order[:top]],
+                    [caption(i, classes[labels[i]]) for i in outlier_order[:top]],
+                ),
+                (
+                    f"by {other_method}",
+                    pixels_of[other_order[:top]],
+                    [caption(i, classes[labels[i]]) for i in other_order[:top]],
+                ),
+            ],
+            f"least like the rest ({cfg.split}), {title}",
+        ),
+        "neighbours": plots.neighbour_rows(
+            pixels_of[~train][queries],
+            [
+                ("by code", pixels_of[train][by_code], labels[train][by_code]),
+                ("by pixels", pixels_of[train][by_pixels], labels[train][by_pixels]),
+            ],
+            classes,
+            f"nearest training images to test images, {title}",
+        ),
+    }
+    both = len(set(outlier_order[:top].tolist()) & set(other_order[:top].tolist()))
+    result: dict[str, Any] = {
+        "checkpoint": str(loaded.path),
+        "data": data.name,
+        "split": str(cfg.split),
+        "images_audited": len(audited),
+        "pool": len(images),
+        "suspect_method": str(cfg.suspect_method),
+        "outlier_method": str(cfg.outlier_method),
+        "knn_k": k,
+        # confident learning's estimate of how many of the audited labels are wrong
+        "labels_flagged": int(suspects.flagged[audited].sum()),
+        # how many of the top outliers the other score also puts in its top
+        f"outliers_top{top}_also_top_by_{other_method}": both,
+        "queries": queries.tolist(),
+        "neighbours": {
+            int(q): {"by_code": np.flatnonzero(train)[row].tolist(), "by_pixels": np.flatnonzero(train)[pixel].tolist()}
+            for q, row, pixel in zip(queries, by_code, by_pixels, strict=True)
+        },
+    }
+    write_json(out / "audit.json", result)
+    for name, fig in figures.items():
+        plots.save_png(fig, out / f"{name}.png")
+    with stage("TensorBoard: figures and projector"):
+        _write_tensorboard(
+            loaded.run_dir / "tensorboard", figures, audited, codes, images, labels, suspects, classes, title, seed
+        )
+    log.info(
+        "audit of %s: %d of %d %s labels flagged by confident learning; most suspect: %s; written to %s",
+        loaded.path,
+        result["labels_flagged"],
+        len(audited),
+        cfg.split,
+        ", ".join(
+            f"{split_of[i]} {index[i]} ({classes[labels[i]]} -> {classes[suspects.suggested[i]]})"
+            for i in suspect_order[:3]
+        ),
+        out,
+    )
+    return result
+
+
+def _queries(queries: Any, test_labels: np.ndarray, n_test: int, data: str) -> np.ndarray:
+    """The test images neighbours.png shows: ``queries`` (a list of ints: the schema checked it),
+    or the first test image of each class."""
+    if queries is None:
+        return np.array([int(np.flatnonzero(test_labels == c)[0]) for c in np.unique(test_labels)])
+    chosen = [int(q) for q in queries]
+    beyond = [q for q in chosen if q >= n_test]
+    if beyond:
+        raise ConfigError(
+            f"queries={hydra_value(chosen)} is invalid: {beyond[0]} is beyond the {n_test} images of the {data} test "
+            f"split; give test-split indices 0-{n_test - 1}, e.g. queries=[0,1,2]"
+        )
+    return np.array(chosen, dtype=np.int64)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(rows)
+
+
+def _write_tensorboard(log_dir, figures, audited, codes, images, labels, suspects, classes, title, seed) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for name, fig in figures.items():
+            writer.add_figure(f"{FIGURES}/audit_{name}", fig)
+    shown = audited
+    if len(shown) > PROJECTOR_POINTS:
+        shown = np.sort(np.random.default_rng(seed).choice(audited, PROJECTOR_POINTS, replace=False))
+    projector.add_embedding(
+        log_dir,
+        "audit_latents",
+        f"audited latents, {title}",
+        torch.from_numpy(codes[shown]),
+        images[shown],
+        {
+            "label": [classes[labels[i]] for i in shown],
+            "suggested": [classes[suspects.suggested[i]] for i in shown],
+            "suspect_score": [f"{suspects.score[i]:.4f}" for i in shown],
+        },
+    )
