@@ -55,6 +55,15 @@ def test_confident_learning_flags_what_beats_its_class_threshold():
     assert audit.confident_errors(p, labels).tolist() == [False, False, True, False, False]
 
 
+def test_a_class_of_one_image_does_not_make_every_image_suspect():
+    # its lone member has no neighbour of its class, so the class's threshold is 0
+    codes, labels = blobs(k=3)
+    codes = np.concatenate([codes, codes[:1] + 100])
+    labels = np.append(labels, 3)
+    suspects = audit.suspect_labels("knn", audit.CodeIndex(codes), labels, 4, k=10, seed=0)
+    assert suspects.flagged.sum() == 1 and suspects.flagged[-1]
+
+
 @pytest.mark.parametrize("method", audit.SUSPECT_METHODS)
 def test_a_planted_wrong_label_ranks_first_with_every_method(method):
     codes, labels = blobs()
@@ -84,7 +93,9 @@ def test_ties_keep_the_pool_order():
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """A tiny MLP run whose data holds one wrong label: test image 13 (a class-3 bar) labelled 8."""
+    """A tiny MLP run whose data holds one wrong label: test image 13 (a class-3 bar) labelled 8.
+    Trained on a part of the training file (data.val_size, data.keep_classes), so the datamodule's
+    splits and the files' positions differ: the audit's indices must be the files'."""
     root = tmp_path_factory.mktemp("audit")
     data = make_tiny_dataset(root / "data", n_train=200, n_test=60)
     labels_file = data / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
@@ -96,6 +107,8 @@ def planted(tmp_path_factory):
         "train.py",
         "model.latent_dim=8",
         "trainer.max_epochs=2",
+        "data.val_size=40",
+        "data.keep_classes=[0,1,2,3,4,5,6,7,8]",
         f"paths.log_dir={root / 'logs'}",
         QUIET,
         env={"AELAB_DATA_DIR": str(data)},
@@ -150,15 +163,25 @@ def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
     assert metadata[0] == "label\tsuggested\tsuspect_score" and len(metadata) == 61
     assert "8\t3\t" in "\n".join(metadata[1:])
 
-    # the same seed, the same ranking; split=all ranks both splits, train indices as in the file
+    # the same seed, the same ranking, and a projector config that is not TensorBoard's is replaced
+    (run / "tensorboard" / "projector_config.pbtxt").write_text("not { a projector")
     again = run_cli("audit.py", "ckpt_path=last", "queries=[0,13]", f"paths.log_dir={root / 'logs'}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_rows(out / "suspect_labels.csv") == suspects
-    every = run_cli("audit.py", "ckpt_path=last", "split=all", f"paths.log_dir={root / 'logs'}")
-    assert every.returncode == 0, every.stderr[-2000:]
-    rows = read_rows(out / "suspect_labels.csv")[1:]
-    assert rows[0][:4] == ["test", "13", "8", "3"] and len(rows) == 260
-    assert sorted(int(r[1]) for r in rows if r[0] == "train") == list(range(200))
+    assert "projector_config.pbtxt could not be read" in again.stderr + again.stdout
+    assert "Embedding dir exists" not in again.stdout
+    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert projector.count("embeddings {") == 1 and "audited latents" in projector
+
+    # split=train and split=all rank the files' images, train indices as positions in the file
+    for split, n in (("train", 200), ("all", 260)):
+        ranked = run_cli("audit.py", "ckpt_path=last", f"split={split}", f"paths.log_dir={root / 'logs'}")
+        assert ranked.returncode == 0, ranked.stderr[-2000:]
+        rows = read_rows(out / "suspect_labels.csv")[1:]
+        assert len(rows) == n and sorted(int(r[1]) for r in rows if r[0] == "train") == list(range(200))
+    assert rows[0][:4] == ["test", "13", "8", "3"]
+    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert projector.count("embeddings {") == 1
 
 
 def test_neighbours_in_python_find_a_training_image_itself_first(planted):
@@ -169,3 +192,5 @@ def test_neighbours_in_python_find_a_training_image_itself_first(planted):
     assert indices.shape == distances.shape == (2, 4)
     assert indices[:, 0].tolist() == [5, 77] and distances[:, 0] == pytest.approx([0.0, 0.0], abs=1e-5)
     assert (np.diff(distances, axis=1) >= 0).all()
+    with pytest.raises(ValueError, match="k=201: the training split holds 200 images; ask for 1 to 200"):
+        loaded.neighbours(images[:1], k=201)

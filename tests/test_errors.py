@@ -554,6 +554,16 @@ CASES = {
         ["#trained", "knn_k=136"],
         "knn_k=136 is invalid for MNIST: its 136 images have at most 135 neighbours each; e.g. knn_k=10",
     ),
+    "audit a split that only encode has": (
+        "audit",
+        ["#trained", "split=val"],
+        "split='val' is invalid: it must be one of test, train, all",
+    ),
+    "audit more neighbours shown than training images": (
+        "audit",
+        ["#trained", "neighbours=32", "knn_k=10", "data.data_dir={tmp}/few"],
+        "neighbours=32 is invalid for MNIST (few): its training split holds 20 images; e.g. neighbours=8",
+    ),
     "audit an unknown outlier score": (
         "audit",
         ["#trained", "outlier_method=iforest"],
@@ -639,6 +649,7 @@ def run_in_process(script: str, args: list[str], capfd, env: dict[str, str]) -> 
 def case_arguments(case: str, tmp_path: Path, trained: Path) -> tuple[str, list[str], dict[str, str]]:
     script, args, _ = CASES[case]
     data = make_tiny_dataset(tmp_path / "data")
+    make_tiny_dataset(tmp_path / "few", n_train=20, n_test=10)
     (tmp_path / "a_file").write_text("a file where a folder is expected\n")
     cli_args = [f"paths.log_dir={tmp_path / 'logs'}"]
     if script == "train":

@@ -341,15 +341,14 @@ SCHEMA: dict[str, Rule] = {
     "paths.output_dir": Text(),
 }
 
-# A key whose values differ by task: the rule that task gives it instead of SCHEMA's.
-TASK_SCHEMA: dict[str, dict[str, Rule]] = {
-    # the official files, train, test or both: what the audit's image indices count
-    "audit": {"split": OneOf(values=("test", "train", "all"))},
-}
+# The audit ranks the dataset's own files (train, test or both), whose positions its indices count;
+# encode's split is one of the datamodule's. The audit task passes this rule to validate().
+AUDIT_SPLIT = OneOf(values=("test", "train", "all"))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every key of ``cfg`` against ``SCHEMA``; raise one ``ConfigError`` for the first bad one."""
+def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None:
+    """Check every key of ``cfg`` against ``SCHEMA``, where ``task_rules`` (the calling task's own
+    meaning of a key) take precedence; raise one ``ConfigError`` for the first bad one."""
     # eval and analyze start from data=from_checkpoint, where null means "as the checkpoint says"
     from_checkpoint = "data" in cfg and isinstance(cfg.data, DictConfig) and "_target_" not in cfg.data
     leaves = list(_leaves(cfg))  # resolves every key first: a broken interpolation is named as such
@@ -362,7 +361,7 @@ def validate(cfg: DictConfig) -> None:
         if key.endswith("._target_"):
             _check_importable(key, value)
             _check_extra_installed(key, value)
-        rule = rule_of(cfg, key)
+        rule = (task_rules or {}).get(key) or rule_of(cfg, key)
         if rule is None:
             raise ConfigError(unknown_key_message(key, hydra_value(value), target=_target_of_group(cfg, key)))
         if from_checkpoint and key.startswith("data."):
@@ -375,7 +374,7 @@ def validate(cfg: DictConfig) -> None:
 def rule_of(cfg: DictConfig, key: str) -> Rule | None:
     """The rule for ``key`` in ``cfg``; ``None`` if the key is unknown. A key without a rule of its
     own is known when the class its group builds (``_target_``) takes it as an argument."""
-    rule = TASK_SCHEMA.get(str(cfg.get("task_name")), {}).get(key) or SCHEMA.get(key)
+    rule = SCHEMA.get(key)
     name = key.rpartition(".")[2]
     if name.startswith("_"):
         return rule or Open()

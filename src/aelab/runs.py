@@ -387,13 +387,14 @@ class LoadedRun:
         """The ``k`` training images nearest to each of ``images`` by code, nearest first: indices
         into the official training split (``datamodule.official_split("train")``), (N, k), and the
         Euclidean distances between the codes, (N, k)."""
-        codes = self.encode(images).flatten(1).numpy()
-        return self._training_codes.query(codes, k)
+        index = self._training_codes
+        if not 1 <= k <= index.size:
+            raise ValueError(f"k={k}: the training split holds {index.size} images; ask for 1 to {index.size}")
+        return index.query(self.encode(images).flatten(1).numpy(), k)
 
     @functools.cached_property
     def _training_codes(self) -> CodeIndex:
         # encoded once per loaded run: 60,000 MNIST images take seconds on a CPU
-        self.datamodule.setup()
         images, _ = self.datamodule.official_split("train")
         return CodeIndex(self.encode(images).flatten(1).numpy())
 

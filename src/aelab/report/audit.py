@@ -32,6 +32,7 @@ class CodeIndex:
         from sklearn.neighbors import NearestNeighbors
 
         self.codes = np.ascontiguousarray(pool, dtype=np.float32)
+        self.size = len(self.codes)
         self._search = NearestNeighbors().fit(self.codes)
         self._own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -95,7 +96,9 @@ def confident_errors(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarra
     thresholds = np.array(
         [probabilities[labels == c, c].mean() if (labels == c).any() else np.inf for c in range(n_classes)]
     )
-    confident = np.where(probabilities >= thresholds, probabilities, -np.inf)
+    # p > 0 too: a class whose members all get p = 0 (a lone image of it) has a threshold of 0,
+    # which every image would reach
+    confident = np.where((probabilities >= thresholds) & (probabilities > 0), probabilities, -np.inf)
     assigned = confident.argmax(axis=1)
     return np.isfinite(confident.max(axis=1)) & (assigned != labels)
 

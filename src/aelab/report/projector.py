@@ -7,6 +7,8 @@ the embeddings other tasks wrote there and replaces only one of the same name.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 from torch import Tensor
 
 from aelab.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "projector_config.pbtxt"
 
@@ -35,8 +39,15 @@ def add_embedding(
 
     path = log_dir / CONFIG_FILE
     config = ProjectorConfig()
-    if path.is_file():
+    try:
         text_format.Parse(path.read_text(), config)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as err:
+        log.warning("%s could not be read (%s): the projector will list only %r", path, err, name)
+        config = ProjectorConfig()
+    # torch warns on stdout when the embedding's folder (global step 0) exists: a re-run replaces it
+    shutil.rmtree(log_dir / "00000" / tag, ignore_errors=True)
     metadata: list[Any]
     if len(columns) == 1:
         metadata, header = [str(v) for v in next(iter(columns.values()))], None

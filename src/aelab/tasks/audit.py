@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from aelab import runs
-from aelab.config import device_of, validate
+from aelab.config import AUDIT_SPLIT, device_of, validate
 from aelab.data import normalize
 from aelab.errors import ConfigError, hydra_value
 from aelab.files import atomic_path, write_json
@@ -40,17 +40,19 @@ AUDIT_DIR = "audit"
 SUSPECT_COLUMNS = ("split", "index", "label", "suggested", "score")
 OUTLIER_COLUMNS = ("split", "index", "label", "score")
 SPLITS = ("train", "test")
+# rows of neighbours.png
+MAX_QUERIES = 32
 # the projector's sprite holds one thumbnail per point: a larger audited split is sampled to this
 PROJECTOR_POINTS = 10000
 
 
 def audit(cfg: DictConfig) -> dict[str, Any]:
-    validate(cfg)
+    validate(cfg, {"split": AUDIT_SPLIT})
     quiet_known_warnings()
     device = device_of(cfg)
     loaded = runs.load_run_from_config(cfg, None, device)
-    # a one-class run is audited against every class, as analyze measures it
-    data = loaded.datamodule.with_all_classes()
+    # the official files whatever data.keep_classes and data.val_size took from them for training
+    data = loaded.datamodule
     classes = data.classes
     seed, k = int(cfg.seed), int(cfg.knn_k)
     files = {name: data.official_split(name) for name in SPLITS}
@@ -69,6 +71,12 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             f"knn_k={k} is invalid for {data.name}: its {len(images)} images have at most {len(images) - 1} "
             f"neighbours each; e.g. knn_k={min(10, len(images) - 1)}"
+        )
+    n_train = len(files["train"][0])
+    if cfg.neighbours > n_train:
+        raise ConfigError(
+            f"neighbours={cfg.neighbours} is invalid for {data.name}: its training split holds {n_train} images; "
+            f"e.g. neighbours={min(8, n_train)}"
         )
 
     with stage(f"encoding {len(images)} images ({' + '.join(SPLITS)}) on {device}"):
@@ -163,8 +171,9 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         "knn_k": k,
         # confident learning's estimate of how many of the audited labels are wrong
         "labels_flagged": int(suspects.flagged[audited].sum()),
-        # how many of the top outliers the other score also puts in its top
-        f"outliers_top{top}_also_top_by_{other_method}": both,
+        # of the top outliers (as many as the figure shows), how many the other score also ranks there
+        "outliers_top": top,
+        "outliers_top_in_both": both,
         "queries": queries.tolist(),
         "neighbours": {
             int(q): {"by_code": np.flatnonzero(train)[row].tolist(), "by_pixels": np.flatnonzero(train)[pixel].tolist()}
@@ -198,7 +207,12 @@ def _queries(queries: Any, test_labels: np.ndarray, n_test: int, data: str) -> n
     or the first test image of each class."""
     if queries is None:
         return np.array([int(np.flatnonzero(test_labels == c)[0]) for c in np.unique(test_labels)])
-    chosen = [int(q) for q in queries]
+    chosen = list(dict.fromkeys(int(q) for q in queries))  # each once, in the order given
+    if len(chosen) > MAX_QUERIES:
+        raise ConfigError(
+            f"queries={hydra_value(list(queries))} is invalid: neighbours.png shows at most {MAX_QUERIES} query "
+            f"images (one per row); give fewer, e.g. queries=[0,1,2]"
+        )
     beyond = [q for q in chosen if q >= n_test]
     if beyond:
         raise ConfigError(
