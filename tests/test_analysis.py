@@ -140,6 +140,10 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     assert not [tag for tag in events.Tags()["scalars"] if tag.startswith(("latent/", "test/"))]
     assert {"views/map_pca", "views/interpolation"} <= set(events.Tags()["images"])
     assert "encoding 200 train and 60 test images" in result.stderr + result.stdout
+    # the console ends with the numbers measured, then where they are
+    printed = result.stdout.splitlines()
+    assert printed[-1] == f"written to {run / 'analysis'}"
+    assert any(line.split() == ["latent/knn_accuracy", f"{report['latent/knn_accuracy']:.4g}"] for line in printed)
 
 
 @pytest.mark.slow
@@ -224,3 +228,16 @@ def test_fashion_mnist_trains_and_eval_and_analyze_use_its_checkpoint_and_class_
     assert analysis["latent/knn_accuracy"] > 0.7
     metadata = next(run.glob("tensorboard/**/metadata.tsv")).read_text().splitlines()
     assert len(metadata) == 10000 and set(metadata) == set(DATASETS["fashion_mnist"].classes)
+
+
+def test_the_latent_size_figure_promises_the_dashed_n2d_line_only_when_it_draws_it():
+    from aelab.report.plots import metrics_vs_latent_size
+
+    row = {"backbone": "mlp", "objective": "plain", "data": "MNIST", "latent/knn_accuracy": 0.9}
+    rows = [{**row, "latent_size": d, "latent/kmeans_acc": 0.5, "test/mse": 0.1} for d in (2, 4)]
+    titles = [ax.get_title() for ax in metrics_vs_latent_size(rows).axes]
+    assert titles[1] == "clustering ACC (k-means)"
+    rows = [{**r, "latent/umap_gmm_acc": 0.7} for r in rows]
+    panel = metrics_vs_latent_size(rows).axes[1]
+    assert panel.get_title() == "clustering ACC (k-means; UMAP+GMM dashed)"
+    assert [line.get_linestyle() for line in panel.get_lines()] == ["-", "--"]

@@ -531,6 +531,12 @@ CASES = {
     "analyze with no runs": ("analyze", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt under"),
     "analyze legacy precision": ("analyze", ["#trained", "trainer.precision=16"], "trainer.precision=16 is invalid"),
     "analyze a foreign checkpoint": ("analyze", ["#foreign"], "was not written by aelab"),
+    "a search without -m": (
+        "train",
+        ["hparams_search=mlp"],
+        "hparams_search=mlp is a search over many runs, which Hydra starts only as a multirun: add -m, "
+        "e.g. python src/train.py -m hparams_search=mlp",
+    ),
     # audit opens checkpoints as analyze does
     "audit without a checkpoint": ("audit", [], "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"),
     "audit a split typo": (

@@ -62,6 +62,9 @@ def test_a_search_survives_failing_trials_and_resumes_from_its_storage(tmp_path,
     report = (sweep_dir / "trials.md").read_text()
     assert f"Best: trial {best['trial']}, val/mse_best {float(best['val/mse_best']):.5f}" in report
     assert "trainer.max_epochs=1" in report and (sweep_dir / "trials.png").stat().st_size > 1000
+    assert f"{report.rstrip()}\n\nsearch report: {sweep_dir / 'trials.md'}\n" in first.stdout
+    # every trial has the same latent size: no curve against it
+    assert not (sweep_dir / "mse_vs_latent_size.png").exists()
 
     # a search killed while a trial ran: the trial is still RUNNING in the storage
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / STORAGE}")
@@ -132,3 +135,11 @@ def test_a_sweep_of_values_inside_a_search_is_refused_in_one_line(tmp_path, tiny
         "aelab: error: model.latent_dim=2,3 is a sweep, and hparams_search chooses the values itself: give one "
         "value, or add the key to hydra.sweeper.params"
     )
+
+
+def test_the_trials_plot_ticks_whole_trials():
+    from aelab.report.plots import search_trials
+
+    rows = [{"trial": 0, "val/mse_best": 0.2}, {"trial": 1, "val/mse_best": 0.1}, {"trial": 2, "state": "fail"}]
+    ax = search_trials(rows, "val/mse_best").axes[0]
+    assert [t for t in ax.get_xticks() if 0 <= t <= 2] == [0.0, 1.0, 2.0]

@@ -54,9 +54,14 @@ def test_summary_has_every_column_and_both_figures(failed_sweep):
     assert float(good["compression"]) == pytest.approx(1 - 3 / 784, abs=1e-4)
     assert 0 < float(good["val/pca_mse"]) < 2 and 0 < float(good["val/mse_best"]) < 2
     assert float(good["wall_time_s"]) > 0
-    assert "| mlp | plain | 3 | 3 | 218643 |" in (sweep_dir / "summary.md").read_text()
-    for figure in ("mse_vs_latent_size.png", "reconstructions_by_latent_size.png"):
-        assert (sweep_dir / figure).read_bytes()[:4] == b"\x89PNG"
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "| mlp | plain | 3 | 3 | 218643 |" in summary
+    # the console ends with the same table and where it is
+    _, result = failed_sweep
+    assert f"{summary.rstrip()}\n\nsweep report: {sweep_dir / 'summary.md'}\n" in result.stdout
+    assert (sweep_dir / "reconstructions_by_latent_size.png").read_bytes()[:4] == b"\x89PNG"
+    # one latent size finished: a curve against latent size would be one point
+    assert not (sweep_dir / "mse_vs_latent_size.png").exists()
     assert list((sweep_dir / "sweep").glob("events.out.tfevents.*"))
 
 
@@ -65,6 +70,7 @@ def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_
     first = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
     assert first.returncode == 0, first.stderr[-2000:]
     sweep_dir = tmp_path / "sweep"
+    assert (sweep_dir / "mse_vs_latent_size.png").read_bytes()[:4] == b"\x89PNG"  # two latent sizes: a curve
     before = (sweep_dir / "summary.csv").read_text()
     job = sweep_dir / "model.latent_dim=2,trainer.max_epochs=1"
     checkpoint_mtime = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns

@@ -180,7 +180,7 @@ def random_codes_by_job(panels: list[tuple[str, Any]], data: str):
     return image_rows(
         [np.asarray(images) for _, images in panels],
         [title for title, _ in panels],
-        f"Random codes from N(0, I) decoded: generation by objective ({data})",
+        f"Random codes from N(0, I) decoded, one row per job ({data})",
     )
 
 
@@ -188,9 +188,10 @@ def metrics_vs_latent_size(rows: list[dict]):
     """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone and objective."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    n2d = any(r.get(UMAP_GMM_ACC) is not None for r in rows)
     panels = [
         (KNN_ACCURACY, "kNN accuracy"),
-        (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)"),
+        (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)" if n2d else "clustering ACC (k-means)"),
         (TEST_MSE, TEST_MSE),
     ]
     names = sorted({series(r) for r in rows})
@@ -198,7 +199,7 @@ def metrics_vs_latent_size(rows: list[dict]):
         for name in names:
             points = sorted((r["latent_size"], r[key]) for r in rows if series(r) == name)
             ax.plot(*zip(*points, strict=True), marker="o", label=name)
-        if key == KMEANS_ACC and any(r.get(UMAP_GMM_ACC) is not None for r in rows):
+        if key == KMEANS_ACC and n2d:
             for name in names:
                 points = sorted((r["latent_size"], r[UMAP_GMM_ACC]) for r in rows if series(r) == name)
                 ax.plot(*zip(*points, strict=True), marker=".", linestyle="--", label=f"{name} UMAP+GMM")
@@ -233,6 +234,8 @@ def search_trials(rows: list[dict], metric: str):
     """A search's trials in order: each complete trial's ``metric``, the best so far as a line,
     failed trials as crosses along the bottom."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4))
     complete = [(r["trial"], r[metric]) for r in rows if r.get(metric) is not None]
     failed = [r["trial"] for r in rows if r.get(metric) is None and r.get("state") == "fail"]
@@ -245,6 +248,7 @@ def search_trials(rows: list[dict], metric: str):
         bottom = min(v for _, v in complete) if complete else 1.0
         ax.scatter(failed, [bottom] * len(failed), marker="x", color="red", label="failed")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_ylabel(metric)
     ax.set_title(f"search: {len(complete)} complete, {len(failed)} failed")
     ax.legend()

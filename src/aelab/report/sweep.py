@@ -205,10 +205,12 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
         f"# Sweep {sweep_dir.name} ({data})\n\nMSE per pixel on the [-1, 1] scale, on the validation "
         "split; PCA: the best linear code of the same size, fit on the same training data." + one_class_line(rows),
     )
+    sized = [r for r in rows if r["status"] == "ok" and r["latent_size"]]
     panels = reconstruction_panels(rows, opened)
     random_panels = random_code_panels(rows, opened)
     figures = {
-        FIGURE_MSE: plots.mse_vs_latent_size([r for r in rows if r["status"] == "ok" and r["latent_size"]], data),
+        # a sweep that does not vary the latent size (a search, one-class digits) would stack its points at one x
+        FIGURE_MSE: plots.mse_vs_latent_size(sized, data) if len({r["latent_size"] for r in sized}) > 1 else None,
         FIGURE_RECONSTRUCTIONS: plots.reconstructions_by_latent_size(panels, data) if panels else None,
         FIGURE_RANDOM_CODES: plots.random_codes_by_job(random_panels, data) if random_panels else None,
     }
@@ -232,8 +234,10 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_report(sweep_dir)
         failed = [r for r in rows if r["status"] != "ok"]
-        log.info("sweep report: %s", sweep_dir / "summary.md")
         searched = str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith(".SearchSweeper")
+        # the table on the console too: a search's trials (aelab.search wrote them), a sweep's jobs
+        report = sweep_dir / ("trials.md" if searched else "summary.md")
+        print(f"{report.read_text().rstrip()}\n\n{'search' if searched else 'sweep'} report: {report}")
         if failed and searched and len(failed) < len(rows):
             # a search expects some trials to fail (a learning rate too high): trials.md records them
             print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {sweep_dir / 'trials.md'}", file=sys.stderr)

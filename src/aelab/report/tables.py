@@ -11,7 +11,7 @@ from aelab.files import write_atomic
 
 
 def write_table(rows: list[dict[str, Any]], columns: list[str], path_stem: Path, intro: str) -> None:
-    """One row per item; columns not in a row stay empty."""
+    """One row per item; columns not in a row stay empty. The ``.md`` is what a task prints too."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -29,3 +29,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "/")
+
+
+def key_values(title: str, values: dict[str, Any]) -> str:
+    """What a task measured, for the console: the title, then one aligned ``name  value`` line each."""
+    width = max(map(len, values), default=0)
+    return "\n".join([title, *(f"  {name.ljust(width)}  {_cell(value)}" for name, value in values.items())])

@@ -36,7 +36,7 @@ from aelab.names import (
 from aelab.quiet import quiet_known_warnings
 from aelab.report import metrics as analysis
 from aelab.report import plots, projector
-from aelab.report.tables import write_table
+from aelab.report.tables import key_values, write_table
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
         plots.save_png(fig, out / f"{name}.png")
     with stage("TensorBoard: figures, scalars and projector"):
         write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images, title)
-    log.info("analysis of %s written to %s", loaded.path, out)
+    print(key_values(f"analysis of {loaded.path} ({title}):", numbers(result)))
+    print(f"written to {out}")
     return result
 
 

@@ -32,6 +32,7 @@ from aelab.names import FIGURES
 from aelab.quiet import quiet_known_warnings
 from aelab.report import audit as methods
 from aelab.report import plots, projector
+from aelab.report.tables import key_values
 from aelab.tasks.analyze import stage
 
 log = logging.getLogger(__name__)
@@ -187,18 +188,17 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         _write_tensorboard(
             loaded.run_dir / "tensorboard", figures, audited, codes, images, labels, suspects, classes, title, seed
         )
-    log.info(
-        "audit of %s: %d of %d %s labels flagged by confident learning; most suspect: %s; written to %s",
-        loaded.path,
-        result["labels_flagged"],
-        len(audited),
-        cfg.split,
-        ", ".join(
-            f"{split_of[i]} {index[i]} ({classes[labels[i]]} -> {classes[suspects.suggested[i]]})"
-            for i in suspect_order[:3]
-        ),
-        out,
+    shown = {
+        f"{split_of[i]} {index[i]}": f"given {classes[labels[i]]}, suggested {classes[suspects.suggested[i]]}, "
+        f"score {suspects.score[i]:.3f}"
+        for i in suspect_order[:5]
+    }
+    print(key_values(f"audit of {loaded.path} ({title}), the most suspect {cfg.split} labels:", shown))
+    print(
+        f"confident learning flags {result['labels_flagged']} of the {len(audited)} labels; "
+        f"outliers by {cfg.outlier_method}: {', '.join(f'{split_of[i]} {index[i]}' for i in outlier_order[:5])}"
     )
+    print(f"written to {out}")
     return result
 
 

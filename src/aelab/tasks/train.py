@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab import runs
 from aelab.config import check_monitor, validate
+from aelab.errors import ConfigError
 from aelab.files import write_atomic
 from aelab.launch import cluster_plugins, launched_rank
 from aelab.names import (
@@ -36,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one autoencoder as ``cfg`` says; returns (and writes) the run summary."""
     cfg, overrides = with_the_resumed_runs_overrides(cfg)
     validate(cfg)
+    check_search_is_a_multirun()
     quiet_known_warnings()
     started = time.perf_counter()
     if cfg.get("seed") is not None:
@@ -52,6 +54,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, model, datamodule, output_dir, started, writer=False)
     with runs.exclusive(output_dir):
         return _train(cfg, model, datamodule, output_dir, started, writer=True)
+
+
+def check_search_is_a_multirun() -> None:
+    """``hparams_search=`` sets Hydra's sweeper, which only a multirun (``-m``) calls: without it
+    Hydra would quietly train the one run the base config describes."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_config = HydraConfig.get()
+    search = hydra_config.runtime.choices.get("hparams_search")
+    if search and hydra_config.mode == RunMode.RUN:
+        raise ConfigError(
+            f"hparams_search={search} is a search over many runs, which Hydra starts only as a multirun: "
+            f"add -m, e.g. python src/train.py -m hparams_search={search}"
+        )
 
 
 def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float, *, writer: bool) -> dict[str, Any]:
