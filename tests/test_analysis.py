@@ -146,6 +146,31 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     assert any(line.split() == ["latent/knn_accuracy", f"{report['latent/knn_accuracy']:.4g}"] for line in printed)
 
 
+def test_figures_can_be_vector_files_with_their_text_as_text(tiny_run):
+    root, run = tiny_run
+    result = run_cli(
+        "analyze.py",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "map=pca",
+        "umap_gmm=false",
+        "figure_format=svg",
+        f"paths.log_dir={root / 'logs'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    svg = (run / "analysis" / "map_pca.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    assert (
+        "pca map of test latents, conv d=8 (MNIST)" in svg
+        and "reconstruction MSE per image" in (run / "analysis" / "per_class_errors.svg").read_text()
+    )
+    audited = run_cli(
+        "audit.py", "ckpt_path=last", "figure_format=pdf", "figure_dpi=72", f"paths.log_dir={root / 'logs'}"
+    )
+    assert audited.returncode == 0, audited.stderr[-3000:]
+    for name in ("suspect_labels", "outliers", "neighbours"):
+        assert (run / "audit" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
 @pytest.mark.slow
 def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
     sweep_dir = tmp_path / "sweep"

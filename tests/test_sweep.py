@@ -131,8 +131,9 @@ def test_report_script_recreates_the_summary(failed_sweep, tmp_path):
     shutil.copytree(failed_sweep[0], sweep_dir)
     before = (sweep_dir / "summary.csv").read_text()
     (sweep_dir / "summary.csv").unlink()
-    result = run_cli("scripts/sweep_report.py", str(sweep_dir))
+    result = run_cli("scripts/sweep_report.py", str(sweep_dir), "--figure-format", "pdf")
     assert result.returncode == 1  # one job failed
+    assert (sweep_dir / "reconstructions_by_latent_size.pdf").read_bytes()[:5] == b"%PDF-"
     assert (sweep_dir / "summary.csv").read_text() == before
 
 

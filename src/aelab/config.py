@@ -33,6 +33,7 @@ from aelab.models.objectives import CORRUPTIONS
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
 from aelab.registry import import_targets
 from aelab.report.audit import OUTLIER_METHODS, SUSPECT_METHODS
+from aelab.report.plots import FIGURE_FORMATS
 
 # 64-true and bf16-true are not offered: the data arrive as float32 and meet float64/bf16 weights
 PRECISIONS = ("32-true", 32, "bf16-mixed", "16-mixed")  # trainer.precision=32 arrives as an integer
@@ -239,6 +240,9 @@ SCHEMA: dict[str, Rule] = {
     "seed": Int(min=0, max=2**32 - 1),
     "ckpt_path": Text(null=True),
     "sweep_dir": Text(null=True),
+    # train (its sweep and search reports), analyze, audit
+    "figure_format": OneOf(values=FIGURE_FORMATS),
+    "figure_dpi": Int(min=50, max=1200),
     # analyze
     "map": OneOf(values=MAPS),
     "knn_k": POSITIVE,

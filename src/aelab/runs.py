@@ -465,6 +465,8 @@ _PLACE_KEYS = (
     "data.download",
     "data.num_workers",
     "callbacks.progress_bar.refresh_rate",
+    "figure_format",
+    "figure_dpi",
 )
 
 

@@ -112,6 +112,7 @@ class Search:
         n_jobs: int,
         seed: int,
         study_name: str,
+        figure_files: Any = None,
     ) -> None:
         import optuna
 
@@ -121,6 +122,7 @@ class Search:
             raise ConfigError(f"hydra.sweeper.n_jobs={n_jobs} is invalid: it must be a positive integer, e.g. 1")
         self.launcher = launcher
         self.sweep_dir = sweep_dir
+        self.figure_files = figure_files
         self.space = distributions(params)
         self.n_trials = n_trials
         self.n_jobs = n_jobs
@@ -171,7 +173,7 @@ class Search:
                 numbers = [self.study.ask(self.space).number for _ in range(count)]
             self._launch(numbers, fixed)
             finished = sum(t.state.is_finished() for t in self.study.trials)
-        write_trials_report(self.study, self.sweep_dir, fixed, self.errors)
+        write_trials_report(self.study, self.sweep_dir, fixed, self.errors, self.figure_files)
 
     def _launch(self, numbers: list[int], fixed: list[str]) -> None:
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
@@ -212,7 +214,11 @@ def resume_command(sweep_dir: Path) -> str:
 
 
 def write_trials_report(
-    study: Any, sweep_dir: Path, fixed: Sequence[str] = (), errors: Mapping[int, str] | None = None
+    study: Any,
+    sweep_dir: Path,
+    fixed: Sequence[str] = (),
+    errors: Mapping[int, str] | None = None,
+    figure_files: Any = None,
 ) -> list[dict[str, Any]]:
     """``trials.csv``/``.md`` (every trial: its values, state and result; the command that trains
     the best one, ``fixed`` overrides included) and ``trials.png`` (the result by trial and the
@@ -242,6 +248,6 @@ def write_trials_report(
         )
         log.info("search: best trial %d, %s %.5f: %s", best["trial"], VAL_MSE_BEST, best[VAL_MSE_BEST], chosen)
     write_table(rows, ["trial", "state", VAL_MSE_BEST, *keys, "error", "folder"], sweep_dir / "trials", intro)
-    plots.save_png(plots.search_trials(rows, VAL_MSE_BEST), sweep_dir / "trials.png")
+    (figure_files or plots.FigureFiles()).save(plots.search_trials(rows, VAL_MSE_BEST), sweep_dir / "trials")
     log.info("search report: %s", sweep_dir / "trials.md")
     return rows

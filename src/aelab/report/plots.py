@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,20 +12,39 @@ import numpy as np
 from aelab.files import atomic_path
 from aelab.names import KMEANS_ACC, KNN_ACCURACY, TEST_MSE, UMAP_GMM_ACC, VAL_MSE_BEST, VAL_PCA_MSE
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
 
 def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # SVG text as text, not outlines: a paper's editor can restyle it, and tests can read it
+    matplotlib.rcParams["svg.fonttype"] = "none"
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def save_png(figure, path) -> None:
-    """A figure as a PNG that readers never see half-written."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+@dataclass(frozen=True)
+class FigureFiles:
+    """How every figure file is written: ``figure_format`` (png to look at; pdf or svg, vector, for a
+    paper) at ``figure_dpi`` (PNG pixels, and the images inside a PDF or SVG)."""
+
+    format: str = "png"
+    dpi: int = 100
+
+    @classmethod
+    def of(cls, cfg: Any) -> FigureFiles:
+        """The ``figure_format`` and ``figure_dpi`` of a task's config."""
+        return cls(str(cfg.get("figure_format", "png")), int(cfg.get("figure_dpi", 100)))
+
+    def save(self, figure, path: Path) -> Path:
+        """``figure`` at ``path`` with this format's suffix, never seen half-written; returns that path."""
+        path = Path(path).with_suffix(f".{self.format}")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=self.format, dpi=self.dpi)
+        return path
 
 
 def latent_map(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str):

@@ -47,9 +47,9 @@ COLUMNS = [
 ]
 # only in a sweep with one-class jobs (data.keep_classes), after latent_size
 ONE_CLASS_COLUMNS = [NORMAL_CLASSES, ANOMALY_AUROC]
-FIGURE_MSE = "mse_vs_latent_size.png"
-FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size.png"
-FIGURE_RANDOM_CODES = "random_codes.png"
+FIGURE_MSE = "mse_vs_latent_size"
+FIGURE_RECONSTRUCTIONS = "reconstructions_by_latent_size"
+FIGURE_RANDOM_CODES = "random_codes"
 
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -191,8 +191,9 @@ def _panel_title(row: dict[str, Any]) -> str:
     return title + (f"\nnormal: {row[NORMAL_CLASSES]}" if row.get(NORMAL_CLASSES) else "")
 
 
-def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write summary.csv/.md, both figures, and a TensorBoard ``sweep`` run into ``sweep_dir``."""
+def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None) -> list[dict[str, Any]]:
+    """Write summary.csv/.md, the figures (``figure_files``: PNG at 100 dpi unless given), and a
+    TensorBoard ``sweep`` run into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     opened = _open_runs(rows)
@@ -220,7 +221,7 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
     for name, fig in figures.items():
         if fig is None:
             continue
-        plots.save_png(fig, sweep_dir / name)
+        (figure_files or plots.FigureFiles()).save(fig, sweep_dir / name)
         writer.add_figure(f"{FIGURES}/sweep_{Path(name).stem}", fig)
     writer.add_text("sweep/summary", (sweep_dir / "summary.md").read_text())
     writer.close()
@@ -232,7 +233,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_report(sweep_dir)
+        rows = write_report(sweep_dir, plots.FigureFiles.of(config))
         failed = [r for r in rows if r["status"] != "ok"]
         searched = str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith(".SearchSweeper")
         # the table on the console too: a search's trials (aelab.search wrote them), a sweep's jobs

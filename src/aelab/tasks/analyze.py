@@ -160,7 +160,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
 
     write_json(out / "analysis.json", result)
     for name, fig in figures.items():
-        plots.save_png(fig, out / f"{name}.png")
+        plots.FigureFiles.of(cfg).save(fig, out / name)
     with stage("TensorBoard: figures, scalars and projector"):
         write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images, title)
     print(key_values(f"analysis of {loaded.path} ({title}):", numbers(result)))
@@ -258,5 +258,5 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         "latents. Clustering of test latents into as many clusters as classes, scored against the "
         "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.",
     )
-    plots.save_png(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size.png")
+    plots.FigureFiles.of(cfg).save(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size")
     return {"jobs": rows}

@@ -183,7 +183,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(out / "audit.json", result)
     for name, fig in figures.items():
-        plots.save_png(fig, out / f"{name}.png")
+        plots.FigureFiles.of(cfg).save(fig, out / name)
     with stage("TensorBoard: figures and projector"):
         _write_tensorboard(
             loaded.run_dir / "tensorboard", figures, audited, codes, images, labels, suspects, classes, title, seed

@@ -34,6 +34,7 @@ class SearchSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from aelab.report.plots import FigureFiles
         from aelab.search import Search, fixed_overrides
 
         assert self.config is not None  # Hydra calls setup first
@@ -45,5 +46,6 @@ class SearchSweeper(Sweeper):
             n_jobs=self.n_jobs,
             seed=self.seed,
             study_name=self.study_name,
+            figure_files=FigureFiles.of(self.config),
         )
         search.run(fixed_overrides(arguments))
