@@ -12,8 +12,8 @@ from aelab.runs import job_dirs
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--figure-format", choices=FIGURE_FORMATS, default="png")
-    parser.add_argument("--figure-dpi", type=int, default=100)
+    parser.add_argument("--figure-format", choices=FIGURE_FORMATS, default="png", help="as figure_format= (png)")
+    parser.add_argument("--figure-dpi", type=int, default=100, help="as figure_dpi= (100)")
     args = parser.parse_args()
     if not job_dirs(args.sweep_dir):
         print(f"aelab: error: {args.sweep_dir} holds no sweep jobs (no */.hydra/config.yaml)", file=sys.stderr)

@@ -169,6 +169,10 @@ def test_figures_can_be_vector_files_with_their_text_as_text(tiny_run):
     assert audited.returncode == 0, audited.stderr[-3000:]
     for name in ("suspect_labels", "outliers", "neighbours"):
         assert (run / "audit" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    # the audit's embedding joins analyze's in the projector instead of replacing it
+    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "test latents, conv d=8 (MNIST)"' in projector
+    assert 'tensor_name: "audited latents, conv d=8 (MNIST)"' in projector
 
 
 @pytest.mark.slow

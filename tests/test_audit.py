@@ -125,8 +125,6 @@ def read_rows(path):
 
 def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
     root, run = planted
-    analyzed = run_cli("analyze.py", "ckpt_path=last", "map=pca", "umap_gmm=false", f"paths.log_dir={root / 'logs'}")
-    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
     result = run_cli("audit.py", "ckpt_path=last", "queries=[0,13]", f"paths.log_dir={root / 'logs'}")
     assert result.returncode == 0, result.stderr[-3000:]
     out = run / "audit"
@@ -153,15 +151,14 @@ def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
     assert lines[-7].startswith("  test 13  given 8, suggested 3, score ")
     assert lines[-2].startswith("confident learning flags ") and lines[-1] == f"written to {out}"
 
-    # TensorBoard: the figures, and a projector holding analyze's embedding and the audit's, with
-    # the suspect score and suggested class as metadata columns
+    # TensorBoard: the figures, and a projector embedding with the suspect score and suggested class
+    # as metadata columns (tests/test_analysis.py: beside analyze's)
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {"views/audit_suspect_labels", "views/audit_outliers", "views/audit_neighbours"} <= set(
         events.Tags()["images"]
     )
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
-    assert 'tensor_name: "test latents, mlp d=8 (MNIST)"' in projector
     assert 'tensor_name: "audited latents, mlp d=8 (MNIST)"' in projector
     metadata = (run / "tensorboard" / "00000" / "audit_latents" / "metadata.tsv").read_text().splitlines()
     assert metadata[0] == "label\tsuggested\tsuspect_score" and len(metadata) == 61
@@ -169,7 +166,7 @@ def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
 
     # the same seed, the same ranking, and a projector config that is not TensorBoard's is replaced
     (run / "tensorboard" / "projector_config.pbtxt").write_text("not { a projector")
-    again = run_cli("audit.py", "ckpt_path=last", "queries=[0,13]", f"paths.log_dir={root / 'logs'}")
+    again = run_cli("audit.py", "ckpt_path=last", "queries=[0]", "top=4", f"paths.log_dir={root / 'logs'}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_rows(out / "suspect_labels.csv") == suspects
     assert "projector_config.pbtxt could not be read" in again.stderr + again.stdout
@@ -177,14 +174,14 @@ def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert projector.count("embeddings {") == 1 and "audited latents" in projector
 
-    # split=train and split=all rank the files' images, train indices as positions in the file
-    for split, n in (("train", 200), ("all", 260)):
-        ranked = run_cli(
-            "audit.py", "ckpt_path=last", f"split={split}", "queries=[0]", "top=4", f"paths.log_dir={root / 'logs'}"
-        )
-        assert ranked.returncode == 0, ranked.stderr[-2000:]
-        rows = read_rows(out / "suspect_labels.csv")[1:]
-        assert len(rows) == n and sorted(int(r[1]) for r in rows if r[0] == "train") == list(range(200))
+    # split=all ranks both files' images, indices as positions in each file
+    ranked = run_cli(
+        "audit.py", "ckpt_path=last", "split=all", "queries=[0]", "top=4", f"paths.log_dir={root / 'logs'}"
+    )
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    rows = read_rows(out / "suspect_labels.csv")[1:]
+    assert len(rows) == 260 and sorted(int(r[1]) for r in rows if r[0] == "train") == list(range(200))
+    assert sorted(int(r[1]) for r in rows if r[0] == "test") == list(range(60))
     assert rows[0][:4] == ["test", "13", "8", "3"]
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert projector.count("embeddings {") == 1

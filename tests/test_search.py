@@ -75,8 +75,10 @@ def test_a_search_survives_failing_trials_and_resumes_from_its_storage(tmp_path,
     assert interrupted.number == 8
     finished_before = {t["folder"]: (sweep_dir / t["folder"] / "run_summary.json").stat().st_mtime_ns for t in complete}
 
-    resumed = search(tmp_path, tiny_mnist, "hydra.sweeper.n_trials=10")
+    # how figures are written is not what the study is of: a resume may change it
+    resumed = search(tmp_path, tiny_mnist, "hydra.sweeper.n_trials=10", "figure_format=svg")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "<svg" in (sweep_dir / "trials.svg").read_text()
     assert "search: 8 trials in" in resumed.stdout + resumed.stderr
     trials = read_trials(sweep_dir)
     assert [int(t["trial"]) for t in trials] == list(range(10))
@@ -143,3 +145,23 @@ def test_the_trials_plot_ticks_whole_trials():
     rows = [{"trial": 0, "val/mse_best": 0.2}, {"trial": 1, "val/mse_best": 0.1}, {"trial": 2, "state": "fail"}]
     ax = search_trials(rows, "val/mse_best").axes[0]
     assert [t for t in ax.get_xticks() if 0 <= t <= 2] == [0.0, 1.0, 2.0]
+
+
+def test_figure_files_honour_the_dpi_and_refuse_an_unknown_format(tmp_path):
+    import struct
+
+    from aelab.errors import ConfigError
+    from aelab.report.plots import FigureFiles, search_trials
+
+    rows = [{"trial": 0, "val/mse_best": 0.2}]
+    for dpi in (50, 100):
+        path = FigureFiles.of({"figure_format": "png", "figure_dpi": dpi}).save(
+            search_trials(rows, "val/mse_best"), tmp_path / "trials"
+        )
+        assert path == tmp_path / "trials.png"
+        width, height = struct.unpack(">II", path.read_bytes()[16:24])  # the PNG header's IHDR
+        assert (width, height) == (7 * dpi, 4 * dpi)
+    with pytest.raises(
+        ConfigError, match="figure_format=gif, figure_dpi=100 is invalid: the format must be one of png"
+    ):
+        FigureFiles.of({"figure_format": "gif"})

@@ -74,8 +74,10 @@ def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_
     before = (sweep_dir / "summary.csv").read_text()
     job = sweep_dir / "model.latent_dim=2,trainer.max_epochs=1"
     checkpoint_mtime = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns
-    second = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
+    # figure_format neither names the jobs nor makes them other runs
+    second = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3", "figure_format=svg")
     assert second.returncode == 0
+    assert "<svg" in (sweep_dir / "mse_vs_latent_size.svg").read_text()
     assert "already finished; not training it again" in second.stdout + second.stderr
     assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == checkpoint_mtime
     assert (sweep_dir / "summary.csv").read_text() == before

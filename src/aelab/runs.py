@@ -474,6 +474,12 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def is_place_override(override: str) -> bool:
+    """Whether ``override`` says where things are or how they are shown (``_PLACE_KEYS``), not what is trained."""
+    key = override_key(override)
+    return any(key == k or key.startswith(f"{k}.") for k in _PLACE_KEYS)
+
+
 def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[str]:
     """The overrides that resume the run of checkpoint ``path``: the ones it was started with (kept
     in the checkpoint), then ``current`` ones, which win: ``ckpt_path=`` alone resumes a conv run as
@@ -494,7 +500,7 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
     refused: list[str] = []
     for override in stored:
         key = override_key(override)
-        if key in given or any(key == k or key.startswith(f"{k}.") for k in _PLACE_KEYS):
+        if key in given or is_place_override(override):
             continue
         (kept if _is_plain_override(override, config_dir) else refused).append(override)
     if refused:

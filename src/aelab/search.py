@@ -143,13 +143,17 @@ class Search:
     def run(self, fixed: list[str]) -> None:
         from optuna.trial import TrialState
 
+        from aelab.runs import is_place_override
+
+        # what the trials train with: where files go and how figures look may change on resume
+        training = [o for o in fixed if not is_place_override(o)]
         stored = self.study.user_attrs.get("fixed_overrides")
         if stored is None:
-            self.study.set_user_attr("fixed_overrides", fixed)
-        elif stored != fixed:
+            self.study.set_user_attr("fixed_overrides", training)
+        elif stored != training:
             raise ConfigError(
                 f"{self.sweep_dir / STORAGE} holds a search run with {' '.join(stored) or 'no overrides'}, not "
-                f"{' '.join(fixed) or 'no overrides'}: resume it with the same overrides, or start a new search "
+                f"{' '.join(training) or 'no overrides'}: resume it with the same overrides, or start a new search "
                 f"without hydra.sweep.dir"
             )
 
@@ -221,8 +225,8 @@ def write_trials_report(
     figure_files: Any = None,
 ) -> list[dict[str, Any]]:
     """``trials.csv``/``.md`` (every trial: its values, state and result; the command that trains
-    the best one, ``fixed`` overrides included) and ``trials.png`` (the result by trial and the
-    best so far)."""
+    the best one, ``fixed`` overrides included) and the ``trials`` figure (the result by trial and
+    the best so far)."""
     from aelab.report import plots
     from aelab.report.tables import write_table
 

@@ -29,15 +29,24 @@ def _pyplot():
 @dataclass(frozen=True)
 class FigureFiles:
     """How every figure file is written: ``figure_format`` (png to look at; pdf or svg, vector, for a
-    paper) at ``figure_dpi`` (PNG pixels, and the images inside a PDF or SVG)."""
+    paper) at ``figure_dpi`` (a PNG's pixels, and the resolution of the images inside a PDF or SVG)."""
 
     format: str = "png"
     dpi: int = 100
 
     @classmethod
     def of(cls, cfg: Any) -> FigureFiles:
-        """The ``figure_format`` and ``figure_dpi`` of a task's config."""
-        return cls(str(cfg.get("figure_format", "png")), int(cfg.get("figure_dpi", 100)))
+        """The ``figure_format`` and ``figure_dpi`` of a task's config; checked here too, since a
+        sweep's report reads them after its jobs (which report a bad value as a job failure)."""
+        from aelab.errors import ConfigError
+
+        chosen = cfg.get("figure_format", "png"), cfg.get("figure_dpi", 100)
+        if chosen[0] not in FIGURE_FORMATS or isinstance(chosen[1], bool) or not isinstance(chosen[1], int):
+            raise ConfigError(
+                f"figure_format={chosen[0]}, figure_dpi={chosen[1]} is invalid: the format must be one of "
+                f"{', '.join(FIGURE_FORMATS)} and the dpi an integer, e.g. figure_format=pdf figure_dpi=300"
+            )
+        return cls(*chosen)
 
     def save(self, figure, path: Path) -> Path:
         """``figure`` at ``path`` with this format's suffix, never seen half-written; returns that path."""

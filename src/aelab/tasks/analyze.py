@@ -258,5 +258,6 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         "latents. Clustering of test latents into as many clusters as classes, scored against the "
         "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.",
     )
-    plots.FigureFiles.of(cfg).save(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size")
+    if len({row["latent_size"] for row in rows}) > 1:  # one size would be one point per line
+        plots.FigureFiles.of(cfg).save(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size")
     return {"jobs": rows}

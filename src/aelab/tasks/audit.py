@@ -41,7 +41,7 @@ AUDIT_DIR = "audit"
 SUSPECT_COLUMNS = ("split", "index", "label", "suggested", "score")
 OUTLIER_COLUMNS = ("split", "index", "label", "score")
 SPLITS = ("train", "test")
-# rows of neighbours.png
+# rows of the neighbours figure
 MAX_QUERIES = 32
 # the projector's sprite holds one thumbnail per point: a larger audited split is sampled to this
 PROJECTOR_POINTS = 10000
@@ -203,14 +203,14 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _queries(queries: Any, test_labels: np.ndarray, n_test: int, data: str) -> np.ndarray:
-    """The test images neighbours.png shows: ``queries`` (a list of ints: the schema checked it),
+    """The test images the neighbours figure shows: ``queries`` (a list of ints: the schema checked it),
     or the first test image of each class."""
     if queries is None:
         return np.array([int(np.flatnonzero(test_labels == c)[0]) for c in np.unique(test_labels)])
     chosen = list(dict.fromkeys(int(q) for q in queries))  # each once, in the order given
     if len(chosen) > MAX_QUERIES:
         raise ConfigError(
-            f"queries={hydra_value(list(queries))} is invalid: neighbours.png shows at most {MAX_QUERIES} query "
+            f"queries={hydra_value(list(queries))} is invalid: the neighbours figure shows at most {MAX_QUERIES} query "
             f"images (one per row); give fewer, e.g. queries=[0,1,2]"
         )
     beyond = [q for q in chosen if q >= n_test]
