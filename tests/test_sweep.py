@@ -69,6 +69,8 @@ def test_summary_has_every_column_and_both_figures(failed_sweep):
 def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_path, tiny_mnist):
     first = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2,3")
     assert first.returncode == 0, first.stderr[-2000:]
+    # one model summary for the process, not one per job
+    assert (first.stdout + first.stderr).count("Total params") == 1
     sweep_dir = tmp_path / "sweep"
     assert (sweep_dir / "mse_vs_latent_size.png").read_bytes()[:4] == b"\x89PNG"  # two latent sizes: a curve
     before = (sweep_dir / "summary.csv").read_text()

@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
@@ -144,6 +144,20 @@ def loss_layout(logged: list[str]) -> dict[str, Any]:
     terms = sorted({name.split("/", 1)[1] for name in logged if name.startswith("val/") and name != VAL_MSE_BEST})
     charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
     return {"train vs val (per epoch)": charts}
+
+
+class OneModelSummary(ModelSummary):
+    """Lightning's model summary, printed by the first fit of a process only: the jobs of a sweep
+    run one after another in one process, and a table per job buried what each job printed (its
+    parameter count is a column of the sweep's summary)."""
+
+    _printed = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if OneModelSummary._printed:
+            return
+        super().on_fit_start(trainer, pl_module)
+        OneModelSummary._printed = True
 
 
 class ProgressBar(TQDMProgressBar):
