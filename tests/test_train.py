@@ -2,6 +2,8 @@
 
 import csv
 import json
+import re
+import sys
 
 import pytest
 import torch
@@ -375,3 +377,34 @@ def test_the_graph_path_steps_aside_where_it_cannot_serve_and_the_log_says_why(
     assert ReplayByCalling.made == []
     assert summary["epochs"] == 2
     assert fault_callbacks.CountBackwards.calls == (12 if "callbacks" in overrides[0] else 0)
+
+
+def test_off_a_terminal_each_epoch_is_one_line_without_carriage_returns(tmp_path, tiny_mnist):
+    result = run_cli(
+        "train.py", "trainer.max_epochs=2", f"paths.log_dir={tmp_path}", env={"AELAB_DATA_DIR": str(tiny_mnist)}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("Epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["Epoch 1/2", "Epoch 2/2"]
+    assert all(re.fullmatch(r"Epoch \d/2: loss \d\.\d{4}, val/mse \d\.\d+", line) for line in epochs), epochs
+    assert "\r" not in result.stdout + result.stderr
+
+
+def test_on_a_terminal_the_bar_counts_batches_not_training_step_calls(tmp_path, tiny_mnist, capsys, monkeypatch):
+    # 96 training images, batches of 16: 6 optimiser steps an epoch, 2 training_step calls of 4 and 2
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    cfg = compose_train(
+        tmp_path,
+        tiny_mnist,
+        [
+            "trainer.max_epochs=1",
+            "data.batch_size=16",
+            "data.steps_per_call=4",
+            "callbacks.progress_bar.refresh_rate=1",
+        ],
+    )
+    train(cfg)
+    shown = capsys.readouterr()
+    bars = (shown.out + shown.err).replace("\r", "\n")
+    assert re.search(r"Epoch 0: 100%.*\| 6/6 ", bars), bars[-2000:]
+    assert "/2 [" not in bars and "2/2" not in bars

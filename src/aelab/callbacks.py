@@ -14,6 +14,8 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from aelab.data.datamodule import MNISTLikeDataModule
+from aelab.models.autoencoder import AutoEncoder
 from aelab.names import EPOCH_TIMES, VAL_MSE_BEST
 from aelab.paths import command_line
 from aelab.report.plots import image_grid
@@ -161,13 +163,59 @@ class OneModelSummary(ModelSummary):
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's bar, showing the epoch's running training loss (and val/mse once an epoch has
-    been validated) instead of the version number; the loss is read only when the bar redraws."""
+    """Lightning's bar, counting training batches (a ``training_step`` call may take a chunk of
+    them: ``data.steps_per_call``) and showing the epoch's running training loss (and val/mse once
+    an epoch has been validated) instead of the version number; the loss is read only when the bar
+    redraws, every ``refresh_rate`` batches.
+
+    Off a terminal (a log file, a pipe, a cluster job's output) a redrawn bar leaves its carriage
+    returns in the file: there it prints one line per epoch instead.
+    """
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__(refresh_rate, process_position, leave)
+        self.on_terminal = sys.stdout.isatty()
+        self._drawn = 0  # batches done at the last redraw
+
+    @property
+    def is_enabled(self) -> bool:
+        return super().is_enabled and self.on_terminal
 
     def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
         shown = {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
-        running = pl_module.running_loss() if hasattr(pl_module, "running_loss") else None
+        running = pl_module.running_loss() if isinstance(pl_module, AutoEncoder) else None
         return ({"loss": f"{running:.4f}"} if running is not None else {}) | shown
+
+    @property
+    def total_train_batches(self) -> int | float:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, MNISTLikeDataModule):
+            return datamodule.train_batches_per_epoch()
+        return super().total_train_batches
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._drawn = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not isinstance(pl_module, AutoEncoder):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        done, bar = pl_module.epoch_batches_done, self.train_progress_bar
+        if not self.is_enabled or bar is None:
+            return
+        # a chunk of 16 batches passes a multiple of refresh_rate without landing on one
+        if done // self.refresh_rate > self._drawn // self.refresh_rate or done == bar.total:
+            bar.n = done
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            self._drawn = done
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self.on_terminal and super().is_enabled and trainer.is_global_zero:
+            shown = self.get_metrics(trainer, pl_module).items()
+            metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown)
+            print(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {metrics}", flush=True)
 
 
 class EpochTimer(L.Callback):

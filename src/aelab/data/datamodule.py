@@ -414,12 +414,15 @@ class MNISTLikeDataModule(L.LightningDataModule):
         done = getattr(trainer.lightning_module, "epoch_batches_done", None)
         if done is None:
             done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) * self.train_steps_per_call
-        # the epoch's batches (the Trainer's count, in calls, may be limited; the last chunk is shorter)
-        per_epoch = trainer.num_training_batches * self.train_steps_per_call
-        if self._batches_per_epoch:
-            per_epoch = min(per_epoch, self._batches_per_epoch)
         # a save at the end of an epoch resumes at the start of the next one, with nothing to skip
-        return {"epoch_batches_done": done if done < per_epoch else 0}
+        return {"epoch_batches_done": done if done < self.train_batches_per_epoch() else 0}
+
+    def train_batches_per_epoch(self) -> int:
+        """Training batches (optimiser steps) per epoch of the running fit, however many of them one
+        training_step call takes: the Trainer counts calls, which it may limit, and the last chunk
+        of an epoch is shorter."""
+        per_epoch = self.trainer.num_training_batches * self.train_steps_per_call
+        return min(per_epoch, self._batches_per_epoch) if self._batches_per_epoch else per_epoch
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_batches = int(state_dict.get("epoch_batches_done", 0))
