@@ -186,9 +186,10 @@ def test_resuming_a_finished_run_says_how_to_extend_it_and_that_command_works(tm
     assert json.loads((newest / "run_summary.json").read_text())["epochs"] == 2
 
 
-def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, tiny_mnist, capfd):
+def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, tiny_mnist, capfd, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)  # a bar is drawn on a terminal
     train_tiny(tmp_path, tiny_mnist, "callbacks.progress_bar.refresh_rate=1")
     bar = capfd.readouterr().out  # Lightning draws its bar on stdout
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
