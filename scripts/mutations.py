@@ -128,8 +128,8 @@ MUTATIONS = [
     Mutation(
         name="resume-skips-an-epoch",
         file="src/aelab/data/datamodule.py",
-        old='return {"epoch_batches_done": done if done < per_epoch else 0}',
-        new='return {"epoch_batches_done": done if done <= per_epoch else 0}',
+        old='return {"epoch_batches_done": done if done < self.train_batches_per_epoch() else 0}',
+        new='return {"epoch_batches_done": done if done <= self.train_batches_per_epoch() else 0}',
         bug="an end-of-epoch checkpoint records the epoch as done batches: the resume skips the next epoch",
         tests=("tests/test_train.py::test_resume_from_last_checkpoint_matches_an_uninterrupted_run",),
     ),
@@ -216,6 +216,18 @@ MUTATIONS = [
         new="KNeighborsClassifier(n_neighbors=k).fit(train_z, train_y).score(train_z, train_y)",
         bug="kNN accuracy is measured on the training latents it was fit on, not the test latents",
         tests=("tests/test_analysis.py::test_knn_is_at_chance_on_noise",),
+    ),
+    Mutation(
+        name="audit-votes-for-itself",
+        file="src/aelab/report/audit.py",
+        old="distances, indices = self._search.kneighbors(n_neighbors=k)",
+        new="distances, indices = self._search.kneighbors(self.codes, n_neighbors=k)",
+        bug="every image is its own nearest neighbour, so its given label votes for itself",
+        tests=(
+            "tests/test_audit.py::test_an_image_is_never_its_own_neighbour_and_queries_find_exact_matches",
+            "tests/test_audit.py::test_a_planted_wrong_label_ranks_first_with_every_method",
+        ),
+        keyword="knn or never",
     ),
     Mutation(
         name="cluster-acc-worst-match",

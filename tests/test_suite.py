@@ -37,3 +37,15 @@ def test_without_the_extras_every_test_that_needs_one_skips_with_the_install_lin
     assert skips and all("extra" in line and "make install LOCK=requirements/all.lock" in line for line in skips), skips
     (passed,) = re.findall(r"(\d+) passed", result.stdout)
     assert int(passed) > 0
+
+
+def test_every_mutation_of_scripts_mutations_still_applies_to_the_package():
+    """A mutation whose text the package no longer holds would stop the check halfway."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutations", REPO / "scripts" / "mutations.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mutations"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    for mutation in module.MUTATIONS:
+        assert mutation.mutated((REPO / mutation.file).read_text()) != (REPO / mutation.file).read_text()

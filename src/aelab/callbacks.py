@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -14,7 +14,6 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from aelab.data.datamodule import MNISTLikeDataModule
 from aelab.models.autoencoder import AutoEncoder
 from aelab.names import EPOCH_TIMES, VAL_MSE_BEST
 from aelab.paths import command_line
@@ -162,6 +161,13 @@ class OneModelSummary(ModelSummary):
         OneModelSummary._printed = True
 
 
+@runtime_checkable
+class CountsBatches(Protocol):
+    """A datamodule whose training_step calls may take several batches (aelab's own)."""
+
+    def train_batches_per_epoch(self) -> int: ...
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, counting training batches (a ``training_step`` call may take a chunk of
     them: ``data.steps_per_call``) and showing the epoch's running training loss (and val/mse once
@@ -189,7 +195,7 @@ class ProgressBar(TQDMProgressBar):
     @property
     def total_train_batches(self) -> int | float:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if isinstance(datamodule, MNISTLikeDataModule):
+        if isinstance(datamodule, CountsBatches):
             return datamodule.train_batches_per_epoch()
         return super().total_train_batches
 

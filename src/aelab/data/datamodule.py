@@ -421,7 +421,10 @@ class MNISTLikeDataModule(L.LightningDataModule):
         """Training batches (optimiser steps) per epoch of the running fit, however many of them one
         training_step call takes: the Trainer counts calls, which it may limit, and the last chunk
         of an epoch is shorter."""
-        per_epoch = self.trainer.num_training_batches * self.train_steps_per_call
+        trainer = self.trainer
+        assert trainer is not None, "asked outside a fit"
+        # the loaders here have a length, so the Trainer's count is finite
+        per_epoch = int(trainer.num_training_batches) * self.train_steps_per_call
         return min(per_epoch, self._batches_per_epoch) if self._batches_per_epoch else per_epoch
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
