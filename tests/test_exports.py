@@ -123,6 +123,11 @@ def test_decode_without_latents_sweeps_two_axes_from_the_test_latents(runs):
 
     with Image.open(exports / "decoded-sweep-z0-z1.png") as png:
         assert png.size == (5 * 30 + 2, 5 * 30 + 2)
+    # the same grid with the code values on its axes: z0's along the bottom, z1's up the side
+    run_task(root, "decode", f"ckpt_path={trained['mlp2']['last_checkpoint']}", "steps=5", "figure_format=svg")
+    svg = (exports / "decoded-sweep-z0-z1-axes.svg").read_text()
+    assert ">z0<" in svg and ">z1<" in svg
+    assert all(f">{value:.3g}<" in svg for value in [*grid[:5, 0], *grid[::5, 1]])
 
 
 def test_latents_of_another_model_are_refused_with_one_line(tmp_path, runs):

@@ -161,6 +161,23 @@ def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, n
     return fig
 
 
+def decoded_sweep(images: np.ndarray, across: np.ndarray, down: np.ndarray, axes: Sequence[int], title: str):
+    """A decoded sweep over two code axes, ``len(down)`` rows of ``len(across)`` 28x28 images in
+    [-1, 1], with the code values each column and row was decoded from as its ticks."""
+    plt = _pyplot()
+    steps_x, steps_y = len(across), len(down)
+    mosaic = np.asarray(images).reshape(steps_y, steps_x, 28, 28).transpose(0, 2, 1, 3).reshape(steps_y * 28, -1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * steps_x, 1.2 + 0.5 * steps_y))
+    ax.imshow(mosaic, cmap="gray", vmin=-1, vmax=1)
+    ax.set_xticks(14 + 28 * np.arange(steps_x), [f"{v:.3g}" for v in across], rotation=90, fontsize=7)
+    ax.set_yticks(14 + 28 * np.arange(steps_y), [f"{v:.3g}" for v in down], fontsize=7)
+    ax.set_xlabel(f"z{axes[0]}")
+    ax.set_ylabel(f"z{axes[1]}")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def _latent_size_axis(ax, sizes) -> None:
     sizes = sorted(set(sizes))
     ax.set_xscale("log")

@@ -25,6 +25,7 @@ from aelab.config import device_of, validate
 from aelab.errors import ConfigError
 from aelab.files import write_atomic
 from aelab.models.inference import encode_images
+from aelab.report import plots
 from aelab.report.plots import save_image_grid
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,20 @@ def decode(cfg: DictConfig) -> dict[str, Any]:
     npz, png = out / f"{name}.npz", out / f"{name}.png"
     write_npz(npz, images=images, latents=latents)
     save_image_grid(images[: len(shown)], png, nrow=columns)
-    print(f"decoded {len(images)} images; written to {npz} and {png}")
-    return {"files": [str(npz), str(png)], "n": len(images)}
+    files = [npz, png]
+    if cfg.latents is None:
+        # the same grid with the code values it was decoded from on its axes (the .png is pixel for pixel)
+        axes, steps = list(cfg.axes), cfg.steps
+        figure = plots.decoded_sweep(
+            images,
+            latents[:steps, axes[0]],
+            latents[::steps, axes[1]],
+            axes,
+            f"decoded sweep, {loaded.model.backbone} d={size}",
+        )
+        files.append(plots.FigureFiles.of(cfg).save(figure, out / f"{name}-axes"))
+    print(f"decoded {len(images)} images; written to {', '.join(map(str, files))}")
+    return {"files": [str(path) for path in files], "n": len(images)}
 
 
 def axes_sweep(loaded: runs.LoadedRun, axes: list[int], steps: int) -> np.ndarray:
