@@ -116,7 +116,13 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     )
 
     top, title = int(cfg.top), f"{loaded.model.backbone} d={loaded.model.latent_size} ({data.name})"
-    pixels_of = normalize(images).numpy()
+    train_positions, test_positions = np.flatnonzero(train), np.flatnonzero(~train)
+
+    def pixels_of(positions: np.ndarray) -> np.ndarray:
+        """The images at these pool positions in [-1, 1], shaped as the positions, (..., 1, 28, 28):
+        only the few a figure shows (all 70,000 as floats would be 220 MB)."""
+        shown = normalize(images[torch.as_tensor(positions.reshape(-1))]).numpy()
+        return shown.reshape(*positions.shape, *shown.shape[1:])
 
     def caption(i: int, text: str) -> str:
         return f"{split_of[i]} {index[i]}\n{text}"
@@ -126,7 +132,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             [
                 (
                     "",
-                    pixels_of[suspect_order[:top]],
+                    pixels_of(suspect_order[:top]),
                     [
                         caption(i, f"{classes[labels[i]]} -> {classes[suspects.suggested[i]]}")
                         for i in suspect_order[:top]
@@ -139,22 +145,22 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             [
                 (
                     f"by {cfg.outlier_method}",
-                    pixels_of[outlier_order[:top]],
+                    pixels_of(outlier_order[:top]),
                     [caption(i, classes[labels[i]]) for i in outlier_order[:top]],
                 ),
                 (
                     f"by {other_method}",
-                    pixels_of[other_order[:top]],
+                    pixels_of(other_order[:top]),
                     [caption(i, classes[labels[i]]) for i in other_order[:top]],
                 ),
             ],
             f"least like the rest ({cfg.split}), {title}",
         ),
         "neighbours": plots.neighbour_rows(
-            pixels_of[~train][queries],
+            pixels_of(test_positions[queries]),
             [
-                ("by code", pixels_of[train][by_code], labels[train][by_code]),
-                ("by pixels", pixels_of[train][by_pixels], labels[train][by_pixels]),
+                ("by code", pixels_of(train_positions[by_code]), labels[train_positions[by_code]]),
+                ("by pixels", pixels_of(train_positions[by_pixels]), labels[train_positions[by_pixels]]),
             ],
             classes,
             f"nearest training images to test images, {title}",
@@ -177,7 +183,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         "outliers_top_in_both": both,
         "queries": queries.tolist(),
         "neighbours": {
-            int(q): {"by_code": np.flatnonzero(train)[row].tolist(), "by_pixels": np.flatnonzero(train)[pixel].tolist()}
+            int(q): {"by_code": train_positions[row].tolist(), "by_pixels": train_positions[pixel].tolist()}
             for q, row, pixel in zip(queries, by_code, by_pixels, strict=True)
         },
     }
