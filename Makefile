@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(notdir $(LOCK))
 # a lock holds Linux x86_64 wheels for CPython 3.11 (this project's machines and CI)
 LOCK_FOR := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: install lock train test test-fast lint format bench tensorboard clean-logs
+.PHONY: install lock train test test-fast lint format bench gpu-check tensorboard clean-logs
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py $(ARGS)
+
+# On a machine with a CUDA GPU, everything a GPU checks and measures in one command: tests/test_gpu.py
+# (the CUDA-graph path against the plain loop), then the benchmark on the official split at $AELAB_DATA_DIR.
+gpu-check: $(STAMP)
+	$(PY) -m pytest tests/test_gpu.py -n 0
+	$(PY) scripts/benchmark.py --device cuda --variants a b g c p --epochs 5 --json gpu-bench.json
 
 # every run under logs/ (train, sweeps, analysis), at http://localhost:6006; ARGS="--port 6007 --bind_all" etc.
 tensorboard: $(STAMP)

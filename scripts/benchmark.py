@@ -6,7 +6,9 @@
   (g) GPU only: the same plain loop with its whole training epoch captured as one CUDA graph
       (capturable fused AdamW, a device permutation copied into the graph's static index): the
       floor for the graph path;
-  (c) aelab's own training: train(cfg), the real Trainer path with its loggers and callbacks.
+  (c) aelab's own training: train(cfg), the real Trainer path with its loggers and callbacks, on
+      the fast path where the run allows it (fast.enabled=auto, the default);
+  (p) the same on Lightning's plain loop (fast.enabled=false): what the fast path saves.
 
 Each epoch is a training pass plus a validation pass; one warm-up epoch is not timed, and each
 variant is timed by its fastest epoch, as timeit does: on a shared machine noise only ever adds,
@@ -317,7 +319,7 @@ def main() -> int:
         choices=["32-true", "bf16-mixed"],
         help="for (b) (autocast) and (c) (trainer.precision); (a) is always fp32 like the article",
     )
-    parser.add_argument("--variants", nargs="+", default=["a", "b", "c"], choices=["a", "b", "g", "c"])
+    parser.add_argument("--variants", nargs="+", default=["a", "b", "c", "p"], choices=["a", "b", "g", "c", "p"])
     parser.add_argument("--aelab-args", nargs="*", default=[], help="extra overrides for (c), e.g. model.compile=true")
     parser.add_argument("--startup", action="store_true", help="also time python src/train.py to its first step")
     parser.add_argument("--sweep", action="store_true", help="also time the seed sweep -m model.latent_dim=2,3,5,10,50")
@@ -352,6 +354,16 @@ def main() -> int:
             "c": lambda m: aelab_training(
                 m, args.data, data_dir, args.device, total, workdir, args.precision, args.aelab_args
             ),
+            "p": lambda m: aelab_training(
+                m,
+                args.data,
+                data_dir,
+                args.device,
+                total,
+                workdir,
+                args.precision,
+                [*args.aelab_args, "fast.enabled=false"],
+            ),
         }
         for model in args.models:
             row = {}
@@ -371,7 +383,7 @@ def main() -> int:
                     flush=True,
                 )
             seconds = {k: v["s_per_epoch"] for k, v in row.items()}
-            for over, under in (("a", "c"), ("c", "b"), ("c", "g")):
+            for over, under in (("a", "c"), ("c", "b"), ("c", "g"), ("p", "b")):
                 if over in seconds and under in seconds:
                     row[f"{over}_over_{under}"] = seconds[over] / seconds[under]
             results["models"][model] = row
@@ -386,8 +398,8 @@ def main() -> int:
         f"{args.precision}; the fastest of {args.epochs} epochs after 1 warm-up; batch {BATCH}"
     )
     print(
-        f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(g) graph':>10} {'(c) aelab':>10} {'(a)/(c)':>8}"
-        f" {'(c)/(b)':>8} {'(c)/(g)':>8}   val MSE"
+        f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(g) graph':>10} {'(c) aelab':>10} {'(p) plain':>10}"
+        f" {'(a)/(c)':>8} {'(c)/(b)':>8} {'(c)/(g)':>8} {'(p)/(b)':>8}   val MSE"
     )
     for model, row in results["models"].items():
 
@@ -397,9 +409,10 @@ def main() -> int:
         def ratio(key: str, row: dict = row) -> str:
             return f"{row[key]:.2f}" if key in row else "-"
 
-        vals = " ".join(f"{v} {row[v]['val_mse']:.4f}" for v in "abgc" if v in row)
-        times = f"{cell('a'):>12} {cell('b'):>10} {cell('g'):>10} {cell('c'):>10}"
-        print(f"{model:6} {times} {ratio('a_over_c'):>8} {ratio('c_over_b'):>8} {ratio('c_over_g'):>8}   {vals}")
+        vals = " ".join(f"{v} {row[v]['val_mse']:.4f}" for v in "abgcp" if v in row)
+        times = f"{cell('a'):>12} {cell('b'):>10} {cell('g'):>10} {cell('c'):>10} {cell('p'):>10}"
+        ratios = " ".join(f"{ratio(k):>8}" for k in ("a_over_c", "c_over_b", "c_over_g", "p_over_b"))
+        print(f"{model:6} {times} {ratios}   {vals}")
     if "time_to_first_step_s" in results:
         print(f"time from `python src/train.py` to the first training step: {results['time_to_first_step_s']:.2f} s")
         print(f"`python src/train.py --help`: {results['help_s']:.2f} s (median of 5)")

@@ -127,9 +127,9 @@ MUTATIONS = [
     ),
     Mutation(
         name="resume-skips-an-epoch",
-        file="src/aelab/data/datamodule.py",
-        old='return {"epoch_batches_done": done if done < self.train_batches_per_epoch() else 0}',
-        new='return {"epoch_batches_done": done if done <= self.train_batches_per_epoch() else 0}',
+        file="src/aelab/fast/__init__.py",
+        old='return {"epoch_batches_done": done if done < self._batches_per_epoch else 0}',
+        new='return {"epoch_batches_done": done if done <= self._batches_per_epoch else 0}',
         bug="an end-of-epoch checkpoint records the epoch as done batches: the resume skips the next epoch",
         tests=("tests/test_train.py::test_resume_from_last_checkpoint_matches_an_uninterrupted_run",),
     ),
@@ -242,10 +242,10 @@ MUTATIONS = [
     ),
     Mutation(
         name="chunk-drops-a-batch",
-        file="src/aelab/data/datamodule.py",
-        old="chunk = bounds[i : i + self.steps_per_call + 1]",
-        new="chunk = bounds[i : i + self.steps_per_call]",
-        bug="each chunk of data.steps_per_call batches loses its last batch: epochs train on fewer images",
+        file="src/aelab/fast/chunks.py",
+        old="chunk = bounds[i : i + self.steps + 1]",
+        new="chunk = bounds[i : i + self.steps]",
+        bug="each chunk of fast.steps_per_call batches loses its last batch: epochs train on fewer images",
         tests=("tests/test_data.py::test_chunks_hold_the_same_batches_in_the_same_order_and_resume_counts_batches",),
     ),
     # two that only a command line run in its own process shows (the suite runs those in the

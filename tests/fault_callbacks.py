@@ -6,6 +6,9 @@ import signal
 import lightning as L
 import torch
 
+from aelab.models.objectives import Objective
+from aelab.registry import register
+
 
 class KillAt(L.Callback):
     """SIGKILLs its own process: a real ``kill -9`` at a known point."""
@@ -84,15 +87,34 @@ class CountBackwards(L.Callback):
         CountBackwards.calls += 1
 
 
-class CtrlCInStep(L.Callback):
-    """Presses Ctrl-C (SIGINT to its own process) after the backward of optimiser step ``step``,
-    in the middle of a training_step call; with ``once`` as SignalAt."""
+@register
+class CtrlCInLoss(Objective):
+    """The plain objective, pressing Ctrl-C (SIGINT to its own process) in the loss of training
+    batch ``batch`` (counted from 1 over the run): inside a training_step call, where no callback
+    hook runs on the fast path. With ``once`` as SignalAt."""
 
-    def __init__(self, step: int, once: str) -> None:
-        self.step = step
+    def __init__(self, batch: int, once: str) -> None:
+        self.batch = batch
         self.once = once
+        self.seen = 0
 
-    def on_after_backward(self, trainer, pl_module) -> None:
-        if trainer.global_step == self.step and not os.path.exists(self.once):
-            open(self.once, "w").close()
-            os.kill(os.getpid(), signal.SIGINT)
+    def loss_terms(self, model, x):
+        if model.training:
+            self.seen += 1
+            if self.seen == self.batch and not os.path.exists(self.once):
+                open(self.once, "w").close()
+                os.kill(os.getpid(), signal.SIGINT)
+        return super().loss_terms(model, x)
+
+
+class GradientNorms(L.Callback):
+    """Records, after each training batch, the gradients the optimiser stepped with (after any
+    clipping): their total 2-norm and their largest absolute entry."""
+
+    norms: list[float] = []
+    largest: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        GradientNorms.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        GradientNorms.largest.append(max(float(g.abs().max()) for g in grads))

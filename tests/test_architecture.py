@@ -85,3 +85,23 @@ def test_entry_points_only_compose_and_call_a_task():
         functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
         assert [f.name for f in functions] == ["main"]
         assert len(functions[0].body) == 1, f"{script}: main() should be one call"
+
+
+def test_the_fast_path_is_one_component_beside_the_core():
+    """Chunks, CUDA graphs, manual optimisation and Lightning's private counters live in
+    aelab.fast; the train task switches it on and the schema reads its choices, nothing else
+    imports it, and the LightningModule reads no private Lightning attribute."""
+    importers = {name for name, targets in graph().items() if any(t.startswith("aelab.fast") for t in targets)}
+    assert {name for name in importers if not name.startswith("aelab.fast")} == {"aelab.tasks.train", "aelab.config"}
+    model = (PACKAGE / "models" / "autoencoder.py").read_text()
+    assert "automatic_optimization" not in model and "fit_loop" not in model and "manual_backward" not in model
+    private_reads = [
+        node.attr
+        for node in ast.walk(ast.parse(model))
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        # the model's own excepted
+        and node.attr not in {"_run_encoder", "_run_decoder", "_evaluate", "_reset", "_non_finite_message"}
+    ]
+    assert private_reads == []

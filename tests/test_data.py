@@ -1,5 +1,6 @@
 import functools
 import hashlib
+import itertools
 import threading
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -10,9 +11,9 @@ import pytest
 import torch
 
 from aelab.data import DATASETS, DeviceBatchLoader, MNISTLikeDataModule, normalize
-from aelab.data.datamodule import batches_in, steps_in
 from aelab.data.idx import parse_idx, read_idx, read_split, write_idx
 from aelab.errors import ConfigError, DataError
+from aelab.fast.chunks import Chunks, batches_in, steps_in
 
 from conftest import make_tiny_dataset
 
@@ -90,7 +91,7 @@ def test_debug_overfit_trains_on_the_same_first_batch_every_epoch(tiny_mnist, ov
     first_labels = []
     for epoch in (0, 1):
         loader.set_epoch(epoch)
-        first_labels.append(next(batches_in(next(iter(loader))))[1].tolist())
+        first_labels.append(next(iter(loader))[1].tolist())
     assert (first_labels[0] == first_labels[1]) == bool(overfit_batches)
 
 
@@ -99,11 +100,14 @@ def test_chunks_hold_the_same_batches_in_the_same_order_and_resume_counts_batche
     labels = torch.arange(50)
 
     def batches(steps_per_call, skip=0):
-        loader = DeviceBatchLoader(images, labels, 8, shuffle=True, seed=5, steps_per_call=steps_per_call)
+        loader = Chunks(DeviceBatchLoader(images, labels, 8, shuffle=True, seed=5), steps_per_call)
         loader.set_epoch(2)
-        loader.skip_once = skip
+        loader.loader.skip_once = skip
         chunks = list(loader)
         assert skip or len(chunks) == len(loader)
+        # each chunk says how many of the epoch's batches are done once it is
+        assert [c["done"] for c in chunks] == list(itertools.accumulate([skip] + [steps_in(c) for c in chunks]))[1:]
+        assert [c["last"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
         return [y.tolist() for chunk in chunks for _, y in batches_in(chunk)], [steps_in(c) for c in chunks]
 
     one, sizes = batches(1)

@@ -123,7 +123,6 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
 # the log root.
 POSITIVE = "it must be a positive integer"
 PRECISIONS = "it must be one of 32-true, 32, bf16-mixed, 16-mixed"
-MANUAL = "is not supported: aelab's training step optimises manually"
 CASES = {
     # model
     "latent_dim zero": ("train", ["model.latent_dim=0"], "model.latent_dim=0 is invalid: " + POSITIVE),
@@ -291,11 +290,21 @@ CASES = {
     ),
     "overfit_batches negative": ("train", ["+trainer.overfit_batches=-1"], "trainer.overfit_batches=-1 is invalid"),
     "fast_dev_run negative": ("train", ["+trainer.fast_dev_run=-1"], "trainer.fast_dev_run=-1 is invalid"),
-    "gradient clipping": ("train", ["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0 " + MANUAL),
-    "gradient accumulation": (
+    "gradient clipping negative": (
         "train",
-        ["+trainer.accumulate_grad_batches=4"],
-        "trainer.accumulate_grad_batches=4 " + MANUAL,
+        ["+trainer.gradient_clip_val=-1"],
+        "trainer.gradient_clip_val=-1 is invalid: it must be a number >= 0 or null",
+    ),
+    "gradient clipping algorithm": (
+        "train",
+        ["+trainer.gradient_clip_algorithm=nrom"],
+        "trainer.gradient_clip_algorithm='nrom' is invalid: it must be one of norm, value or null",
+    ),
+    "fast path asked where it cannot serve": (
+        "train",
+        ["fast.enabled=true", "+trainer.accumulate_grad_batches=2"],
+        "fast.enabled=true cannot train this run: trainer.accumulate_grad_batches=2 accumulates in Lightning's "
+        "loop; use fast.enabled=auto to train it on Lightning's plain loop",
     ),
     "trainer plugins": ("train", ["+trainer.plugins=[]"], "trainer.plugins=[] is not supported"),
     "trainer callbacks": ("train", ["+trainer.callbacks=[]"], "trainer.callbacks=[] is set in the callbacks group"),
@@ -439,7 +448,8 @@ CASES = {
     "misspelt monitor key": (
         "train",
         ["callbacks.model_checkpoint.monitor=val/mes"],
-        "callbacks.model_checkpoint.monitor='val/mes' is invalid: it must be one of val/mse, train/mse, val/mse_best",
+        "callbacks.model_checkpoint.monitor='val/mes' is invalid: it must be one of val/mse, train/mse, val/psnr, "
+        "val/mse_best",
     ),
     "monitor without a split": (
         "train",
@@ -951,7 +961,7 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
 def test_kill_9_in_epoch_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
     # one batch per training_step call, so that the kill lands between two batches of an epoch
-    common = ["trainer.max_epochs=5", "data.batch_size=32", "data.steps_per_call=1", "seed=7", QUIET]
+    common = ["trainer.max_epochs=5", "data.batch_size=32", "fast.steps_per_call=1", "seed=7", QUIET]
 
     straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -1104,7 +1114,7 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
         tmp_path,
         tiny_mnist,
         143,
-        f"data.steps_per_call={steps_per_call}",
+        f"fast.steps_per_call={steps_per_call}",
         "+callbacks.stop._target_=fault_callbacks.SignalAt",
         "+callbacks.stop.epoch=2",
         f"+callbacks.stop.batch={stop_at}",
@@ -1116,20 +1126,22 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
 def test_ctrl_c_in_the_middle_of_a_chunk_then_the_printed_command_ends_where_an_uninterrupted_run_does(
     tmp_path, tiny_mnist
 ):
-    """Ctrl-C after the backward of step 14: epoch 2's third batch, inside its first chunk of 4. It
-    takes effect once the chunk is done, so the checkpoint's weights, sums and batch count agree."""
+    """Ctrl-C in the loss of training batch 15: epoch 2's third batch, inside its first chunk of 4
+    on the fast path. It takes effect once the chunk is done, so the checkpoint's weights, sums and
+    batch count agree."""
     checkpoint = interrupt_then_resume(
         tmp_path,
         tiny_mnist,
         1,
-        "data.steps_per_call=4",
-        "+callbacks.stop._target_=fault_callbacks.CtrlCInStep",
-        "+callbacks.stop.step=14",
-        f"+callbacks.stop.once={tmp_path / 'pressed'}",
+        "fast.steps_per_call=4",
+        "model.objective._target_=fault_callbacks.CtrlCInLoss",
+        "+model.objective.batch=15",
+        f"+model.objective.once={tmp_path / 'pressed'}",
     )
     # the whole chunk: 2 epochs of 6 batches, then 4; the pressed step's batch is among them
     assert checkpoint["global_step"] == 16
     assert checkpoint["aelab_epoch_sums"]["batches"] == 4 and checkpoint["aelab_epoch_sums"]["count"] == 64
+    assert checkpoint["MNISTLikeDataModule"] == {"epoch_batches_done": 4}
     assert checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 16
 
 

@@ -107,7 +107,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path, t
         "model.latent_dim=2,3",
         "trainer.max_epochs=2",
         "data.batch_size=32",
-        "data.steps_per_call=1",  # SignalAt stops at a batch index: one batch per training_step call
+        "fast.steps_per_call=1",  # SignalAt stops at a batch index: one batch per training_step call
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         QUIET,
         "+callbacks.stop._target_=fault_callbacks.SignalAt",

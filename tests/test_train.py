@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import re
 import sys
 
@@ -37,10 +38,14 @@ def test_run_writes_tensorboard_scalars_images_and_hparams(tmp_path, tiny_mnist)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = events.Tags()
-    assert set(tags["scalars"]) == {TRAIN_MSE, VAL_MSE, VAL_MSE_BEST}
+    # val/psnr: watched, not optimised (aelab.models.metrics)
+    assert set(tags["scalars"]) == {TRAIN_MSE, VAL_MSE, VAL_MSE_BEST, "val/psnr"}
     assert tags["images"] == ["val/reconstructions"]
+    # PSNR of the epoch's MSE over its pixels, for data spanning 2
+    for mse, psnr in zip(events.Scalars(VAL_MSE), events.Scalars("val/psnr"), strict=True):
+        assert psnr.value == pytest.approx(10 * math.log10(4 / mse.value), rel=1e-5)
     # the x-axis is epochs (1 = after the first), whatever the number of batches
-    for tag in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
+    for tag in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST, "val/psnr"):
         assert [s.step for s in events.Scalars(tag)] == [1, 2], tag
     assert [image.step for image in events.Images("val/reconstructions")] == [1, 2]
     grid = events.Images("val/reconstructions")[0]
@@ -203,12 +208,12 @@ def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, ti
 
 
 def test_chunks_of_steps_per_call_train_exactly_as_one_batch_per_call(tmp_path, tiny_mnist):
-    """data.steps_per_call only changes how often Lightning's loop runs, never the arithmetic:
+    """fast.steps_per_call only changes how often Lightning's loop runs, never the arithmetic:
     every weight, every logged number and the optimiser's state come out bit for bit the same."""
     runs = {}
     for steps in (1, 4):  # 96 images in batches of 16: 6 batches an epoch, chunks of 4 and 2
         summary = train_tiny(
-            tmp_path, tiny_mnist, "data.batch_size=16", f"data.steps_per_call={steps}", "logger=csv", name=f"k{steps}"
+            tmp_path, tiny_mnist, "data.batch_size=16", f"fast.steps_per_call={steps}", "logger=csv", name=f"k{steps}"
         )
         runs[steps] = (summary, torch.load(summary["last_checkpoint"], weights_only=True))
     (one, one_ckpt), (chunked, chunked_ckpt) = runs[1], runs[4]
@@ -251,27 +256,32 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
     Lightning's step count, tensor learning rates a scheduler fills, checkpoints written as the
     eager loop writes them) checked bit for bit against the eager loop, with the graph stood in
     for on the CPU. On a GPU the same code captures real graphs (docs/benchmarks.md)."""
-    from aelab.models import step_graph
+    from aelab.fast import graphs as step_graph
 
     monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
     monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
     monkeypatch.setattr(ReplayByCalling, "made", [])
     cosine = "model.scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true,T_max:4}"
-    common = ["data.batch_size=16", "data.steps_per_call=4", cosine]  # 6 batches an epoch: chunks of 4 and 2
+    common = ["data.batch_size=16", "fast.steps_per_call=4", cosine]  # 6 batches an epoch: chunks of 4 and 2
     caplog.set_level("INFO", logger="aelab")
-    eager = train_tiny(tmp_path, tiny_mnist, *common, "model.cuda_graph=false", name="eager")
+    eager = train_tiny(tmp_path, tiny_mnist, *common, "fast.cuda_graph=false", name="eager")
     eager_line = (
-        "training steps: eager on cpu, 4 batches per training_step call (no CUDA graph: model.cuda_graph=false)"
+        "training loop: the fast path on cpu, 4 batches per training_step call, eager (no CUDA graph: "
+        "fast.cuda_graph=false)"
     )
     assert eager_line in caplog.text
-    # a callback with a per-step hook: Lightning's manual_backward and LightningOptimizer.step
-    # run, which the other paths skip; the arithmetic is the same
+    # a callback with a per-step hook: Lightning's plain loop trains, with the same arithmetic
     wrapped = train_tiny(
         tmp_path, tiny_mnist, *common, "+callbacks.count._target_=fault_callbacks.CountBackwards", name="wrapped"
     )
-    assert "training steps: eager on cpu, 4 batches per training_step call (through Lightning's" in caplog.text
+    assert (
+        "training loop: Lightning's plain loop on cpu (not the fast path: CountBackwards.on_after_backward runs "
+        "once per step)" in caplog.text
+    )
     graph = train_tiny(tmp_path, tiny_mnist, *common, name="graph")
-    assert "training steps: CUDA graph on cpu, 4 batches per training_step call" in caplog.text
+    assert "training loop: the fast path on cpu, 4 batches per training_step call, replayed as CUDA graphs" in (
+        caplog.text
+    )
     assert [g.replays for g in ReplayByCalling.made] == [2, 2]  # one graph per chunk shape, two epochs
     for key in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
         assert graph[key] == eager[key], key
@@ -295,7 +305,7 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
             tmp_path,
             tiny_mnist,
             *common,
-            f"model.cuda_graph={name == 'graph'}",
+            f"fast.cuda_graph={name == 'graph'}",
             "trainer.max_epochs=3",
             f"ckpt_path={run['last_checkpoint']}",
             name=f"{name}-resumed",
@@ -309,7 +319,7 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
 def test_the_graph_path_recaptures_when_a_scheduler_changes_what_a_graph_holds_fixed(tmp_path, tiny_mnist, monkeypatch):
     """OneCycleLR cycles Adam's betas with the lr: a graph would replay the betas it was captured
     with, so each epoch's new betas get new graphs, and the weights stay the eager loop's."""
-    from aelab.models import step_graph
+    from aelab.fast import graphs as step_graph
 
     monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
     monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
@@ -317,8 +327,8 @@ def test_the_graph_path_recaptures_when_a_scheduler_changes_what_a_graph_holds_f
     one_cycle = (
         "model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,max_lr:0.01,total_steps:4}"
     )
-    common = ["data.batch_size=16", "data.steps_per_call=4", one_cycle]
-    eager = train_tiny(tmp_path, tiny_mnist, *common, "model.cuda_graph=false", name="eager")
+    common = ["data.batch_size=16", "fast.steps_per_call=4", one_cycle]
+    eager = train_tiny(tmp_path, tiny_mnist, *common, "fast.cuda_graph=false", name="eager")
     graph = train_tiny(tmp_path, tiny_mnist, *common, name="graph")
     assert [g.replays for g in ReplayByCalling.made] == [1, 1, 1, 1]
     ends = [torch.load(run["last_checkpoint"], weights_only=True)["state_dict"] for run in (eager, graph)]
@@ -327,7 +337,7 @@ def test_the_graph_path_recaptures_when_a_scheduler_changes_what_a_graph_holds_f
 
 def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist, monkeypatch):
     from aelab.errors import AelabError
-    from aelab.models import step_graph
+    from aelab.fast import graphs as step_graph
 
     class Uncapturable(ReplayByCalling):
         def capture(self, body):
@@ -339,10 +349,10 @@ def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist,
     monkeypatch.setattr(step_graph, "GRAPH_DEVICES", ["cuda", "cpu"])
     monkeypatch.setattr(step_graph, "new_graph", Uncapturable)
     with pytest.raises(AelabError) as error:
-        train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "data.steps_per_call=4")
+        train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "fast.steps_per_call=4")
     assert str(error.value) == (
         "capturing the training steps as a CUDA graph failed (operation not permitted when stream is capturing); "
-        "train eagerly with model.cuda_graph=false"
+        "train eagerly with fast.cuda_graph=false"
     )
 
 
@@ -351,20 +361,23 @@ def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist,
     [
         (
             ["+callbacks.count._target_=fault_callbacks.CountBackwards"],
-            "eager on cpu, 4 batches per training_step call (through Lightning's backward and step: "
-            "CountBackwards.on_after_backward runs once per step)",
+            "Lightning's plain loop on cpu (not the fast path: CountBackwards.on_after_backward runs once per step)",
         ),
         (
             ["+trainer.max_steps=12"],
-            "eager on cpu, 1 batch per training_step call (no CUDA graph: one batch per training_step call "
-            "(trainer.max_steps counts batches))",
+            "Lightning's plain loop on cpu (not the fast path: trainer.max_steps counts batches)",
+        ),
+        (
+            ["+trainer.gradient_clip_val=0.5"],
+            "Lightning's plain loop on cpu (not the fast path: trainer.gradient_clip_val=0.5 clips in Lightning's "
+            "optimiser step)",
         ),
     ],
 )
 def test_the_graph_path_steps_aside_where_it_cannot_serve_and_the_log_says_why(
     tmp_path, tiny_mnist, monkeypatch, caplog, overrides, line
 ):
-    from aelab.models import step_graph
+    from aelab.fast import graphs as step_graph
 
     import fault_callbacks
 
@@ -373,11 +386,38 @@ def test_the_graph_path_steps_aside_where_it_cannot_serve_and_the_log_says_why(
     monkeypatch.setattr(ReplayByCalling, "made", [])
     monkeypatch.setattr(fault_callbacks.CountBackwards, "calls", 0)
     caplog.set_level("INFO", logger="aelab")
-    summary = train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "data.steps_per_call=4", *overrides)
-    assert f"training steps: {line}" in caplog.text
+    summary = train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "fast.steps_per_call=4", *overrides)
+    assert f"training loop: {line}" in caplog.text
     assert ReplayByCalling.made == []
     assert summary["epochs"] == 2
     assert fault_callbacks.CountBackwards.calls == (12 if "callbacks" in overrides[0] else 0)
+
+
+def test_gradient_clipping_and_accumulation_are_lightnings_own_on_a_real_run(tmp_path, tiny_mnist, monkeypatch):
+    """Trainer features of automatic optimisation, on the plain loop the fast path leaves them to
+    (96 images in batches of 8: 12 batches an epoch)."""
+    import fault_callbacks
+
+    norms = ["+callbacks.norms._target_=fault_callbacks.GradientNorms", "data.batch_size=8"]
+
+    def gradients(*overrides, name):
+        monkeypatch.setattr(fault_callbacks.GradientNorms, "norms", [])
+        monkeypatch.setattr(fault_callbacks.GradientNorms, "largest", [])
+        summary = train_tiny(tmp_path, tiny_mnist, *norms, *overrides, name=name)
+        return summary, fault_callbacks.GradientNorms.norms, fault_callbacks.GradientNorms.largest
+
+    _, free, free_largest = gradients("fast.enabled=false", name="free")
+    assert len(free) == 24 and max(free) > 0.2 and max(free_largest) > 0.01  # the limits below bite
+    _, clipped, _ = gradients("+trainer.gradient_clip_val=0.2", name="norm")
+    assert len(clipped) == 24 and max(clipped) <= 0.2 * (1 + 1e-5)
+    _, _, by_value = gradients(
+        "+trainer.gradient_clip_val=0.01", "+trainer.gradient_clip_algorithm=value", name="value"
+    )
+    assert max(by_value) <= 0.01 * (1 + 1e-6)
+    accumulated, _, _ = gradients("+trainer.accumulate_grad_batches=4", name="accumulated")
+    checkpoint = torch.load(accumulated["last_checkpoint"], weights_only=True)
+    assert checkpoint["global_step"] == 24 // 4  # optimiser steps: batches / 4
+    assert accumulated["identity"]["trainer.accumulate_grad_batches"] == 4
 
 
 def test_off_a_terminal_each_epoch_is_one_line_without_carriage_returns(tmp_path, tiny_mnist):
@@ -400,7 +440,7 @@ def test_on_a_terminal_the_bar_counts_batches_not_training_step_calls(tmp_path, 
         [
             "trainer.max_epochs=1",
             "data.batch_size=16",
-            "data.steps_per_call=4",
+            "fast.steps_per_call=4",
             "callbacks.progress_bar.refresh_rate=1",
         ],
     )

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from torch import Tensor
 
 from aelab.models.autoencoder import AutoEncoder
-from aelab.names import EPOCH_TIMES, VAL_MSE_BEST
+from aelab.names import EPOCH_TIMES
 from aelab.paths import command_line
 from aelab.report.plots import image_grid
 
@@ -141,8 +141,8 @@ def write_tensorboard_hparams(writer: Any, params: dict[str, Any]) -> None:
 
 
 def loss_layout(logged: list[str]) -> dict[str, Any]:
-    """A custom-scalars layout: for each term the model logs, its train and val curves on one chart."""
-    terms = sorted({name.split("/", 1)[1] for name in logged if name.startswith("val/") and name != VAL_MSE_BEST})
+    """A custom-scalars layout: for each loss term the model logs, its train and val curves on one chart."""
+    terms = sorted({name.split("/", 1)[1] for name in logged if name.startswith("train/")})
     charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
     return {"train vs val (per epoch)": charts}
 
@@ -163,14 +163,16 @@ class OneModelSummary(ModelSummary):
 
 @runtime_checkable
 class CountsBatches(Protocol):
-    """A datamodule whose training_step calls may take several batches (aelab's own)."""
+    """A datamodule whose training_step calls take several batches each (on aelab's fast path)."""
 
     def train_batches_per_epoch(self) -> int: ...
 
+    def train_batches_done(self) -> int: ...
+
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's bar, counting training batches (a ``training_step`` call may take a chunk of
-    them: ``data.steps_per_call``) and showing the epoch's running training loss (and val/mse once
+    """Lightning's bar, counting training batches (a ``training_step`` call of the fast path takes
+    a chunk of them: ``fast.steps_per_call``) and showing the epoch's running training loss (and val/mse once
     an epoch has been validated) instead of the version number; the loss is read only when the bar
     redraws, every ``refresh_rate`` batches.
 
@@ -204,10 +206,11 @@ class ProgressBar(TQDMProgressBar):
         self._drawn = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not isinstance(pl_module, AutoEncoder):
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, CountsBatches):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
-        done, bar = pl_module.epoch_batches_done, self.train_progress_bar
+        done, bar = datamodule.train_batches_done(), self.train_progress_bar
         if not self.is_enabled or bar is None:
             return
         # a chunk of 16 batches passes a multiple of refresh_rate without landing on one

@@ -23,9 +23,10 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aelab.data.datamodule import LOADERS, STEPS_PER_CALL_WORDS
+from aelab.data.datamodule import LOADERS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
+from aelab.fast import STEPS_PER_CALL_WORDS
 from aelab.launch import launched_externally
 from aelab.loggers import EXTRAS
 from aelab.models.autoencoder import COMPILE_MODES
@@ -230,10 +231,6 @@ class Metric(Rule):
 
 POSITIVE = Int(min=1)
 FRACTION_OR_COUNT = Either(rules=(Number(from_zero=True, max=1.0), Int(min=0)))
-MANUAL_STEP = (
-    "not supported: aelab's training step optimises manually (Lightning applies it only to "
-    "automatic optimisation); remove it with ~{key}"
-)
 
 SCHEMA: dict[str, Rule] = {
     "task_name": Name(),
@@ -263,6 +260,11 @@ SCHEMA: dict[str, Rule] = {
     "max_images": Int(min=1, max=1024),
     # export
     "check_images": Int(min=1, max=10000),
+    # train: the training loop (aelab.fast)
+    "fast": Group(what="the training loop's settings (e.g. fast.enabled=false)"),
+    "fast.enabled": Either(rules=(Flag(), OneOf(values=("auto",)))),
+    "fast.steps_per_call": Either(rules=(POSITIVE, OneOf(values=STEPS_PER_CALL_WORDS))),
+    "fast.cuda_graph": Flag(),
     # data
     "data": Group(what="a group of settings (e.g. data=mnist)"),
     "data.dataset": OneOf(values=tuple(DATASETS)),
@@ -275,12 +277,10 @@ SCHEMA: dict[str, Rule] = {
     "data.seed": Int(min=0, max=2**32 - 1),
     "data.download": Flag(),
     "data.mirrors": TextList(null=True),
-    "data.steps_per_call": Either(rules=(POSITIVE, OneOf(values=STEPS_PER_CALL_WORDS))),
     # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
     "model": Group(what="a group of settings (e.g. model=conv)"),
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
     "model.compile": OneOf(values=COMPILE_MODES),
-    "model.cuda_graph": Flag(),
     "model.encoder": Open(),
     "model.decoder": Open(),
     "model.optimizer.lr": Number(above=0.0),
@@ -312,9 +312,9 @@ SCHEMA: dict[str, Rule] = {
     "trainer.overfit_batches": FRACTION_OR_COUNT,
     "trainer.fast_dev_run": Either(rules=(Flag(), POSITIVE)),
     "trainer.default_root_dir": Text(),
-    "trainer.gradient_clip_val": Unsupported(reason=MANUAL_STEP, harmless=(None,)),
-    "trainer.gradient_clip_algorithm": Unsupported(reason=MANUAL_STEP, harmless=(None,)),
-    "trainer.accumulate_grad_batches": Unsupported(reason=MANUAL_STEP, harmless=(1,)),
+    "trainer.gradient_clip_val": Number(from_zero=True, null=True),
+    "trainer.gradient_clip_algorithm": OneOf(values=("norm", "value"), null=True),
+    "trainer.accumulate_grad_batches": POSITIVE,
     "trainer.callbacks": Unsupported(reason="set in the callbacks group, e.g. +callbacks.name={{_target_: ...}}"),
     "trainer.logger": Unsupported(reason="set in the logger group, e.g. logger=csv"),
     "trainer.plugins": Unsupported(reason="not supported: aelab sets the checkpoint writer plugin itself"),

@@ -109,8 +109,6 @@ _NOT_IDENTITY = {
     "data.download",
     "data.mirrors",
     "data.num_workers",
-    "data.steps_per_call",
-    "model.cuda_graph",
 }
 
 
@@ -130,6 +128,12 @@ def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
     add("data", OmegaConf.to_container(cfg.data, resolve=True))
     flat["seed"] = cfg.get("seed")
     flat["trainer.precision"] = str(cfg.trainer.get("precision"))
+    # what the Trainer does to the gradients, where it does anything
+    if clip := cfg.trainer.get("gradient_clip_val"):
+        flat["trainer.gradient_clip_val"] = clip
+        flat["trainer.gradient_clip_algorithm"] = cfg.trainer.get("gradient_clip_algorithm") or "norm"
+    if (accumulate := cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
+        flat["trainer.accumulate_grad_batches"] = accumulate
     flat["data.content"] = datamodule.content_hash()
     return {key: value for key, value in sorted(flat.items()) if key not in _NOT_IDENTITY}
 
@@ -465,6 +469,7 @@ _PLACE_KEYS = (
     "data.download",
     "data.num_workers",
     "callbacks.progress_bar.refresh_rate",
+    "fast",
     "figure_format",
     "figure_dpi",
 )

@@ -40,47 +40,12 @@ def normalized_rows(images: torch.Tensor) -> np.ndarray:
     return normalize(images).flatten(1).numpy()
 
 
-# A chunk of consecutive training batches (DeviceBatchLoader with steps_per_call > 1), as a plain
-# dict so Lightning's batch transfer passes it through: the resident split, the chunk's positions in
-# the epoch's order, and each batch's bounds within them. Batches are gathered as they are optimised
-# (``batches_in``), and a CUDA graph reads the same gather from a static copy of the positions
-# (aelab.models.step_graph).
-IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
-# data.steps_per_call=auto: one call per epoch on a GPU (where the epoch is one CUDA graph), chunks
-# of 16 on the CPU, where longer ones measure no faster (docs/benchmarks.md)
-CPU_STEPS_PER_CALL = 16
-STEPS_PER_CALL_WORDS = ("auto", "epoch")
-
-
-def is_chunk(batch: Any) -> bool:
-    return isinstance(batch, dict)
-
-
-def batches_in(batch: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The (x, y) batches one ``training_step`` call optimises on: a chunk's, or the one given."""
-    if not is_chunk(batch):
-        yield batch
-        return
-    images, labels, index = batch[IMAGES], batch[LABELS], batch[INDEX]
-    for first, end in itertools.pairwise(batch[BOUNDS]):
-        positions = index[first:end]
-        yield normalize(images[positions]), labels[positions]
-
-
-def steps_in(batch: Any) -> int:
-    return len(batch[BOUNDS]) - 1 if is_chunk(batch) else 1
-
-
 class DeviceBatchLoader:
     """Batches sliced from uint8 tensors that already live on the training device.
 
     The shuffle order depends only on ``(seed, epoch)``: Lightning calls ``sampler.set_epoch``
     before every epoch, also after a resume, so a resumed run sees the same batches as an
     uninterrupted one. The last partial batch is kept, like ``DataLoader(drop_last=False)``.
-
-    With ``steps_per_call`` > 1 each item is a chunk (``IMAGES``, ``LABELS``, ``INDEX``, ``BOUNDS``)
-    of that many consecutive batches, which the model's ``training_step`` optimises on one after
-    the other, so Lightning's per-step machinery runs once per chunk instead of once per batch.
 
     Under DDP (``world_size`` > 1) each process takes one contiguous shard of the epoch's order
     (``shard_bounds``): every image once per epoch across the processes, none repeated (unlike
@@ -96,7 +61,6 @@ class DeviceBatchLoader:
         *,
         shuffle: bool,
         seed: int = 0,
-        steps_per_call: int = 1,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -116,7 +80,6 @@ class DeviceBatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.steps_per_call = steps_per_call
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -140,9 +103,12 @@ class DeviceBatchLoader:
         return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.batches_per_epoch / self.steps_per_call)
+        return self.batches_per_epoch
 
-    def __iter__(self) -> Iterator[Any]:
+    def epoch_plan(self) -> tuple[torch.Tensor, list[int]]:
+        """This epoch's positions for this process, in order, and its batches' bounds within them
+        (less the batches a resume skips): what ``__iter__`` slices, and what the fast path
+        (``aelab.fast``) slices in chunks of batches."""
         n = len(self.images)
         start, bounds = shard_bounds(n, self.batch_size, self.rank, self.world_size)
         bounds = bounds[self.skip_once :]
@@ -152,20 +118,13 @@ class DeviceBatchLoader:
             order = torch.randperm(n, generator=generator).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
-        shard = order[start : start + bounds[-1]]
-        if self.steps_per_call == 1:
-            for first, end in itertools.pairwise(bounds):
-                positions = shard[first:end]
-                yield normalize(self.images[positions]), self.labels[positions]
-            return
-        for i in range(0, len(bounds) - 1, self.steps_per_call):
-            chunk = bounds[i : i + self.steps_per_call + 1]
-            yield {
-                IMAGES: self.images,
-                LABELS: self.labels,
-                INDEX: shard[chunk[0] : chunk[-1]],
-                BOUNDS: tuple(b - chunk[0] for b in chunk),
-            }
+        return order[start : start + bounds[-1]], bounds
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, bounds = self.epoch_plan()
+        for first, end in itertools.pairwise(bounds):
+            positions = order[first:end]
+            yield normalize(self.images[positions]), self.labels[positions]
 
 
 def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, list[int]]:
@@ -219,7 +178,6 @@ class MNISTLikeDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
-        steps_per_call: int | str = "auto",
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)
@@ -227,8 +185,6 @@ class MNISTLikeDataModule(L.LightningDataModule):
             raise ConfigError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
         check_positive_int("data.batch_size", batch_size)
         check_positive_int("data.val_size", val_size, optional=True)
-        if steps_per_call not in STEPS_PER_CALL_WORDS:
-            check_positive_int("data.steps_per_call", steps_per_call)
         if keep_classes is not None:
             n = len(self.spec.classes)
             if not keep_classes or not all(is_int(c) and 0 <= c < n for c in keep_classes):
@@ -246,16 +202,16 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         # training batches of the current epoch already done when the checkpoint resumed from was saved
         self._resume_batches = 0
-        # batches per training_step call of the training loader in use, and why 1 where that
-        # is not what data.steps_per_call asks (read by the model's one line on its training path)
-        self.train_steps_per_call = 1
-        self._batches_per_epoch = 0
-        self.steps_per_call_note = ""
 
     @property
     def settings(self) -> Any:
         """``hparams``, read as attributes (Lightning types ``hparams`` as a plain mapping)."""
         return self.hparams
+
+    @property
+    def resident(self) -> bool:
+        """Whether training batches are sliced from tensors on the training device (``data.loader=device``)."""
+        return self.settings.loader == "device"
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -359,10 +315,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
                 world_size=trainer.world_size if trainer is not None else 1,
             )
             if split == "train":
-                loader.steps_per_call = self._chunk_steps(loader.batches_per_epoch)
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
-                self.train_steps_per_call = loader.steps_per_call
-                self._batches_per_epoch = loader.batches_per_epoch
             return loader
         images, labels = self.splits[split]
         return DataLoader(
@@ -375,57 +328,15 @@ class MNISTLikeDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
         )
 
-    def _chunk_steps(self, batches_per_epoch: int) -> int:
-        """``steps_per_call`` as a number, where it keeps the run what it would be one batch per
-        call: not when the Trainer counts batches itself (debug=fdr|overfit|limit, max_steps)."""
-        wanted = self.settings.steps_per_call
-        if wanted == "auto":
-            wanted = "epoch" if self._device().type == "cuda" else CPU_STEPS_PER_CALL
-        if wanted == "epoch":
-            wanted = batches_per_epoch
-        trainer = self.trainer
-        self.steps_per_call_note = ""
-        if wanted == 1 or trainer is None:
-            return 1
-        counting = {
-            "trainer.fast_dev_run": bool(getattr(trainer, "fast_dev_run", False)),
-            "trainer.overfit_batches": bool(getattr(trainer, "overfit_batches", 0)),
-            "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
-            "trainer.val_check_interval": trainer.val_check_interval not in (1.0, None),
-            "trainer.max_steps": trainer.max_steps not in (-1, None),
-            # DDP prepares its gradient reduction once per training_step call, for one backward
-            "trainer.strategy (DDP)": trainer.world_size > 1,
-        }
-        reasons = [key for key, set_ in counting.items() if set_]
-        if reasons:
-            self.steps_per_call_note = f"{reasons[0]} counts batches"
-            return 1
-        return min(wanted, batches_per_epoch)
-
     # A checkpoint saved mid-epoch (Ctrl-C, SIGTERM) records how many of the epoch's batches were
-    # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly. Counted in
-    # batches, not chunks, so the run may resume with another data.steps_per_call. The model's own
-    # count (AutoEncoder.epoch_batches_done) includes a chunk Lightning had not marked completed
-    # when a Ctrl-C stopped the run right after it.
+    # done; the shuffle is a function of (seed, epoch), so skipping them resumes exactly.
     def state_dict(self) -> dict[str, int]:
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        done = getattr(trainer.lightning_module, "epoch_batches_done", None)
-        if done is None:
-            done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) * self.train_steps_per_call
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
         # a save at the end of an epoch resumes at the start of the next one, with nothing to skip
-        return {"epoch_batches_done": done if done < self.train_batches_per_epoch() else 0}
-
-    def train_batches_per_epoch(self) -> int:
-        """Training batches (optimiser steps) per epoch of the running fit, however many of them one
-        training_step call takes: the Trainer counts calls, which it may limit, and the last chunk
-        of an epoch is shorter."""
-        trainer = self.trainer
-        assert trainer is not None, "asked outside a fit"
-        # the loaders here have a length, so the Trainer's count is finite
-        per_epoch = int(trainer.num_training_batches) * self.train_steps_per_call
-        return min(per_epoch, self._batches_per_epoch) if self._batches_per_epoch else per_epoch
+        return {"epoch_batches_done": done if done < trainer.num_training_batches else 0}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_batches = int(state_dict.get("epoch_batches_done", 0))

@@ -1,12 +1,16 @@
-"""The LightningModule: an encoder, a decoder, an objective of named terms, the optimiser from config.
+"""The LightningModule: an encoder, a decoder and an objective, trained the way Lightning's
+documentation teaches: automatic optimisation, a ``training_step`` that returns the loss, epoch
+means through ``self.log`` of metric objects, ``configure_optimizers``. Every Trainer feature
+(gradient clipping, accumulation, precision plugins, a callback's per-step hooks) works because
+nothing here goes around the Trainer.
 
 Constructor arguments are plain dicts/numbers (the model configs set ``_convert_: all``), so the
 hyperparameters stored in checkpoints load with ``torch.load(weights_only=True)``, and the parts
 are built through ``aelab.registry`` so that a stored config can never name arbitrary code.
 
 The objective (``model.objective``: plain, denoising, sparse, variational) is a part built like
-the backbones, from ``aelab.models.objectives``; a subclass overriding ``loss_terms`` is the other
-way in, for an objective that needs the module itself.
+the backbones, from ``aelab.models.objectives``. Where a run allows it, ``aelab.fast`` trains this
+same module faster; nothing here knows about it.
 """
 
 from __future__ import annotations
@@ -16,19 +20,17 @@ import functools
 import logging
 import math
 import operator
-import signal
-import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import Metric
 
-from aelab.data.datamodule import batches_in, is_chunk, steps_in
 from aelab.errors import AelabError, ConfigError
-from aelab.models import step_graph
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
+from aelab.models.metrics import EpochMean, watched_metrics
 from aelab.models.objectives import Objective, objective_spec
 from aelab.names import (
     DATA_CLASS_KEY,
@@ -67,7 +69,6 @@ class AutoEncoder(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         compile: bool | str = False,
         objective: Mapping[str, Any] | None = None,
-        cuda_graph: bool = True,
     ) -> None:
         super().__init__()
         if compile not in COMPILE_MODES:
@@ -81,27 +82,21 @@ class AutoEncoder(L.LightningModule):
         # the encoder's and decoder's forward, compiled in setup when model.compile asks
         self._run_encoder = self.encoder.__call__
         self._run_decoder = self.decoder.__call__
+        with self.probe() as images:
+            terms = list(self.loss_terms(images))
+        # the optimised sum is logged as <split>/loss where there is more than one term to add
+        self.terms = (*terms, LOSS) if len(terms) > 1 else tuple(terms)
+        # each split's epoch means of the terms, and the metrics only watched (aelab.models.metrics)
+        self.train_means = nn.ModuleDict({term: EpochMean() for term in self.terms})
+        self.val_means = nn.ModuleDict({term: EpochMean() for term in self.terms})
+        self.test_means = nn.ModuleDict({term: EpochMean() for term in self.terms})
+        self.val_watched = nn.ModuleDict(watched_metrics())
+        self.test_watched = nn.ModuleDict(watched_metrics())
         self.best_val_mse = math.inf
-        self._sums: dict[str, Tensor] = {}
-        self._count = 0
-        # the current epoch's training batches optimised so far (a resume skips them)
-        self.epoch_batches_done = 0
-        self._train_state: tuple[dict[str, Tensor], int] = ({}, 0)
-        self._metric_names: list[str] | None = None
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
         # the command-line overrides the run was started with (aelab.runs.resume_overrides)
         self.run_overrides: list[str] | None = None
-        self._validating = False
-        # the training chunks' CUDA graphs (aelab.models.step_graph), when this fit replays them
-        self._step_graphs: step_graph.StepGraphs | None = None
-        # whether this fit's eager steps can skip Lightning's backward and optimiser-step wrappers
-        self._plain_steps = False
-        # each optimiser group's own ``capturable`` while the graph path has made them capturable
-        self._eager_capturable: list[bool] | None = None
-        # The step is four lines, and Lightning's automatic-optimisation closure costs ~0.3 ms per
-        # step on CPU, a third of an MLP step: measured with scripts/benchmark.py.
-        self.automatic_optimization = False
 
     @property
     def settings(self) -> Any:
@@ -167,23 +162,23 @@ class AutoEncoder(L.LightningModule):
         """
         return self.objective.loss_terms(self, x)
 
+    def epoch_means(self, split: str) -> dict[str, EpochMean]:
+        means = {"train": self.train_means, "val": self.val_means, "test": self.test_means}[split]
+        return cast(dict[str, EpochMean], dict(means.items()))
+
+    def watched(self, split: str) -> dict[str, Metric]:
+        return cast(dict[str, Metric], dict({"val": self.val_watched, "test": self.test_watched}[split].items()))
+
     def logged_metrics(self) -> list[str]:
-        """The per-epoch metrics a checkpoint callback may monitor: they follow the objective's terms."""
-        if self._metric_names is not None:
-            return self._metric_names
-        # once: a compiled model would compile a graph for this probe
-        with self.probe() as images:
-            terms = list(self.loss_terms(images))
-        if len(terms) > 1:
-            terms.append(LOSS)
-        self._metric_names = [metric(split, term) for split in ("val", "train") for term in terms] + [VAL_MSE_BEST]
-        return self._metric_names
+        """The per-epoch metrics a checkpoint callback may monitor."""
+        logged = [metric(split, term) for split in ("val", "train") for term in self.terms]
+        return [*logged, *(metric("val", name) for name in self.val_watched), VAL_MSE_BEST]
 
     def setup(self, stage: str) -> None:
         # here, so that a DDP process spawned for the fit sets them too: it starts without the
         # parent's warning filters and matmul precision
         quiet_known_warnings()
-        if self._trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+        if self.trainer.strategy.root_device.type == "cuda":
             # TF32 matmuls: ample for MSE on 8-bit images, several times faster on Ampere and later
             torch.set_float32_matmul_precision("high")
         mode = self.settings.compile
@@ -192,166 +187,79 @@ class AutoEncoder(L.LightningModule):
             self._run_encoder = torch.compile(self.encoder.forward, mode=mode)
             self._run_decoder = torch.compile(self.decoder.forward, mode=mode)
 
-    # Terms are summed on the device and logged once per epoch: Lightning's ``self.log`` costs
-    # ~0.7 ms per call on CPU, more than a whole MLP step's arithmetic. Validation sums in float64,
-    # so the epoch's MSE is the exact mean over images whatever the batch size.
-    def _reset_sums(self) -> None:
-        self._sums = {}
-        self._count = 0
+    # --- training ---------------------------------------------------------------------------
 
-    def _accumulate(self, terms: dict[str, Tensor], n: int, dtype: torch.dtype) -> None:
-        for name, value in terms.items():
-            term = value.detach().to(dtype) * n
-            self._sums[name] = self._sums[name] + term if name in self._sums else term
-        self._count += n
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, _ = batch
+        terms = self.loss_terms(x)
+        loss = functools.reduce(operator.add, terms.values())
+        return {"loss": loss, **terms}
 
-    def _epoch_means(self) -> dict[str, Tensor]:
-        """The epoch's means so far over the images of every process: under DDP the sums and
-        counts are added across processes first (one collective per epoch), so the value is the
-        one a single process computes over all the images."""
-        sums, count = self._sums, self._count
-        if self._trainer is None or self.trainer.world_size == 1:
-            return {name: (total / count).float() for name, total in sums.items()}
-        names = list(sums)
-        local = [sums[name].double() for name in names] + [torch.tensor(float(count), device=self.device)]
-        total = self.trainer.strategy.reduce(torch.stack(local).double(), reduce_op="sum")
-        return {name: (total[i] / total[-1]).float() for i, name in enumerate(names)}
+    def on_train_batch_end(self, outputs: Any, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        # here, once the optimiser has stepped, so that an interrupted step counts in no mean
+        self.add_to_epoch_means("train", outputs, len(batch[0]))
 
-    def _log_means(self, split: str, means: dict[str, Tensor]) -> None:
-        for name, value in means.items():
-            self.log(metric(split, name), value, prog_bar=split == "val" and name == "mse")
-        if len(means) > 1:
-            self.log(metric(split, LOSS), torch.stack(list(means.values())).sum())
+    def add_to_epoch_means(self, split: str, terms: Mapping[str, Tensor], count: int, *, summed: bool = False) -> None:
+        """Add a batch's terms (its means) to the split's epoch means, which Lightning logs when the
+        epoch ends; with ``summed``, terms already summed over ``count`` images, ``loss`` among them."""
+        if not summed and LOSS in self.epoch_means(split):
+            # the loss training_step returned, before Lightning divided it for accumulate_grad_batches
+            optimised = [terms[term] for term in self.terms if term != LOSS]
+            terms = {**terms, LOSS: functools.reduce(operator.add, optimised)}
+        for term, mean in self.epoch_means(split).items():
+            value = terms[term].detach().double()
+            mean.update(value if summed else value * count, count)
+            self.log(metric(split, term), mean, on_step=False, on_epoch=True, prog_bar=split == "val" and term == "mse")
 
     def running_loss(self) -> float | None:
-        """The mean optimised loss over the current epoch's steps so far (``None`` before the first).
-        Reads the device once: the progress bar asks only when it redraws."""
-        sums, count = self._train_state if self._validating else (self._sums, self._count)
-        if not count:
-            return None
-        return float(functools.reduce(operator.add, sums.values()) / count)
-
-    def on_train_start(self) -> None:
-        # sums restored from a mid-epoch checkpoint were made before the model reached its device
-        self._sums = {name: total.to(self.device) for name, total in self._sums.items()}
-        self._step_graphs = self._eager_capturable = None
-        wrapped = step_graph.wrapper_refusal(self)
-        self._plain_steps = wrapped is None
-        refusal = step_graph.refusal(self, wrapped)
-        if refusal is None:
-            optimizer = self.optimizers()
-            assert not isinstance(optimizer, list)
-            self._step_graphs = step_graph.StepGraphs(self, optimizer)
-            self._eager_capturable = self._step_graphs.was_capturable
-        log.info(self._training_path(refusal, wrapped, step_graph.GRAPH_DEVICES))
-
-    def _training_path(self, refusal: str | None, wrapped: str | None, graph_devices: list[str]) -> str:
-        """The one line that says how this fit's training steps run, and what keeps them from
-        running faster."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        steps = getattr(datamodule, "train_steps_per_call", 1)
-        how = "CUDA graph" if refusal is None else "eager"
-        device = self.trainer.strategy.root_device
-        line = f"training steps: {how} on {device}, {steps} batch{'es' if steps > 1 else ''} per training_step call"
-        why = []
-        if wrapped is not None:
-            why.append(f"through Lightning's backward and step: {wrapped}")
-        if refusal is not None and refusal != wrapped and device.type in graph_devices:
-            why.append(f"no CUDA graph: {refusal}")
-        elif steps == 1 and (note := getattr(datamodule, "steps_per_call_note", "")):
-            why.append(note)
-        return line + (f" ({'; '.join(why)})" if why else "")
+        """The mean optimised loss over the current epoch's training batches so far (``None``
+        before the first); this process's own, read only when the progress bar redraws."""
+        means = self.epoch_means("train")
+        mean = means[LOSS] if LOSS in means else means["mse"]
+        return float(mean.total / mean.count) if mean.count else None
 
     def on_train_epoch_start(self) -> None:
-        self._reset_sums()
-        self.epoch_batches_done = 0
-
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        """One optimiser step per (x, y) batch: one, or a chunk of them (``data.steps_per_call``),
-        each exactly as if Lightning had called this once per batch."""
-        with self._ctrl_c_after_the_call():
-            self._train_on(batch)
-
-    def _train_on(self, batch: Any) -> None:
-        optimizer = self.optimizers()
-        assert not isinstance(optimizer, list)  # configure_optimizers returns one
-        if self._step_graphs is not None and is_chunk(batch):
-            self._step_graphs.run(batch)
-            self._count_batches(batch)
-            return
-        for x, _ in batches_in(batch):
-            if self._plain_steps:
-                terms = step_graph.plain_step(self, optimizer, x)
-                step_graph.count_steps(optimizer, 1)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                terms = self.loss_terms(x)
-                self.manual_backward(functools.reduce(operator.add, terms.values()))
-                optimizer.step()
-            self._accumulate(terms, x.shape[0], torch.float32)
-        self._count_batches(batch)
-
-    @contextlib.contextmanager
-    def _ctrl_c_after_the_call(self) -> Iterator[None]:
-        """A Ctrl-C during a training_step call takes effect once the call is done, so the weights,
-        the epoch's sums and its count of batches agree in the interrupt checkpoint, and its resume
-        ends where an uninterrupted run does (a chunk is a whole epoch on a GPU)."""
-        if (
-            threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        ):
-            yield
-            return
-        pressed: list[int] = []
-        signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if pressed:
-            # the count Lightning's loop adds after a finished call, which the interrupt skips
-            self.trainer.fit_loop.epoch_loop._batches_that_stepped += 1
-            raise KeyboardInterrupt
-
-    def _count_batches(self, batch: Any) -> None:
-        # Lightning counts training_step calls as the step it gives loggers; a chunk's batches all
-        # count, so a CSV/MLflow/W&B step is a batch whatever data.steps_per_call is
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps_in(batch) - 1
-        self.epoch_batches_done += steps_in(batch)
-
-    def on_train_epoch_end(self) -> None:
-        # Lightning validates before this hook; that validation checked these sums are finite.
-        if self._count:
-            self._log_means("train", self._epoch_means())
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and not isinstance(scheduler, list):
-            scheduler.step()
+        # (a restore into the middle of an epoch skips this hook, and keeps the sums it restored)
+        for mean in self.epoch_means("train").values():
+            mean.reset()
 
     def on_train_end(self) -> None:
-        # the graphs' memory pools are not needed by what follows (test, analysis, the next job)
-        self._step_graphs = None
         self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
 
-    def on_validation_epoch_start(self) -> None:
-        # Validation runs inside the training epoch: keep the training sums for on_train_epoch_end.
-        self._train_state = (self._sums, self._count)
-        self._validating = True
-        self._reset_sums()
+    # --- validation and test ------------------------------------------------------------------
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def _evaluate(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
         x, _ = batch
-        self._accumulate(self.loss_terms(x), x.shape[0], torch.float64)
+        self.add_to_epoch_means(split, self.loss_terms(x), len(x))
+        reconstructions = self(x).float()
+        for name, watched in self.watched(split).items():
+            watched.update(reconstructions, x)
+            self.log(metric(split, name), watched, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset("test")
+
+    def _reset(self, split: str) -> None:
+        # the sanity check's batches are no epoch's
+        for metric_object in [*self.epoch_means(split).values(), *self.watched(split).values()]:
+            metric_object.reset()
 
     def on_validation_epoch_end(self) -> None:
-        val = self._epoch_means() if self._count else {}
-        self._sums, self._count = self._train_state
-        self._validating = False
-        if not val or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking or not self.epoch_means("val")["mse"].count:
             return
-        train = self._epoch_means() if self._count else {}
+        val = {term: mean.compute() for term, mean in self.epoch_means("val").items()}
+        train = {term: mean.compute() for term, mean in self.epoch_means("train").items() if mean.count}
         if not torch.isfinite(torch.stack([*val.values(), *train.values()])).all():
             raise NonFiniteLossError(self._non_finite_message(train, val))
-        self._log_means("val", val)
         self.best_val_mse = min(self.best_val_mse, float(val["mse"]))
         self.log(VAL_MSE_BEST, self.best_val_mse)
 
@@ -370,17 +278,6 @@ class AutoEncoder(L.LightningModule):
             f"and {kept}. Lower model.optimizer.lr (now {lr})"
         )
 
-    def on_test_epoch_start(self) -> None:
-        self._reset_sums()
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
-        self._accumulate(self.loss_terms(x), x.shape[0], torch.float64)
-
-    def on_test_epoch_end(self) -> None:
-        if self._count:
-            self._log_means("test", self._epoch_means())
-
     def configure_optimizers(self):
         optimizer = build(self.settings.optimizer, "model.optimizer")(self.parameters())
         if not self.settings.scheduler:
@@ -388,22 +285,16 @@ class AutoEncoder(L.LightningModule):
         scheduler = build(self.settings.scheduler, "model.scheduler")(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    # --- checkpoints --------------------------------------------------------------------------
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
-        if self._eager_capturable is not None:
-            # as the eager path would have saved them, so any run resumes from either path
-            if "optimizer_states" in checkpoint:
-                (state,) = checkpoint["optimizer_states"]
-                checkpoint["optimizer_states"] = [step_graph.plain_optimizer_state(state, self._eager_capturable)]
-            if "lr_schedulers" in checkpoint:
-                checkpoint["lr_schedulers"] = [step_graph.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
         # A mid-epoch save (an interrupt) keeps the epoch's sums so far: a restore into the middle
         # of an epoch skips on_train_epoch_start, and the epoch's train/mse stays exact.
-        sums, count = self._train_state if self._validating else (self._sums, self._count)
+        means = self.epoch_means("train")
         checkpoint[EPOCH_SUMS_KEY] = {
-            "sums": {k: float(v) for k, v in sums.items()},
-            "count": count,
-            "batches": self.epoch_batches_done,
+            "sums": {term: float(mean.total) for term, mean in means.items()},
+            "count": int(means["mse"].count),
         }
         # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
@@ -411,13 +302,14 @@ class AutoEncoder(L.LightningModule):
             checkpoint[IDENTITY_KEY] = self.run_identity
         if self.run_overrides is not None:
             checkpoint[OVERRIDES_KEY] = list(self.run_overrides)
-        datamodule = getattr(self._trainer, "datamodule", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_mse = float(checkpoint.get(VAL_MSE_BEST, math.inf))
         state = checkpoint.get(EPOCH_SUMS_KEY) or {"sums": {}, "count": 0}
-        self._sums = {k: torch.tensor(v, device=self.device) for k, v in state["sums"].items()}
-        self._count = int(state["count"])
-        self.epoch_batches_done = int(state.get("batches", 0))
+        for term, mean in self.epoch_means("train").items():
+            mean.reset()
+            if term in state["sums"]:
+                mean.update(torch.tensor(state["sums"][term], dtype=torch.float64), int(state["count"]))

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from aelab import runs
+from aelab import fast, runs
 from aelab.config import check_monitor, validate
 from aelab.errors import ConfigError
 from aelab.files import write_atomic
@@ -101,6 +101,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    fast.speed_up(cfg.fast, model, datamodule, trainer)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     resumed_run = None
     if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:

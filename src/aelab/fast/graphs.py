@@ -9,9 +9,8 @@ its positions in the epoch's order into a static buffer that the captured gather
 optimiser steps with a capturable state and learning rates held in device tensors, which the
 schedulers fill in place.
 
-Lightning has no CUDA-graph support of its own (lightning #10174), so the per-step hooks that the
-graph skips (``PER_STEP_HOOKS``) make the run fall back to the eager loop when a module or callback
-overrides them.
+Lightning has no CUDA-graph support of its own (lightning #10174); ``aelab.fast`` takes this path
+only where nothing needs a per-step hook.
 """
 
 from __future__ import annotations
@@ -22,35 +21,17 @@ import itertools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from aelab.data.datamodule import BOUNDS, IMAGES, INDEX, normalize
+from aelab.data.datamodule import normalize
 from aelab.errors import AelabError
+from aelab.fast.chunks import BOUNDS, IMAGES, INDEX
+from aelab.models.autoencoder import AutoEncoder
+from aelab.names import LOSS
 
-if TYPE_CHECKING:
-    from lightning.pytorch.core.optimizer import LightningOptimizer
-
-# ``module`` below is an aelab.models.autoencoder.AutoEncoder, which imports this module; typed
-# Any so the package keeps no import cycle
-AutoEncoder = Any
-
-PER_STEP_HOOKS = (
-    "on_before_backward",
-    "backward",
-    "on_after_backward",
-    "on_before_optimizer_step",
-    "optimizer_step",
-    "on_before_zero_grad",
-)
-# the precisions whose plugin adds nothing to a backward or an optimiser step (no loss scaling)
-PLAIN_BACKWARD_PRECISIONS = ("32-true", "bf16-mixed")
 GRAPH_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 # where a graph is captured; the tests add "cpu" with a stand-in graph (new_graph) to check the
 # path's bookkeeping against the eager loop bit for bit
@@ -85,38 +66,12 @@ class CudaGraph:
 new_graph: Callable[[], Graph] = CudaGraph
 
 
-def wrapper_refusal(module: AutoEncoder) -> str | None:
-    """Why this run's steps need Lightning's ``manual_backward`` and ``LightningOptimizer.step``
-    (hooks, loss scaling, DDP), or ``None`` when a plain ``backward`` and optimiser step do the
-    same arithmetic. Those wrappers cost about 0.4 ms a step on this project's CPU, a seventh of an
-    MLP epoch (cProfile, 2026-12-02)."""
-    trainer = module.trainer
-    if not isinstance(trainer.strategy, SingleDeviceStrategy):
-        return f"{type(trainer.strategy).__name__} prepares each backward"
-    if str(trainer.precision) not in PLAIN_BACKWARD_PRECISIONS:
-        return f"trainer.precision={trainer.precision} scales the loss"
-    for owner, parent in [(module, LightningModule), *((c, Callback) for c in trainer.callbacks)]:
-        for hook in PER_STEP_HOOKS:
-            if is_overridden(hook, owner, parent):
-                return f"{type(owner).__name__}.{hook} runs once per step"
-    return None
-
-
-def refusal(module: AutoEncoder, wrapped: str | None) -> str | None:
-    """Why this run trains eagerly, or ``None`` when its chunks can be replayed as graphs.
-    ``wrapped``: what ``wrapper_refusal`` said of the run (a graph cannot call Lightning's wrappers)."""
+def refusal(module: AutoEncoder) -> str | None:
+    """Why this fast-path run steps eagerly, or ``None`` when its chunks can be replayed as graphs."""
     trainer = module.trainer
     device = trainer.strategy.root_device
-    datamodule = getattr(trainer, "datamodule", None)
-    if not module.settings.cuda_graph:
-        return "model.cuda_graph=false"
     if device.type not in GRAPH_DEVICES:
         return f"the run is on the {device.type}; CUDA graphs need trainer=gpu"
-    if datamodule is None or getattr(datamodule, "train_steps_per_call", 1) == 1:
-        note = getattr(datamodule, "steps_per_call_note", "")
-        return f"one batch per training_step call ({note or 'data.steps_per_call=1 or data.loader=dataloader'})"
-    if wrapped is not None:
-        return wrapped
     if str(trainer.precision) != "32-true":
         return f"trainer.precision={trainer.precision}: captured only in 32-true"
     if module.settings.compile:
@@ -127,23 +82,15 @@ def refusal(module: AutoEncoder, wrapped: str | None) -> str | None:
     return None
 
 
-def plain_step(module: AutoEncoder, optimizer: LightningOptimizer, x: Tensor) -> dict[str, Tensor]:
-    """The training step without Lightning's wrappers: what ``manual_backward`` and
-    ``LightningOptimizer.step`` do when ``wrapper_refusal`` finds nothing for them to add. The caller
-    counts the step with Lightning (``count_steps``)."""
-    torch_optimizer = optimizer.optimizer
-    torch_optimizer.zero_grad(set_to_none=True)
+def step(module: AutoEncoder, optimizer: torch.optim.Optimizer, x: Tensor) -> dict[str, Tensor]:
+    """One optimiser step on the batch ``x``; returns the objective's terms (batch means)."""
+    optimizer.zero_grad(set_to_none=True)
     terms = module.loss_terms(x)
-    functools.reduce(operator.add, terms.values()).backward()
-    torch_optimizer.step()
-    return terms
-
-
-def count_steps(optimizer: LightningOptimizer, steps: int) -> None:
-    """What ``LightningOptimizer.step`` does around the optimiser's own step: ``global_step``."""
-    for _ in range(steps):
-        optimizer._on_before_step()
-        optimizer._on_after_step()
+    loss = functools.reduce(operator.add, terms.values())
+    loss.backward()
+    optimizer.step()
+    # the optimised sum, logged as <split>/loss where there are several terms (AutoEncoder.terms)
+    return {**terms, LOSS: loss} if len(terms) > 1 else terms
 
 
 def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -197,8 +144,7 @@ def _plain(value: Any) -> Any:
 class _Captured:
     graph: Graph
     index: Tensor  # the chunk's positions in the epoch's order: the graph's input
-    sums_in: dict[str, Tensor]  # the epoch's sums before the chunk
-    sums_out: dict[str, Tensor]  # and after it, filled by each replay
+    sums: dict[str, Tensor]  # the chunk's terms summed over its images (float64), filled by each replay
     steps: int
 
 
@@ -209,12 +155,12 @@ class StepGraphs:
     gets new graphs; keyed by the chunk's data, length and batch bounds, so the epoch's shorter
     last chunk, or the rest of an epoch after a resume, gets its own."""
 
-    def __init__(self, module: AutoEncoder, optimizer: LightningOptimizer) -> None:
+    def __init__(self, module: AutoEncoder, optimizer: torch.optim.Optimizer) -> None:
         self.module = module
         self.optimizer = optimizer
         self.device = module.device
-        self.was_capturable = [bool(group.get("capturable", False)) for group in optimizer.optimizer.param_groups]
-        prepare_optimizer(optimizer.optimizer, self.device)
+        self.was_capturable = [bool(group.get("capturable", False)) for group in optimizer.param_groups]
+        prepare_optimizer(optimizer, self.device)
         self._graphs: dict[tuple[Any, ...], _Captured] = {}
         self._captured_settings = self._optimizer_settings()
 
@@ -227,21 +173,20 @@ class StepGraphs:
                 tuple(id(p) for p in group["params"]),
                 tuple(p.requires_grad for p in group["params"]),
             )
-            for group in self.optimizer.optimizer.param_groups
+            for group in self.optimizer.param_groups
         ]
 
-    def run(self, chunk: dict[str, Any]) -> None:
-        """Optimise on the chunk's batches, adding their terms to the module's epoch sums and
-        counting each optimiser step with Lightning, as the eager loop does."""
+    def run(self, chunk: dict[str, Any]) -> dict[str, Tensor]:
+        """Optimise on the chunk's batches; returns their terms summed over the chunk's images."""
         settings = self._optimizer_settings()
         if settings != self._captured_settings:
             # a graph keeps every setting it was captured with but the lr tensor's value: a
             # scheduler that sets betas (OneCycleLR's cycle_momentum), a callback that swaps the
             # lr for a float or freezes a layer, gets new graphs
-            prepare_optimizer(self.optimizer.optimizer, self.device)
+            prepare_optimizer(self.optimizer, self.device)
             self._graphs.clear()
             self._captured_settings = self._optimizer_settings()
-        key = (chunk[IMAGES].data_ptr(), len(chunk[INDEX]), chunk[BOUNDS], id(self.optimizer.optimizer))
+        key = (chunk[IMAGES].data_ptr(), len(chunk[INDEX]), chunk[BOUNDS], id(self.optimizer))
         captured = self._graphs.get(key)
         if captured is None:
             try:
@@ -251,50 +196,40 @@ class StepGraphs:
                 reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
                 raise CaptureError(
                     f"capturing the training steps as a CUDA graph failed ({reason}); train eagerly with "
-                    f"model.cuda_graph=false"
+                    f"fast.cuda_graph=false"
                 ) from error
         captured.index.copy_(chunk[INDEX])
-        module = self.module
-        for name, total in captured.sums_in.items():
-            if name in module._sums:
-                total.copy_(module._sums[name])
-            else:
-                total.zero_()
         captured.graph.replay()
-        module._sums = {name: total.clone() for name, total in captured.sums_out.items()}
-        module._count += len(chunk[INDEX])
-        count_steps(self.optimizer, captured.steps)
+        return {name: total.clone() for name, total in captured.sums.items()}
 
     def _step(self, x: Tensor) -> dict[str, Tensor]:
-        return plain_step(self.module, self.optimizer, x)
+        return step(self.module, self.optimizer, x)
 
     def _capture(self, chunk: dict[str, Any]) -> _Captured:
         images, bounds = chunk[IMAGES], chunk[BOUNDS]
         index = chunk[INDEX].clone()
-        names = self._warm_up(images, index, bounds)
-        sums_in = {name: torch.zeros((), device=self.device) for name in names}
-        sums_out: dict[str, Tensor] = {}
+        self._warm_up(images, index, bounds)
+        sums: dict[str, Tensor] = {}
 
         def body() -> None:
-            sums = dict(sums_in)
-            for first, end in itertools.pairwise(bounds):
-                terms = self._step(normalize(images[index[first:end]]))
-                for name, value in terms.items():
-                    sums[name] = sums[name] + value.detach().float() * (end - first)
+            chunk_sums = chunk_sum(
+                (self._step(normalize(images[index[first:end]])), end - first)
+                for first, end in itertools.pairwise(bounds)
+            )
             # no gradient outlives the graph: its memory is the graph's, reused by the next replay
-            self.optimizer.optimizer.zero_grad(set_to_none=True)
-            sums_out.clear()
-            sums_out.update(sums)
+            self.optimizer.zero_grad(set_to_none=True)
+            sums.clear()
+            sums.update(chunk_sums)
 
         graph = new_graph()
         graph.capture(body)
-        return _Captured(graph, index, sums_in, sums_out, steps=len(bounds) - 1)
+        return _Captured(graph, index, sums, steps=len(bounds) - 1)
 
-    def _warm_up(self, images: Tensor, index: Tensor, bounds: tuple[int, ...]) -> list[str]:
+    def _warm_up(self, images: Tensor, index: Tensor, bounds: tuple[int, ...]) -> None:
         """One eager step per batch size of the chunk, on a side stream as capture wants (the
         optimiser's state and cuDNN's choices exist before capture), then the weights, buffers,
         optimiser state and random state put back: the run starts from what it would have."""
-        module, optimizer = self.module, self.optimizer.optimizer
+        module, optimizer = self.module, self.optimizer
         tensors = [*module.parameters(), *module.buffers()]
         saved = [t.detach().clone() for t in tensors]
         had_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
@@ -302,12 +237,11 @@ class StepGraphs:
         stream = torch.cuda.Stream() if cuda else None
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream())
-        names: list[str] = []
         try:
             with torch.random.fork_rng(devices=[self.device] if cuda else []):
                 with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     for size in sorted({end - first for first, end in itertools.pairwise(bounds)}):
-                        names = list(self._step(normalize(images[index[:size]])))
+                        self._step(normalize(images[index[:size]]))
         finally:
             if stream is not None:  # before the restore: the side stream's steps must be done
                 torch.cuda.current_stream().wait_stream(stream)
@@ -322,4 +256,14 @@ class StepGraphs:
                         else:  # a state the warm-up made is zeroed in place: what Adam's first step makes
                             value.zero_()
         optimizer.zero_grad(set_to_none=True)
-        return names
+
+
+def chunk_sum(steps: Any) -> dict[str, Tensor]:
+    """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
+    chunk's images in float64: what ``AutoEncoder.add_to_epoch_means`` takes with ``summed``."""
+    sums: dict[str, Tensor] = {}
+    for terms, count in steps:
+        for name, value in terms.items():
+            term = value.detach().double() * count
+            sums[name] = sums[name] + term if name in sums else term
+    return sums

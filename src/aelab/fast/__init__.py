@@ -1,0 +1,270 @@
+"""The fast path: the same ``AutoEncoder`` trained on chunks of batches per Lightning call, and on
+a GPU each chunk replayed as one CUDA graph. Everything that knows about chunks, manual
+optimisation, capturable optimisers, CUDA graphs, Lightning's private counters and Ctrl-C deferral
+is in this package; the model, the datamodule and the callbacks import none of it.
+
+Why it exists: at this model size Lightning's work around each step costs more than the step. On
+the CPU an MLP step's arithmetic is about 1 ms and Lightning's automatic-optimisation closure,
+``self.log`` and hooks add most of that again (scripts/benchmark.py: the plain loop's (c)/(b));
+paid once per chunk of 16 batches, the loop is within 10 % of bare PyTorch. On a GPU an eager
+step is mostly kernel launches, and a replayed graph is the only way to the hardware's floor.
+
+How: ``speed_up`` decides before the fit. Where the run needs something the fast path skips (a
+per-step hook, clipping, accumulation, loss scaling, DDP, a Trainer that counts batches) it leaves
+the run on Lightning's plain loop; otherwise it mixes ``FastSteps`` into the model's class and
+``ChunkedData`` into the datamodule's. Either way one log line says which loop trains and why.
+The mixed classes keep the names of the classes they extend, so checkpoints are the plain
+loop's: a run resumes on either loop whichever one saved it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import lightning as L
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from aelab.errors import ConfigError
+from aelab.fast import graphs
+from aelab.fast.chunks import DONE, INDEX, LAST, Chunks, batches_in, steps_in
+from aelab.names import EPOCH_SUMS_KEY
+
+log = logging.getLogger(__name__)
+
+# the hooks Lightning calls once per optimiser step, which a chunk's steps do not call
+PER_STEP_HOOKS = (
+    "on_before_backward",
+    "backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "optimizer_step",
+    "on_before_zero_grad",
+    "configure_gradient_clipping",
+)
+# the precisions whose plugin adds nothing to a backward or an optimiser step (no loss scaling)
+PLAIN_BACKWARD_PRECISIONS = ("32-true", "bf16-mixed")
+# fast.steps_per_call=auto: the whole epoch on a GPU (one CUDA graph), chunks of 16 on the CPU,
+# where longer ones measure no faster (docs/benchmarks.md)
+CPU_STEPS_PER_CALL = 16
+STEPS_PER_CALL_WORDS = ("auto", "epoch")
+
+
+@runtime_checkable
+class ResidentData(Protocol):
+    """A datamodule whose training loader slices batches from tensors on the device
+    (``aelab.data.datamodule.DeviceBatchLoader``) when ``resident`` says so."""
+
+    resident: bool
+
+
+def speed_up(settings: Any, model: Any, datamodule: Any, trainer: L.Trainer) -> None:
+    """Put the run on the fast path if it allows it (``settings``: the ``fast`` config node)."""
+    why_not = refusal(settings, model, datamodule, trainer)
+    if why_not is not None:
+        if settings.enabled is True:
+            raise ConfigError(
+                f"fast.enabled=true cannot train this run: {why_not}; use fast.enabled=auto to train it on "
+                f"Lightning's plain loop"
+            )
+        log.info("training loop: Lightning's plain loop on %s (not the fast path: %s)", device_of(trainer), why_not)
+        return
+    # The classes are extended in place rather than the objects rebuilt: the model keeps its
+    # initial weights and the random stream stays where it was.
+    model.__class__ = _extended(FastSteps, type(model))
+    model.automatic_optimization = False
+    model.cuda_graph = bool(settings.cuda_graph)
+    datamodule.__class__ = _extended(ChunkedData, type(datamodule))
+    datamodule.steps_per_call = settings.steps_per_call
+
+
+def device_of(trainer: L.Trainer) -> str:
+    return str(trainer.strategy.root_device)
+
+
+def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any) -> str | None:
+    """Why the run trains on Lightning's plain loop, or ``None`` when the fast path serves it."""
+    if settings.enabled is False:
+        return "fast.enabled=false"
+    if settings.steps_per_call == 1:
+        return "fast.steps_per_call=1"
+    if not isinstance(datamodule, ResidentData) or not datamodule.resident:
+        return "its training batches do not come from tensors on the device (data.loader=dataloader)"
+    if not isinstance(trainer.strategy, SingleDeviceStrategy):
+        return f"{type(trainer.strategy).__name__} prepares each backward"
+    if str(trainer.precision) not in PLAIN_BACKWARD_PRECISIONS:
+        return f"trainer.precision={trainer.precision} scales the loss"
+    if trainer.gradient_clip_val:
+        return f"trainer.gradient_clip_val={trainer.gradient_clip_val} clips in Lightning's optimiser step"
+    if trainer.accumulate_grad_batches != 1:
+        return f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} accumulates in Lightning's loop"
+    counting = {
+        "trainer.fast_dev_run": bool(trainer.fast_dev_run),
+        "trainer.overfit_batches": bool(trainer.overfit_batches),
+        "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
+        "trainer.val_check_interval": trainer.val_check_interval not in (1.0, None),
+        "trainer.max_steps": trainer.max_steps not in (-1, None),
+    }
+    for key, set_ in counting.items():
+        if set_:
+            return f"{key} counts batches"
+    for owner, parent in [(model, LightningModule), *((c, Callback) for c in trainer.callbacks)]:
+        for hook in PER_STEP_HOOKS:
+            if is_overridden(hook, owner, parent):
+                return f"{type(owner).__name__}.{hook} runs once per step"
+    return None
+
+
+_EXTENDED: dict[tuple[type, type], type] = {}
+
+
+def _extended(mixin: type, cls: type) -> type:
+    # named as the class it extends: checkpoints name that class (aelab_model_class, Lightning's
+    # datamodule state key), so they rebuild and resume without the fast path
+    if (mixin, cls) not in _EXTENDED:
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        _EXTENDED[mixin, cls] = type(cls.__name__, (mixin, cls), namespace)
+    return _EXTENDED[mixin, cls]
+
+
+class FastSteps:
+    """Mixed into the model's class: ``training_step`` takes a chunk of batches and optimises on
+    each in turn (manual optimisation), or replays the chunk's CUDA graph; everything else is the
+    model's own."""
+
+    cuda_graph: bool
+    # the current epoch's training batches optimised so far, those a resume skipped included
+    epoch_batches_done = 0
+    _graphs: graphs.StepGraphs | None = None
+
+    def on_train_start(self: Any) -> None:
+        super().on_train_start()  # type: ignore[misc]
+        self._graphs = None
+        why_not = graphs.refusal(self) if self.cuda_graph else "fast.cuda_graph=false"
+        if why_not is None:
+            self._graphs = graphs.StepGraphs(self, self.optimizers().optimizer)
+        steps = self.trainer.datamodule.train_steps_per_call
+        how = "replayed as CUDA graphs" if why_not is None else f"eager (no CUDA graph: {why_not})"
+        log.info(
+            "training loop: the fast path on %s, %d batch%s per training_step call, %s",
+            device_of(self.trainer),
+            steps,
+            "es" if steps > 1 else "",
+            how,
+        )
+
+    def on_train_epoch_start(self: Any) -> None:
+        super().on_train_epoch_start()  # type: ignore[misc]
+        self.epoch_batches_done = 0
+
+    def training_step(self: Any, chunk: dict[str, Any], batch_idx: int) -> None:
+        with _ctrl_c_after_the_call(self.trainer):
+            optimizer = self.optimizers()
+            if self._graphs is not None:
+                sums = self._graphs.run(chunk)
+            else:
+                sums = graphs.chunk_sum(
+                    (graphs.step(self, optimizer.optimizer, x), len(x)) for x, _ in batches_in(chunk)
+                )
+            steps = steps_in(chunk)
+            # What LightningOptimizer.step does around the optimiser's own step: count it as
+            # global_step. Private: Lightning has no public way to count steps it did not run.
+            for _ in range(steps):
+                optimizer._on_before_step()
+                optimizer._on_after_step()
+            # Lightning counts training_step calls as the step it gives loggers; a chunk's batches
+            # all count, so a CSV/MLflow/W&B step is a batch whatever fast.steps_per_call is.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
+            self.epoch_batches_done = chunk[DONE]
+            self.add_to_epoch_means("train", sums, len(chunk[INDEX]), summed=True)
+            if chunk[LAST]:
+                # where Lightning's own loop steps epoch schedulers: after the epoch's last batch
+                for config in self.trainer.lr_scheduler_configs:
+                    if config.interval == "epoch":
+                        config.scheduler.step()
+
+    def on_train_batch_end(self: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pass  # training_step added the chunk's terms to the epoch means, inside the Ctrl-C deferral
+
+    def on_train_end(self: Any) -> None:
+        # the graphs' memory pools are not needed by what follows (test, analysis, the next job)
+        self._graphs = None
+        super().on_train_end()  # type: ignore[misc]
+
+    def on_save_checkpoint(self: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint[EPOCH_SUMS_KEY]["batches"] = self.epoch_batches_done
+        if self._graphs is not None:
+            # as the plain loop would have saved them, so any run resumes on either loop
+            if "optimizer_states" in checkpoint:
+                (state,) = checkpoint["optimizer_states"]
+                was = self._graphs.was_capturable
+                checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, was)]
+            if "lr_schedulers" in checkpoint:
+                checkpoint["lr_schedulers"] = [graphs.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_the_call(trainer: L.Trainer) -> Iterator[None]:
+    """A Ctrl-C during a training_step call takes effect once the call is done, so the weights,
+    the epoch's sums and its count of batches agree in the interrupt checkpoint, and its resume
+    ends where an uninterrupted run does (a chunk is a whole epoch on a GPU)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        # the count Lightning's loop adds after a finished call, which the interrupt skips (private)
+        trainer.fit_loop.epoch_loop._batches_that_stepped += 1
+        raise KeyboardInterrupt
+
+
+class ChunkedData:
+    """Mixed into the datamodule's class: the training loader gives chunks of batches."""
+
+    steps_per_call: int | str
+    # batches per training_step call of the loader in use, and batches per epoch
+    train_steps_per_call = 1
+    _batches_per_epoch = 0
+
+    def train_dataloader(self: Any) -> Chunks:
+        loader = super().train_dataloader()  # type: ignore[misc]
+        wanted = self.steps_per_call
+        if wanted == "auto":
+            wanted = "epoch" if loader.images.device.type == "cuda" else CPU_STEPS_PER_CALL
+        if wanted == "epoch":
+            wanted = loader.batches_per_epoch
+        self.train_steps_per_call = min(int(wanted), loader.batches_per_epoch)
+        self._batches_per_epoch = loader.batches_per_epoch
+        return Chunks(loader, self.train_steps_per_call)
+
+    def train_batches_per_epoch(self: Any) -> int:
+        """Training batches (optimiser steps) per epoch of the running fit."""
+        return self._batches_per_epoch
+
+    def train_batches_done(self: Any) -> int:
+        return self.trainer.lightning_module.epoch_batches_done
+
+    # Counted in batches, not chunks, so the run may resume with another fast.steps_per_call, or
+    # on the plain loop. The model's count includes a chunk Lightning had not marked completed
+    # when a Ctrl-C stopped the run right after it.
+    def state_dict(self: Any) -> dict[str, int]:
+        if self.trainer is None or self.trainer.state.fn != "fit":
+            return {}
+        done = self.train_batches_done()
+        return {"epoch_batches_done": done if done < self._batches_per_epoch else 0}

@@ -1,0 +1,70 @@
+"""Chunks of consecutive training batches: what one ``training_step`` call of the fast path
+optimises on, so that Lightning's per-call work is paid once per chunk.
+
+A chunk is a plain dict, so Lightning's batch transfer passes it through: the resident uint8
+split, the chunk's positions in the epoch's order, and each batch's bounds within them. Batches are
+gathered as they are optimised (``batches_in``), and a CUDA graph reads the same gather from a
+static copy of the positions (``aelab.fast.graphs``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from aelab.data.datamodule import DeviceBatchLoader, normalize
+
+IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
+# batches of the epoch done once this chunk is (a resume's skipped ones included), and whether it ends the epoch
+DONE, LAST = "done", "last"
+
+
+def batches_in(chunk: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) batches of a chunk, in order."""
+    images, labels, index = chunk[IMAGES], chunk[LABELS], chunk[INDEX]
+    for first, end in itertools.pairwise(chunk[BOUNDS]):
+        positions = index[first:end]
+        yield normalize(images[positions]), labels[positions]
+
+
+def steps_in(chunk: dict[str, Any]) -> int:
+    return len(chunk[BOUNDS]) - 1
+
+
+class Chunks:
+    """The training loader of the fast path: the batches ``loader`` would give, ``steps`` of them
+    per item (the last chunk of an epoch shorter). It is its own sampler, as ``DeviceBatchLoader``
+    is, so Lightning's ``set_epoch`` reaches the shuffle."""
+
+    batch_sampler = None  # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``
+
+    def __init__(self, loader: DeviceBatchLoader, steps: int) -> None:
+        self.loader = loader
+        self.steps = steps
+
+    @property
+    def sampler(self) -> Chunks:
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.loader.batches_per_epoch // self.steps)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        skipped = self.loader.skip_once
+        order, bounds = self.loader.epoch_plan()
+        for i in range(0, len(bounds) - 1, self.steps):
+            chunk = bounds[i : i + self.steps + 1]
+            yield {
+                IMAGES: self.loader.images,
+                LABELS: self.loader.labels,
+                INDEX: order[chunk[0] : chunk[-1]],
+                BOUNDS: tuple(b - chunk[0] for b in chunk),
+                DONE: skipped + min(i + self.steps, len(bounds) - 1),
+                LAST: chunk[-1] == bounds[-1],
+            }
