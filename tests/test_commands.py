@@ -185,24 +185,3 @@ def test_help_explains_the_project_without_importing_torch_or_lightning(tmp_path
     assert "python src/train.py -m model.latent_dim=2,3,5,10,50" in result.stdout
     assert "logger: csv, many, mlflow, tensorboard, wandb" in result.stdout
     assert result.stdout.rstrip().endswith("imported: []")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("args", [["model=conv", "--help"], ["--hydra-help"]])
-def test_help_is_hydras_own_text(tmp_path, args):
-    """--help runs with one config repository per command line (aelab.cli.one_config_repository):
-    what it prints is exactly what Hydra prints without that."""
-    plain = (
-        "import runpy, sys\n"
-        "import aelab.cli\n"
-        "aelab.cli.HELP_FLAGS = set()  # a fresh repository for every question, as Hydra does\n"
-        f"sys.argv = [{str(REPO / 'src' / 'train.py')!r}, *{args!r}]\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
-    hydra_alone = subprocess.run(
-        [sys.executable, "-c", plain], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    ours = run_cli("train.py", *args, cwd=tmp_path)
-    assert ours.returncode == 0 and hydra_alone.returncode == 0, ours.stderr + hydra_alone.stderr
-    assert ("model/optimizer: adamw" if "--help" in args else "hydra/launcher: basic") in ours.stdout
-    assert ours.stdout == hydra_alone.stdout

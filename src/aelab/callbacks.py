@@ -135,9 +135,8 @@ def write_tensorboard_hparams(writer: Any, params: dict[str, Any]) -> None:
     from torch.utils.tensorboard.summary import hparams
 
     _, session_start, session_end = hparams(params, {})
-    file_writer = writer._get_file_writer()
-    file_writer.add_summary(session_start)
-    file_writer.add_summary(session_end)
+    writer.file_writer.add_summary(session_start)
+    writer.file_writer.add_summary(session_end)
 
 
 def loss_layout(logged: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from aelab import upstream
 from aelab.errors import AelabError, ConfigError
 from aelab.names import VAL_MSE_BEST
 from aelab.paths import entry_point
@@ -196,12 +197,6 @@ def os_error_line(err: OSError, output_dir: Path | None) -> str:
     return line
 
 
-def omegaconf_line(err: BaseException) -> str:
-    key = getattr(err, "full_key", None)
-    text = first_line(err)
-    return f"{key}: {text}" if key else text
-
-
 def first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
@@ -274,14 +269,7 @@ def _reraise(err: BaseException) -> None:
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Around an entry point's ``main()``: Hydra's own errors (unknown keys and options, override
-    syntax) become one ``aelab: error:`` line and exit 2 like every other user mistake.
-
-    Hydra prints and exits in ``hydra._internal.utils.run_and_report``; its public API has no hook
-    for the wording, so the function is replaced for the duration of the call.
-    """
-    import hydra._internal.utils as hydra_utils
-
-    hydra_report = hydra_utils.run_and_report
+    syntax) become one ``aelab: error:`` line and exit 2 like every other user mistake."""
 
     def report(func: Callable[[], Any]) -> Any:
         try:
@@ -299,44 +287,12 @@ def one_line_errors() -> Iterator[None]:
             print(f"aelab: error: {line}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
-    hydra_utils.run_and_report = report
-    try:
-        with one_config_repository() if HELP_FLAGS & set(sys.argv[1:]) else contextlib.nullcontext():
+    with upstream.hydra_errors_reported_by(report) as hydra_report:
+        try:
             yield
-    except KeyboardInterrupt:
-        print("aelab: interrupted while starting; nothing was written", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        hydra_utils.run_and_report = hydra_report
-
-
-HELP_FLAGS = {"--help", "-h", "--hydra-help"}
-
-
-@contextlib.contextmanager
-def one_config_repository() -> Iterator[None]:
-    """For ``--help``: Hydra lists the options of every config group (its own and the app's) by
-    building a fresh config repository, a deep copy of every config, for each of ~100 questions;
-    with one built per command line instead, ``--help`` takes 0.8 s instead of 1.25 s on a 2-core
-    CPU (bash completion runs the same code on every TAB). The text is unchanged (tested). Only
-    for help, which composes once and exits: a repository's cached configs are not shared with a
-    config that trains."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    build = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
-    built: dict[tuple[int, str | None, tuple[str, ...]], Any] = {}
-
-    def once(self: Any, config_name: str | None, overrides: list[str]) -> Any:
-        key = (id(self), config_name, tuple(overrides))
-        if key not in built:
-            built[key] = build(self, config_name, overrides)
-        return built[key]
-
-    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = once  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        ConfigLoaderImpl._parse_overrides_and_create_caching_repo = build  # type: ignore[method-assign]
+        except KeyboardInterrupt:
+            print("aelab: interrupted while starting; nothing was written", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def error_line(err: BaseException) -> str:

@@ -12,8 +12,10 @@ def quiet_known_warnings() -> None:
     # does not use (it logs once per epoch): neither is actionable for a user.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
-    # under DDP the module adds its epoch sums across processes itself before logging them
+    # under DDP val/mse_best is the best of epoch means torchmetrics has already added across processes
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)")
+    # the fast path's CUDA graphs: their eager warm-up steps run a capturable optimiser uncaptured on purpose
+    warnings.filterwarnings("ignore", message=r"This instance was constructed with capturable=True")
     # debug=overfit: Lightning says it turned off the shuffle of loaders it cannot see into (the
     # val loader never shuffles; the datamodule stops the train loader's shuffle itself)
     warnings.filterwarnings("ignore", message=r"You requested to overfit but enabled \w+ dataloader shuffling")

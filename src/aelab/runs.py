@@ -147,14 +147,7 @@ def identity_differences(stored: dict[str, Any] | None, wanted: dict[str, Any]) 
 
 
 def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
-    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run.
-
-    Runs made before identities were recorded have none: they are taken as they are."""
-    if stored is None:
-        log.warning(
-            "%s holds %s that records no identity (made by an older aelab); taking it as this run", run_dir, what
-        )
-        return
+    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run."""
     differences = identity_differences(stored, wanted)
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")

@@ -1,7 +1,8 @@
 """The fast path: the same ``AutoEncoder`` trained on chunks of batches per Lightning call, and on
 a GPU each chunk replayed as one CUDA graph. Everything that knows about chunks, manual
 optimisation, capturable optimisers, CUDA graphs, Lightning's private counters and Ctrl-C deferral
-is in this package; the model, the datamodule and the callbacks import none of it.
+is in this package (its uses of Lightning's private counters through ``aelab.upstream``); the
+model, the datamodule and the callbacks import none of it.
 
 Why it exists: at this model size Lightning's work around each step costs more than the step. On
 the CPU an MLP step's arithmetic is about 1 ms and Lightning's automatic-optimisation closure,
@@ -32,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from aelab import upstream
 from aelab.errors import ConfigError
 from aelab.fast import graphs
 from aelab.fast.chunks import DONE, INDEX, LAST, Chunks, batches_in, steps_in
@@ -174,14 +176,9 @@ class FastSteps:
                     (graphs.step(self, optimizer.optimizer, x), len(x)) for x, _ in batches_in(chunk)
                 )
             steps = steps_in(chunk)
-            # What LightningOptimizer.step does around the optimiser's own step: count it as
-            # global_step. Private: Lightning has no public way to count steps it did not run.
-            for _ in range(steps):
-                optimizer._on_before_step()
-                optimizer._on_after_step()
-            # Lightning counts training_step calls as the step it gives loggers; a chunk's batches
-            # all count, so a CSV/MLflow/W&B step is a batch whatever fast.steps_per_call is.
-            self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
+            upstream.count_optimizer_steps(optimizer, steps)
+            # Lightning counts this call as one batch for loggers; the chunk's others count too
+            upstream.count_logged_batches(self.trainer, steps - 1)
             self.epoch_batches_done = chunk[DONE]
             self.add_to_epoch_means("train", sums, len(chunk[INDEX]), summed=True)
             if chunk[LAST]:
@@ -229,8 +226,8 @@ def _ctrl_c_after_the_call(trainer: L.Trainer) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pressed:
-        # the count Lightning's loop adds after a finished call, which the interrupt skips (private)
-        trainer.fit_loop.epoch_loop._batches_that_stepped += 1
+        # the count Lightning's loop adds after a finished call, which the interrupt skips
+        upstream.count_logged_batches(trainer, 1)
         raise KeyboardInterrupt
 
 

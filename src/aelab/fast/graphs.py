@@ -101,8 +101,6 @@ def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) ->
     checkpoint stores, agree with the eager loop's to float32 precision there); elsewhere float64,
     which the CPU kernel reads back as the same double a plain float lr is."""
     dtype = torch.float32 if device.type == "cuda" else torch.float64
-    # the warm-up steps it uncaptured on purpose; torch would warn once that capturable is slower
-    optimizer._warned_capturable_if_run_uncaptured = True
     for group in optimizer.param_groups:
         group["capturable"] = True
         if not isinstance(group["lr"], Tensor):

@@ -153,6 +153,5 @@ class Variational(Objective):
 
 
 def objective_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The objective a model config holds; checkpoints from before objectives existed hold none:
-    they were plain autoencoders."""
+    """The objective a model config holds; none (``AutoEncoder``'s default) is the plain autoencoder."""
     return dict(spec) if spec else {"_target_": qualified_name(Objective)}

@@ -188,9 +188,8 @@ def _latent_size_axis(ax, sizes) -> None:
 
 
 def series(row: dict) -> str:
-    """The line a job belongs to in the figures: its backbone, and its objective unless plain
-    (summaries from before objectives existed name none: those were plain)."""
-    objective = row.get("objective") or "plain"
+    """The line a job belongs to in the figures: its backbone, and its objective unless plain."""
+    objective = row["objective"]
     return row["backbone"] if objective == "plain" else f"{row['backbone']} {objective}"
 
 
