@@ -22,7 +22,7 @@ import torch
 
 from aelab.models.inference import encode_images
 from aelab.report.metrics import TSNE_SETTINGS, trustworthiness
-from aelab.runs import load_run
+from aelab.runs import open_run
 
 
 def main() -> int:
@@ -33,9 +33,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    loaded = load_run(
-        args.ckpt, data_overrides={"data_dir": args.data_dir}, fallback_data_dir=os.environ.get("AELAB_DATA_DIR")
-    )
+    loaded = open_run(args.ckpt, data={"data_dir": args.data_dir})
     datamodule = loaded.datamodule
     datamodule.setup()
     images = datamodule.split("test")[0]  # what src/analyze.py maps

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from aelab.data.idx import parse_idx, write_idx
 from aelab.errors import CheckpointError, ConfigError, DataError
-from aelab.runs import load_checkpoint, load_run
+from aelab.runs import load_checkpoint, open_run
 
 from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli, terminal_ctrl_c
 
@@ -841,7 +841,7 @@ def test_a_checkpoint_naming_a_non_project_target_is_refused_and_never_runs_it(t
         CheckpointError,
         match=f"checkpoint {path} is refused: its .* names .*, which is not one of aelab's registered classes",
     ):
-        load_run(path)
+        open_run(path)
     assert not marker.exists()
     assert victim.read_bytes() == b"another run's checkpoint"
 
@@ -1057,7 +1057,7 @@ def test_a_checkpoint_naming_a_registered_class_in_the_wrong_role_is_refused(tmp
     with pytest.raises(
         CheckpointError, match="its aelab_model_class names torch.optim.SGD, which is not a LightningModule"
     ):
-        load_run(path)
+        open_run(path)
 
 
 def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, trained):
@@ -1068,14 +1068,15 @@ def test_a_checkpoint_cannot_make_aelab_download_or_write_anywhere(tmp_path, tra
     )
     path = tmp_path / "beacon.ckpt"
     torch.save(checkpoint, path)
-    loaded = load_run(path)
+    # no data where the user keeps it either (the fallback when the run's own folder is gone)
+    loaded = open_run(path, data_dir=tmp_path / "no-data")
     assert (loaded.datamodule.hparams.download, loaded.datamodule.hparams.mirrors) == (False, None)
     assert loaded.datamodule.hparams.num_workers == 0
     with pytest.raises(DataError, match="data.download=false"):
         loaded.datamodule.setup()
     assert not target.exists()
     # the user's own override turns downloading back on
-    assert load_run(path, data_overrides={"download": True}).datamodule.hparams.download is True
+    assert open_run(path, data={"download": True}).datamodule.hparams.download is True
 
 
 def interrupt_then_resume(tmp_path, tiny_mnist, returncode: int, *stop_overrides: str) -> dict:

@@ -14,7 +14,7 @@ from aelab.cli import task_function
 from aelab.data import normalize
 from aelab.errors import CheckpointError, ConfigError
 from aelab.names import VAL_MSE
-from aelab.runs import load_run
+from aelab.runs import open_run
 from aelab.tasks.train import train
 
 from conftest import compose_config, compose_train, run_cli
@@ -83,7 +83,7 @@ def test_encode_then_decode_reproduces_the_models_reconstructions(runs, run):
     assert latents.shape == (40, {"conv": 256, "mlp2": 2}[run])
     assert labels.tolist() == [i % 10 for i in range(40)]
 
-    loaded = load_run(ckpt)
+    loaded = open_run(ckpt)
     images, _ = loaded.datamodule.split("test")
     with torch.no_grad():
         expected = loaded.model.reconstruct(normalize(images)).numpy()
@@ -175,7 +175,7 @@ def test_the_exported_onnx_files_give_pytorchs_outputs_in_onnxruntime(tmp_path, 
     recorded = json.loads((exports / "export.json").read_text())
     assert max(recorded["max_abs_diff"].values()) < 1e-4
 
-    loaded = load_run(ckpt)
+    loaded = open_run(ckpt)
     x = torch.rand(3, 1, 28, 28) * 2 - 1  # a batch size the export never saw
     with torch.no_grad():
         z = loaded.model.encode(x)

@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.registry import REGISTRY
-from aelab.runs import load_run
+from aelab.runs import open_run
 from aelab.tasks.train import train
 
 from conftest import compose_train, run_cli
@@ -98,7 +98,7 @@ def test_a_new_backbone_and_objective_train_for_one_batch_and_reload(tmp_path, t
     assert summary["backbone"] == "tiny"
     assert summary["params"] == (784 * 4 + 4) + (4 * 784 + 784)
 
-    loaded = load_run(summary["last_checkpoint"])
+    loaded = open_run(summary["last_checkpoint"])
     assert type(loaded.model).__name__ == "SparseAutoEncoder" and loaded.model.hparams.l1 == 0.1
     assert set(loaded.model.loss_terms(torch.zeros(2, 1, 28, 28))) == {"mse", "l1"}
 

@@ -257,7 +257,7 @@ def test_a_sweep_over_the_kept_class_is_the_one_class_benchmark(tmp_path, tiny_m
     assert header.index("normal_classes") == header.index("latent_size") + 1
     for row, keep in zip(rows, ([1], [2, 3]), strict=True):
         # the score of the weights the fit ended with, over the whole test split
-        loaded = runs.load_run(sweep_dir / row["job"] / "checkpoints" / "last.ckpt")
+        loaded = runs.open_run(sweep_dir / row["job"] / "checkpoints" / "last.ckpt")
         images, labels = loaded.datamodule.split("test")
         assert len(images) == 40
         _, errors = encode_images(loaded.model.eval(), images, torch.device("cpu"), 256)

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.names import TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
-from aelab.runs import load_run
+from aelab.runs import open_run
 from aelab.tasks.train import train
 
 from conftest import QUIET, compose_train, run_cli
@@ -74,7 +74,7 @@ def test_checkpoints_hold_plain_values_and_load_with_weights_only(tmp_path, tiny
     assert raw["hyper_parameters"]["latent_dim"] == 4
     assert raw["aelab_model_class"] == "aelab.models.autoencoder.AutoEncoder"
     assert raw["aelab_data_class"] == "aelab.data.datamodule.MNISTLikeDataModule"
-    loaded = load_run(checkpoints / "last.ckpt")
+    loaded = open_run(checkpoints / "last.ckpt")
     assert loaded.model.encode(torch.zeros(1, 1, 28, 28)).shape == (1, 4)
     assert loaded.datamodule.hparams.data_dir == str(tiny_mnist.resolve())
     assert loaded.datamodule.hparams.batch_size == 32

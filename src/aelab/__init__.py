@@ -27,7 +27,8 @@ register_resolvers()
 
 
 def load(source: str | Path = "last", device: str = "cpu") -> LoadedRun:
-    """A trained run, model and datamodule, rebuilt from its checkpoint (``aelab.runs.open_run``)."""
+    """A trained run, model and datamodule, rebuilt from its checkpoint (``aelab.runs.open_run``,
+    which every task uses too)."""
     # imported here: `import aelab` stays light for --help and tab completion
     from aelab.runs import open_run
 

@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import shutil
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,46 +397,58 @@ class LoadedRun:
         return CodeIndex(self.encode(images).flatten(1).numpy())
 
 
-def open_run(source: str | Path = "last", map_location: str | torch.device = "cpu") -> LoadedRun:
-    """A trained run in one call (``aelab.load``): ``"last"`` (the newest training run under the
-    project's ``logs/train``), a run directory (its ``last.ckpt``) or a ``.ckpt`` file. If the
-    data the run was trained on is gone, ``AELAB_DATA_DIR`` (or the project's ``data/``) is used."""
+def open_run(
+    source: str | Path | None = "last",
+    map_location: str | torch.device = "cpu",
+    *,
+    data: Mapping[str, Any] | None = None,
+    log_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+) -> LoadedRun:
+    """The one way to open a trained run (``aelab.load``, and every task through ``where(cfg)``):
+    its model and datamodule, rebuilt from registered classes only.
+
+    ``source``: ``"last"`` (the newest training run under ``<log_dir>/train``; by default the
+    project's ``logs``), a run directory (its ``last.ckpt``) or a ``.ckpt`` file. ``data``:
+    ``data.*`` settings whose non-null values replace what the checkpoint says, e.g.
+    ``{"batch_size": 1024}`` or another ``data_dir``. Without a ``data_dir`` among them, the data the
+    run was trained on is read; if that folder is gone (a checkpoint from another machine),
+    ``data_dir`` (``paths.data_dir``; by default ``AELAB_DATA_DIR`` or the project's ``data/``).
+    """
     from aelab.paths import project_root
 
+    if not source:
+        raise ConfigError(
+            "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
+        )
     root = project_root()
-    if str(source) == "last":
-        path = resolve_ckpt_path("last", root / "logs" / "train")
-    elif Path(source).is_dir():
+    runs_of = Path(log_dir if log_dir is not None else root / "logs") / "train"
+    if str(source) != "last" and Path(source).is_dir():
         path = last_checkpoint(Path(source))
         if path is None:
             raise CheckpointError(f"{source} holds no {CHECKPOINT_DIR}/{LAST}; pass a run directory or a .ckpt file")
     else:
-        path = resolve_ckpt_path(str(source), root / "logs" / "train")
+        path = resolve_ckpt_path(str(source), runs_of)
     assert path is not None  # a source was given
-    return load_run(path, map_location, fallback_data_dir=os.environ.get("AELAB_DATA_DIR", root / "data"))
+    fallback = data_dir if data_dir is not None else os.environ.get("AELAB_DATA_DIR", root / "data")
+    return _rebuild(path, map_location, dict(data or {}), fallback)
 
 
-def load_run(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    data_overrides: dict[str, Any] | None = None,
-    fallback_data_dir: str | Path | None = None,
-) -> LoadedRun:
-    """The model and datamodule a checkpoint describes, rebuilt from registered classes only.
+def where(cfg: Any) -> dict[str, Any]:
+    """What a task's config says about where a run and its data are: ``open_run``'s keywords."""
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
+    assert isinstance(data, dict)
+    return {"data": {str(k): v for k, v in data.items()}, "log_dir": cfg.paths.log_dir, "data_dir": cfg.paths.data_dir}
 
-    ``data_overrides`` (non-null values) replace what the checkpoint says about its data, e.g.
-    ``{"batch_size": 1024}`` or another ``data_dir``. Without a ``data_dir`` override, the data the
-    run was trained on is used; if that folder is gone (a checkpoint from another machine),
-    ``fallback_data_dir`` (``paths.data_dir``: ``AELAB_DATA_DIR`` or ``data/``).
-    """
-    path = Path(path)
+
+def _rebuild(path: Path, map_location: str | torch.device, data: dict[str, Any], fallback_data_dir: Any) -> LoadedRun:
     checkpoint = load_checkpoint(path, map_location)
     model_config = stored_config(checkpoint, "model", path)
     data_config = stored_config(checkpoint, "data", path) | _NOT_FROM_CHECKPOINTS
-    overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
+    overrides = {k: v for k, v in data.items() if v is not None}
     data_config.update(overrides)
     check_registered(data_config, "the data overrides")
-    if "data_dir" not in overrides and fallback_data_dir is not None:
+    if "data_dir" not in overrides:
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
         if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback_data_dir)):
             data_config["data_dir"] = str(fallback_data_dir)
@@ -584,22 +597,3 @@ def _describe(part: dict[str, Any]) -> str:
     name = str(part.get("_target_", "?")).rsplit(".", 1)[-1]
     args = ", ".join(f"{k}={v}" for k, v in part.items() if k != "_target_")
     return f"{name}({args})"
-
-
-def load_run_from_config(
-    cfg: Any, ckpt_path: str | Path | None = None, map_location: str | torch.device = "cpu"
-) -> LoadedRun:
-    """What eval and analyze open: ``ckpt_path`` (or ``cfg.ckpt_path``; ``last`` = the newest
-    training run), with the ``data.*`` keys the user set replacing the checkpoint's."""
-    value = ckpt_path if ckpt_path is not None else cfg.get("ckpt_path")
-    if not value:
-        raise ConfigError(
-            "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
-        )
-    path = resolve_ckpt_path(str(value), Path(cfg.paths.log_dir) / "train")
-    assert path is not None  # a value was given
-    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    assert isinstance(overrides, dict)
-    loaded = load_run(path, map_location, {str(k): v for k, v in overrides.items()}, cfg.paths.data_dir)
-    loaded.datamodule.setup()
-    return loaded

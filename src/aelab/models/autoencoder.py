@@ -296,7 +296,7 @@ class AutoEncoder(L.LightningModule):
             "sums": {term: float(mean.total) for term, mean in means.items()},
             "count": int(means["mse"].count),
         }
-        # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.load_run).
+        # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.open_run).
         checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
         if self.run_identity is not None:
             checkpoint[IDENTITY_KEY] = self.run_identity

@@ -2,7 +2,7 @@
 
 ``SweepReport`` is a Hydra callback of ``train.yaml`` only; ``scripts/sweep_report.py`` re-creates
 the same files from an existing sweep directory. A sweep directory is read as data: job configs
-are parsed, never instantiated, and checkpoints go through ``aelab.runs.load_run``.
+are parsed, never instantiated, and checkpoints go through ``aelab.runs.open_run``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _open_runs(rows: list[dict[str, Any]]) -> dict[str, runs.LoadedRun]:
         if row["checkpoint"] is None:
             continue
         try:
-            opened[row["job"]] = runs.load_run(row["checkpoint"])
+            opened[row["job"]] = runs.open_run(row["checkpoint"])
         except AelabError as err:
             log.warning("job %s: its checkpoint cannot be read for the report: %s", row["job"], err)
     return opened

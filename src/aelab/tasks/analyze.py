@@ -80,7 +80,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[str, Any]:
     device = device_of(cfg)
-    loaded = runs.load_run_from_config(cfg, ckpt_path, device)
+    loaded = runs.open_run(ckpt_path or cfg.ckpt_path, device, **runs.where(cfg))
     model, datamodule = loaded.model, loaded.datamodule
     out = loaded.run_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, {"split": AUDIT_SPLIT})
     quiet_known_warnings()
     device = device_of(cfg)
-    loaded = runs.load_run_from_config(cfg, None, device)
+    loaded = runs.open_run(cfg.ckpt_path, device, **runs.where(cfg))
     # the official files whatever data.keep_classes and data.val_size took from them for training
     data = loaded.datamodule
     classes = data.classes

@@ -37,10 +37,10 @@ CSV_FIRST_LATENT = "z0"
 
 
 def open_checkpoint(cfg: DictConfig) -> runs.LoadedRun:
-    """The checkpoint of ``ckpt_path=`` on the device ``trainer=`` names, batched as ``data.batch_size``.
-    Encode, decode and export compute in float32, whatever ``trainer.precision`` says."""
+    """The run of ``ckpt_path=`` (``runs.open_run``) on the device ``trainer=`` names, batched as
+    ``data.batch_size``. Encode, decode and export compute in float32, whatever ``trainer.precision`` says."""
     validate(cfg)
-    loaded = runs.load_run_from_config(cfg, map_location=device_of(cfg))
+    loaded = runs.open_run(cfg.ckpt_path, device_of(cfg), **runs.where(cfg))
     loaded.batch_size = loaded.datamodule.settings.batch_size
     return loaded
 
