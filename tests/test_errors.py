@@ -307,6 +307,26 @@ CASES = {
         "loop; use fast.enabled=auto to train it on Lightning's plain loop",
     ),
     "trainer plugins": ("train", ["+trainer.plugins=[]"], "trainer.plugins=[] is not supported"),
+    # a class's arguments are checked by the types its signature declares (aelab.constraints)
+    **{
+        f"hidden layers {typed}": (
+            "train",
+            [f"model.encoder.hidden_dims={typed}"],
+            f"model.encoder.hidden_dims={shown} is invalid: it must be a list whose items are each a positive integer",
+        )
+        for typed, shown in (("[-5]", "[-5]"), ("[a]", "['a']"), ("[0]", "[0]"), ("null", "null"))
+    },
+    "scheduler without its required argument": (
+        "train",
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true}"],
+        "model.scheduler.T_max is missing: torch.optim.lr_scheduler.CosineAnnealingLR needs it; add it, e.g. "
+        "+model.scheduler.T_max=10",
+    ),
+    "a Trainer argument of the wrong type": (
+        "train",
+        ["+trainer.log_every_n_steps=abc"],
+        "trainer.log_every_n_steps='abc' is invalid: it must be an integer or null",
+    ),
     "trainer callbacks": ("train", ["+trainer.callbacks=[]"], "trainer.callbacks=[] is set in the callbacks group"),
     "not a Trainer argument": (
         "train",

@@ -9,12 +9,16 @@ other key is refused as unknown. Every task runs ``validate``: a key means the s
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import fnmatch
+import functools
 import importlib
 import importlib.util
 import inspect
 import re
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +27,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aelab.constraints import AtLeast
 from aelab.data.datamodule import LOADERS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
@@ -76,6 +81,8 @@ class Int(Rule):
     def describe(self) -> str:
         if self.min == 1 and self.max is None:
             return "a positive integer"
+        if self.min is None and self.max is None:
+            return "an integer"
         if self.max is None:
             return f"an integer >= {self.min}"
         return f"an integer from {self.min} to {self.max}"
@@ -164,6 +171,43 @@ class IntList(Rule):
             example = list(range(self.min, self.min + self.length))
             return f"a list of {self.length} different integers >= {self.min} (e.g. {example})"
         return f"a non-empty list of integers >= {self.min} (e.g. [3])"
+
+
+@dataclass(frozen=True)
+class Str(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+    def describe(self) -> str:
+        return "a string"
+
+
+@dataclass(frozen=True)
+class Real(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return is_int(value) or isinstance(value, float)
+
+    def describe(self) -> str:
+        return "a number"
+
+
+@dataclass(frozen=True)
+class ListOf(Rule):
+    """A list whose every item the ``item`` rule accepts (``length``: exactly that many)."""
+
+    item: Rule = Real()
+    length: int | None = None
+
+    def accepts_value(self, value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and (self.length is None or len(value) == self.length)
+            and all(self.item.accepts(v) for v in value)
+        )
+
+    def describe(self) -> str:
+        size = f"of {self.length} " if self.length is not None else ""
+        return f"a list {size}whose items are each {self.item.allowed}"
 
 
 @dataclass(frozen=True)
@@ -355,29 +399,33 @@ def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None
     meaning of a key) take precedence; raise one ``ConfigError`` for the first bad one."""
     # eval and analyze start from data=from_checkpoint, where null means "as the checkpoint says"
     from_checkpoint = "data" in cfg and isinstance(cfg.data, DictConfig) and "_target_" not in cfg.data
-    leaves = list(_leaves(cfg))  # resolves every key first: a broken interpolation is named as such
     # The user's own config is trusted: importing what it names lets user classes register; the
     # model and data must be built from registered classes (checkpoints are rebuilt from them).
     for group in ("model", "data"):
         if isinstance(cfg.get(group), DictConfig):
-            import_targets(OmegaConf.to_container(cfg[group], resolve=True), group)
-    for key, value in leaves:
+            import_targets(OmegaConf.to_container(cfg[group], resolve=False), group)
+    # checked in order as each key resolves: a bad value is named before an interpolation that
+    # reads it fails on it (model.encoder.hidden_dims before the decoder's mirror of it)
+    for key, value in _leaves(cfg):
         if key.endswith("._target_"):
             _check_importable(key, value)
             _check_extra_installed(key, value)
-        rule = (task_rules or {}).get(key) or rule_of(cfg, key)
+        rule = (task_rules or {}).get(key) or rule_of(cfg, key, typed=not _interpolated(cfg, key))
         if rule is None:
             raise ConfigError(unknown_key_message(key, hydra_value(value), target=_target_of_group(cfg, key)))
         if from_checkpoint and key.startswith("data."):
             rule = replace(rule, null=True)
         if not rule.accepts(value):
             raise ConfigError(_message(key, value, rule))
+    _check_required_arguments(cfg)
     _check_combinations(cfg)
 
 
-def rule_of(cfg: DictConfig, key: str) -> Rule | None:
+def rule_of(cfg: DictConfig, key: str, *, typed: bool = True) -> Rule | None:
     """The rule for ``key`` in ``cfg``; ``None`` if the key is unknown. A key without a rule of its
-    own is known when the class its group builds (``_target_``) takes it as an argument."""
+    own is known when the class its group builds (``_target_``) takes it as an argument, and is
+    checked by the type that class declares for it (``argument_rule``) where it is ``typed`` here,
+    not copied from another key by an interpolation (which is checked where it is typed)."""
     rule = SCHEMA.get(key)
     name = key.rpartition(".")[2]
     if name.startswith("_"):
@@ -391,6 +439,8 @@ def rule_of(cfg: DictConfig, key: str) -> Rule | None:
             return None
     if rule is not None:
         return rule
+    if typed and target is not None and (declared := argument_rule(target, name)) is not None:
+        return declared
     if target is None:
         # inside a mapping a class takes as one argument (logger.mlflow.tags.run_dir): the class's to check
         parent = key.rpartition(".")[0]
@@ -497,6 +547,107 @@ def _arguments(target: str) -> tuple[str, ...] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
     return tuple(name for name in parameters if name != "self")
+
+
+def argument_rule(target: str, name: str) -> Rule | None:
+    """The rule the class ``target`` declares for its argument ``name`` by its type annotation
+    (``aelab.constraints``); ``None`` where the annotation says nothing checkable (``Any``, a tensor)."""
+    hints = _type_hints(target)
+    return annotation_rule(hints[name]) if name in hints else None
+
+
+@functools.cache
+def _type_hints(target: str) -> dict[str, Any]:
+    from hydra.utils import get_object
+
+    try:
+        built = get_object(target)
+        return typing.get_type_hints(built.__init__ if inspect.isclass(built) else built, include_extras=True)
+    except Exception:  # noqa: BLE001 - annotations that do not evaluate declare nothing checkable
+        return {}
+
+
+def annotation_rule(annotation: Any) -> Rule | None:
+    """A type annotation as a rule: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
+    sequences and tuples of those, ``X | None``, and ``Annotated[..., AtLeast(n)]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        rule = annotation_rule(args[0])
+        for mark in args[1:]:
+            if isinstance(mark, AtLeast) and isinstance(rule, Int):
+                rule = Int(min=int(mark.min))
+            elif isinstance(mark, AtLeast) and isinstance(rule, Real) and mark.min == 0:
+                rule = NonNegative()
+        return rule
+    if origin in (typing.Union, types.UnionType):
+        found = [annotation_rule(a) for a in args if a is not type(None)]
+        rules = [r for r in found if r is not None]
+        if not rules or len(rules) < len(found):
+            return None
+        one = rules[0] if len(rules) == 1 else Either(rules=tuple(rules))
+        return replace(one, null=True) if type(None) in args else one
+    if origin is typing.Literal:
+        return OneOf(values=args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        items = [a for a in args if a is not Ellipsis]
+        item = annotation_rule(items[0]) if items else None
+        if item is None:
+            return None
+        fixed = origin is tuple and Ellipsis not in args
+        return ListOf(item=item, length=len(args) if fixed else None)
+    return {bool: Flag(), int: Int(), float: Real(), str: Str()}.get(annotation)
+
+
+# a value of each plain type, for the example in a message
+EXAMPLES: dict[Any, str] = {int: "10", float: "0.1", str: "name", bool: "true"}
+
+
+def _check_required_arguments(cfg: DictConfig, prefix: str = "") -> None:
+    """Every class a config builds gets the arguments it cannot do without (a ``_partial_``'s
+    first one, e.g. a scheduler's optimizer, comes when it is called)."""
+    for key in cfg.keys():
+        try:
+            node = cfg.get(key)
+        except OmegaConfBaseException:
+            continue  # a broken interpolation: _leaves names it
+        if not isinstance(node, DictConfig):
+            continue
+        path = f"{prefix}{key!s}"
+        target = node.get("_target_")
+        if target:
+            required = _required_arguments(str(target))
+            if node.get("_partial_"):
+                required = required[1:]
+            for name in required:
+                if name not in node:
+                    example = EXAMPLES.get(_type_hints(str(target)).get(name), "1")
+                    raise ConfigError(
+                        f"{path}.{name} is missing: {target} needs it; add it, e.g. +{path}.{name}={example}"
+                    )
+        _check_required_arguments(node, f"{path}.")
+
+
+@functools.cache
+def _required_arguments(target: str) -> tuple[str, ...]:
+    from hydra.utils import get_object
+
+    try:
+        built = get_object(target)
+        parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters
+    except Exception:  # noqa: BLE001 - any failure to import or inspect is reported when building
+        return ()
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(
+        name
+        for name, p in parameters.items()
+        if name != "self" and p.kind in plain and p.default is inspect.Parameter.empty
+    )
+
+
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, name)
 
 
 def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:

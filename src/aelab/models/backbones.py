@@ -11,6 +11,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from aelab.constraints import PositiveInt
 from aelab.errors import check_choice, check_positive_int
 from aelab.registry import register
 
@@ -60,7 +61,7 @@ class MLPEncoder(nn.Sequential):
     def __init__(
         self,
         latent_dim: int,
-        hidden_dims: Sequence[int] = (128, 64),
+        hidden_dims: Sequence[PositiveInt] = (128, 64),
         norm: str | None = None,
         activation: str = "relu",
     ) -> None:
@@ -75,7 +76,7 @@ class MLPDecoder(nn.Sequential):
     def __init__(
         self,
         latent_dim: int,
-        hidden_dims: Sequence[int] = (64, 128),
+        hidden_dims: Sequence[PositiveInt] = (64, 128),
         norm: str | None = None,
         activation: str = "relu",
     ) -> None:
