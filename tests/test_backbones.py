@@ -79,16 +79,13 @@ def test_conv_compression_matches_the_article_67_3_percent():
     assert round(conv(None).compression * 100, 1) == 67.3
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, "three", True])
-def test_mlp_rejects_latent_dim_that_is_not_a_positive_integer(bad):
-    with pytest.raises(ConfigError, match=r"model.latent_dim=.* is invalid for model=mlp"):
-        MLPEncoder(bad)
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "three", True, None])
+def test_a_stored_mlp_latent_dim_must_be_a_positive_integer_and_a_conv_one_may_be_null(bad):
+    from aelab.registry import build
 
-
-def test_mlp_rejects_null_latent_dim_but_conv_accepts_it():
-    with pytest.raises(ConfigError, match="must be a positive integer"):
-        MLPEncoder(None)
-    ConvEncoder(None)
+    with pytest.raises(ConfigError, match=r"model.encoder.latent_dim=.* is invalid: it must be a positive integer$"):
+        build({"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": bad}, "model.encoder")
+    build({"_target_": "aelab.models.backbones.ConvEncoder", "latent_dim": None}, "model.encoder")
 
 
 def test_module_rebuilds_from_plain_hparams():
@@ -157,21 +154,21 @@ def test_the_mlp_config_gives_the_decoder_the_encoders_norm_and_activation(tmp_p
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
+        ({"norm": "group"}, "model.encoder.norm='group' is invalid: it must be one of batch, layer or null"),
+        ({"activation": None}, "model.encoder.activation=null is invalid: it must be one of relu, silu, gelu"),
         (
-            {"norm": "group"},
-            "model.encoder.norm='group' is invalid: it must be null or one of batch, layer, "
-            "e.g. model.encoder.norm=batch",
-        ),
-        (
-            {"activation": None},
-            "model.encoder.activation=null is invalid: it must be one of relu, silu, gelu, "
-            "e.g. model.encoder.activation=silu",
+            {"hidden_dims": [64, 0]},
+            "model.encoder.hidden_dims=[64, 0] is invalid: it must be a list whose items are each a positive integer",
         ),
     ],
 )
-def test_mlp_rejects_an_unknown_norm_or_activation_with_the_fix(arguments, message):
+def test_a_stored_encoder_config_is_checked_by_the_types_its_class_declares(arguments, message):
+    """What a checkpoint (or any stored config) holds is built through aelab.registry.build, which
+    checks it by the same rules as the command line, before the class runs."""
+    from aelab.registry import build
+
     with pytest.raises(ConfigError) as caught:
-        MLPEncoder(3, **arguments)
+        build({"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 3, **arguments}, "model.encoder")
     assert str(caught.value) == message
 
 

@@ -158,7 +158,7 @@ def test_a_bad_latent_dim_is_refused_when_the_model_is_built(tmp_path):
     with pytest.raises(Exception) as raised:
         instantiate(cfg.model)
     # Hydra wraps what constructors raise; the entry points print the ConfigError inside
-    assert str(user_error(raised.value)) == "model.latent_dim=0 is invalid for model=mlp: it must be a positive integer"
+    assert str(user_error(raised.value)) == "model.encoder.latent_dim=0 is invalid: it must be a positive integer"
 
 
 @pytest.mark.parametrize(("task", "has_report"), [(task, task == "train") for task in TASKS])

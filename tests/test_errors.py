@@ -130,7 +130,11 @@ CASES = {
     "latent_dim float": ("train", ["model.latent_dim=2.5"], "model.latent_dim=2.5 is invalid: " + POSITIVE),
     "latent_dim text": ("train", ["model.latent_dim=abc"], "model.latent_dim='abc' is invalid: " + POSITIVE),
     "latent_dim boolean": ("train", ["model.latent_dim=true"], "model.latent_dim=true is invalid: " + POSITIVE),
-    "latent_dim null for mlp": ("train", ["model.latent_dim=null"], "model.latent_dim=null is invalid for model=mlp"),
+    "latent_dim null for mlp": (
+        "train",
+        ["model.latent_dim=null"],
+        "model.latent_dim=null is invalid for model.encoder.latent_dim: it must be a positive integer",
+    ),
     "unknown compile mode": (
         "train",
         ["model.compile=sometimes"],

@@ -9,7 +9,6 @@ other key is refused as unknown. Every task runs ``validate``: a key means the s
 
 from __future__ import annotations
 
-import collections.abc
 import difflib
 import fnmatch
 import functools
@@ -17,8 +16,6 @@ import importlib
 import importlib.util
 import inspect
 import re
-import types
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,19 +24,35 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aelab.constraints import AtLeast
 from aelab.data.datamodule import LOADERS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
 from aelab.fast import STEPS_PER_CALL_WORDS
 from aelab.launch import launched_externally
 from aelab.loggers import EXTRAS
-from aelab.models.autoencoder import COMPILE_MODES
-from aelab.models.objectives import CORRUPTIONS
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
 from aelab.registry import import_targets
 from aelab.report.audit import OUTLIER_METHODS, SUSPECT_METHODS
 from aelab.report.plots import FIGURE_FORMATS
+from aelab.rules import (
+    Either,
+    Flag,
+    Group,
+    Int,
+    IntList,
+    Metric,
+    NonNegative,
+    Number,
+    OneOf,
+    Open,
+    Rule,
+    Text,
+    TextList,
+    Unsupported,
+    argument_rule,
+    message,
+    type_hints,
+)
 
 # 64-true and bf16-true are not offered: the data arrive as float32 and meet float64/bf16 weights
 PRECISIONS = ("32-true", 32, "bf16-mixed", "16-mixed")  # trainer.precision=32 arrives as an integer
@@ -49,228 +62,12 @@ MAPS = ("tsne", "umap", "pca", "all")
 
 
 @dataclass(frozen=True)
-class Rule:
-    """What one key accepts; ``allowed`` is how the error message states it."""
-
-    null: bool = False
-    # when null suits only some configs, e.g. model.latent_dim=null for model=conv
-    null_note: str = ""
-
-    def accepts(self, value: Any) -> bool:
-        return (value is None and self.null) or (value is not None and self.accepts_value(value))
-
-    def accepts_value(self, value: Any) -> bool:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def allowed(self) -> str:
-        return self.describe() + (f" or null{self.null_note}" if self.null else "")
-
-
-@dataclass(frozen=True)
-class Int(Rule):
-    min: int | None = None
-    max: int | None = None
-
-    def accepts_value(self, value: Any) -> bool:
-        return is_int(value) and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-
-    def describe(self) -> str:
-        if self.min == 1 and self.max is None:
-            return "a positive integer"
-        if self.min is None and self.max is None:
-            return "an integer"
-        if self.max is None:
-            return f"an integer >= {self.min}"
-        return f"an integer from {self.min} to {self.max}"
-
-
-@dataclass(frozen=True)
-class Number(Rule):
-    above: float = 0.0  # exclusive, unless from_zero
-    max: float | None = None
-    from_zero: bool = False
-
-    def accepts_value(self, value: Any) -> bool:
-        if not (is_int(value) or isinstance(value, float)):
-            return False
-        low_ok = value >= 0 if self.from_zero else value > self.above
-        return low_ok and (self.max is None or value <= self.max)
-
-    def describe(self) -> str:
-        low = "a number >= 0" if self.from_zero else f"a number > {self.above:g}"
-        return low + (f" and <= {self.max:g}" if self.max is not None else "")
-
-
-@dataclass(frozen=True)
-class NonNegative(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return (is_int(value) or isinstance(value, float)) and value >= 0
-
-    def describe(self) -> str:
-        return "a number >= 0"
-
-
-@dataclass(frozen=True)
-class OneOf(Rule):
-    values: tuple = ()
-
-    def accepts_value(self, value: Any) -> bool:
-        # 1 == True in Python: a boolean option must be given as a boolean
-        return any(value == v and type(value) is type(v) for v in self.values)
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(hydra_value(v).strip("'") for v in self.values)
-
-
-@dataclass(frozen=True)
-class Flag(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, bool)
-
-    def describe(self) -> str:
-        return "true or false"
-
-
-@dataclass(frozen=True)
-class Text(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, str) and value.strip() != ""
-
-    def describe(self) -> str:
-        return "a non-empty string"
-
-
-@dataclass(frozen=True)
 class Name(Rule):
     def accepts_value(self, value: Any) -> bool:
         return is_safe_name(str(value) if is_int(value) else value)
 
     def describe(self) -> str:
         return SAFE_NAME_RULE
-
-
-@dataclass(frozen=True)
-class IntList(Rule):
-    min: int = 0
-    length: int | None = None  # exactly this many, e.g. two latent axes
-
-    def accepts_value(self, value: Any) -> bool:
-        return (
-            isinstance(value, list)
-            and bool(value)
-            and all(is_int(v) and v >= self.min for v in value)
-            and (self.length is None or len(set(value)) == len(value) == self.length)
-        )
-
-    def describe(self) -> str:
-        if self.length is not None:
-            example = list(range(self.min, self.min + self.length))
-            return f"a list of {self.length} different integers >= {self.min} (e.g. {example})"
-        return f"a non-empty list of integers >= {self.min} (e.g. [3])"
-
-
-@dataclass(frozen=True)
-class Str(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, str)
-
-    def describe(self) -> str:
-        return "a string"
-
-
-@dataclass(frozen=True)
-class Real(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return is_int(value) or isinstance(value, float)
-
-    def describe(self) -> str:
-        return "a number"
-
-
-@dataclass(frozen=True)
-class ListOf(Rule):
-    """A list whose every item the ``item`` rule accepts (``length``: exactly that many)."""
-
-    item: Rule = Real()
-    length: int | None = None
-
-    def accepts_value(self, value: Any) -> bool:
-        return (
-            isinstance(value, list)
-            and (self.length is None or len(value) == self.length)
-            and all(self.item.accepts(v) for v in value)
-        )
-
-    def describe(self) -> str:
-        size = f"of {self.length} " if self.length is not None else ""
-        return f"a list {size}whose items are each {self.item.allowed}"
-
-
-@dataclass(frozen=True)
-class TextList(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
-
-    def describe(self) -> str:
-        return "a non-empty list of strings (e.g. ['https://mirror.example/mnist/'])"
-
-
-@dataclass(frozen=True)
-class Either(Rule):
-    rules: tuple[Rule, ...] = ()
-
-    def accepts_value(self, value: Any) -> bool:
-        return any(rule.accepts_value(value) for rule in self.rules)
-
-    def describe(self) -> str:
-        return " or ".join(rule.describe() for rule in self.rules)
-
-
-@dataclass(frozen=True)
-class Group(Rule):
-    """A mapping of settings: a config group (``callbacks=null`` would drop checkpoints too) or
-    one entry of callbacks/logger; ``what`` says which, with an example."""
-
-    what: str = ""
-
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, dict)
-
-    def describe(self) -> str:
-        return self.what
-
-
-@dataclass(frozen=True)
-class Unsupported(Rule):
-    reason: str = ""
-    harmless: tuple = ()  # values that change nothing
-
-    def accepts(self, value: Any) -> bool:
-        return any(value == v and type(value) is type(v) for v in self.harmless)
-
-    def describe(self) -> str:
-        return self.reason
-
-
-@dataclass(frozen=True)
-class Open(Rule):
-    """Checked by the class the sub-config builds (an encoder, an optimiser, a callback)."""
-
-    def accepts(self, value: Any) -> bool:
-        return True
-
-
-@dataclass(frozen=True)
-class Metric(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, str) and re.fullmatch(r"(train|val)/[A-Za-z0-9_]+", value) is not None
-
-    def describe(self) -> str:
-        return "a metric the model logs, such as val/mse"
 
 
 POSITIVE = Int(min=1)
@@ -324,7 +121,6 @@ SCHEMA: dict[str, Rule] = {
     # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
     "model": Group(what="a group of settings (e.g. model=conv)"),
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
-    "model.compile": OneOf(values=COMPILE_MODES),
     "model.encoder": Open(),
     "model.decoder": Open(),
     "model.optimizer.lr": Number(above=0.0),
@@ -333,10 +129,6 @@ SCHEMA: dict[str, Rule] = {
     "model.optimizer": Open(),
     "model.scheduler": Open(),
     "model.objective": Group(what="a group of settings (e.g. objective=vae)"),
-    "model.objective.beta": NonNegative(),
-    "model.objective.weight": NonNegative(),
-    "model.objective.corruption": OneOf(values=CORRUPTIONS),
-    "model.objective.level": Number(from_zero=True, max=1.0),
     # trainer
     "trainer": Group(what="a group of settings (e.g. trainer=cpu)"),
     "trainer.accelerator": OneOf(values=ACCELERATORS),
@@ -410,13 +202,19 @@ def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None
         if key.endswith("._target_"):
             _check_importable(key, value)
             _check_extra_installed(key, value)
-        rule = (task_rules or {}).get(key) or rule_of(cfg, key, typed=not _interpolated(cfg, key))
+        copied_from = _copied_from(cfg, key)
+        rule = (task_rules or {}).get(key) or rule_of(cfg, key, typed=copied_from is None)
         if rule is None:
             raise ConfigError(unknown_key_message(key, hydra_value(value), target=_target_of_group(cfg, key)))
         if from_checkpoint and key.startswith("data."):
             rule = replace(rule, null=True)
         if not rule.accepts(value):
-            raise ConfigError(_message(key, value, rule))
+            raise ConfigError(message(key, value, rule))
+        target = _target_of_group(cfg, key)
+        declared = argument_rule(target, key.rpartition(".")[2]) if copied_from and target else None
+        if declared is not None and not declared.accepts(value):
+            # reported where it was typed: model.latent_dim=null, not the encoder's copy of it
+            raise ConfigError(f"{copied_from}={hydra_value(value)} is invalid for {key}: it must be {declared.allowed}")
     _check_required_arguments(cfg)
     _check_combinations(cfg)
 
@@ -467,12 +265,6 @@ def _prefixes(key: str) -> Iterator[str]:
     parts = key.split(".")
     for end in range(len(parts) - 1, 0, -1):
         yield ".".join(parts[:end])
-
-
-def _message(key: str, value: Any, rule: Rule) -> str:
-    if isinstance(rule, Unsupported):
-        return f"{key}={hydra_value(value)} is {rule.describe().format(key=key)}"
-    return f"{key}={hydra_value(value)} is invalid: it must be {rule.allowed}"
 
 
 def unknown_key_message(key: str, shown: str, config: str = "", target: str | None = None) -> str:
@@ -549,55 +341,6 @@ def _arguments(target: str) -> tuple[str, ...] | None:
     return tuple(name for name in parameters if name != "self")
 
 
-def argument_rule(target: str, name: str) -> Rule | None:
-    """The rule the class ``target`` declares for its argument ``name`` by its type annotation
-    (``aelab.constraints``); ``None`` where the annotation says nothing checkable (``Any``, a tensor)."""
-    hints = _type_hints(target)
-    return annotation_rule(hints[name]) if name in hints else None
-
-
-@functools.cache
-def _type_hints(target: str) -> dict[str, Any]:
-    from hydra.utils import get_object
-
-    try:
-        built = get_object(target)
-        return typing.get_type_hints(built.__init__ if inspect.isclass(built) else built, include_extras=True)
-    except Exception:  # noqa: BLE001 - annotations that do not evaluate declare nothing checkable
-        return {}
-
-
-def annotation_rule(annotation: Any) -> Rule | None:
-    """A type annotation as a rule: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
-    sequences and tuples of those, ``X | None``, and ``Annotated[..., AtLeast(n)]``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        rule = annotation_rule(args[0])
-        for mark in args[1:]:
-            if isinstance(mark, AtLeast) and isinstance(rule, Int):
-                rule = Int(min=int(mark.min))
-            elif isinstance(mark, AtLeast) and isinstance(rule, Real) and mark.min == 0:
-                rule = NonNegative()
-        return rule
-    if origin in (typing.Union, types.UnionType):
-        found = [annotation_rule(a) for a in args if a is not type(None)]
-        rules = [r for r in found if r is not None]
-        if not rules or len(rules) < len(found):
-            return None
-        one = rules[0] if len(rules) == 1 else Either(rules=tuple(rules))
-        return replace(one, null=True) if type(None) in args else one
-    if origin is typing.Literal:
-        return OneOf(values=args)
-    if origin in (list, tuple, collections.abc.Sequence):
-        items = [a for a in args if a is not Ellipsis]
-        item = annotation_rule(items[0]) if items else None
-        if item is None:
-            return None
-        fixed = origin is tuple and Ellipsis not in args
-        return ListOf(item=item, length=len(args) if fixed else None)
-    return {bool: Flag(), int: Int(), float: Real(), str: Str()}.get(annotation)
-
-
 # a value of each plain type, for the example in a message
 EXAMPLES: dict[Any, str] = {int: "10", float: "0.1", str: "name", bool: "true"}
 
@@ -620,7 +363,7 @@ def _check_required_arguments(cfg: DictConfig, prefix: str = "") -> None:
                 required = required[1:]
             for name in required:
                 if name not in node:
-                    example = EXAMPLES.get(_type_hints(str(target)).get(name), "1")
+                    example = EXAMPLES.get(type_hints(str(target)).get(name), "1")
                     raise ConfigError(
                         f"{path}.{name} is missing: {target} needs it; add it, e.g. +{path}.{name}={example}"
                     )
@@ -644,10 +387,17 @@ def _required_arguments(target: str) -> tuple[str, ...]:
     )
 
 
-def _interpolated(cfg: DictConfig, key: str) -> bool:
+def _copied_from(cfg: DictConfig, key: str) -> str | None:
+    """Where ``key``'s value comes from if it is an interpolation: the key it copies (``${a.b}``),
+    ``""`` for any other interpolation (a resolver's result), ``None`` if it was typed here."""
     parent, _, name = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, name)
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, name):
+        return None
+    raw = OmegaConf.to_container(node, resolve=False)
+    text = str(raw.get(name, "")) if isinstance(raw, dict) else ""
+    copied = re.fullmatch(r"\$\{([A-Za-z0-9_.]+)\}", text)
+    return copied.group(1) if copied else ""
 
 
 def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -727,7 +477,7 @@ def check_monitor(cfg: DictConfig, logged: list[str]) -> None:
     monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
     if monitor is not None and monitor not in logged:
         rule = OneOf(values=tuple(logged))
-        raise ConfigError(_message("callbacks.model_checkpoint.monitor", monitor, rule))
+        raise ConfigError(message("callbacks.model_checkpoint.monitor", monitor, rule))
 
 
 def device_of(cfg: DictConfig) -> torch.device:

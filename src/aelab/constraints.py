@@ -16,5 +16,14 @@ class AtLeast:
     min: int | float
 
 
+@dataclass(frozen=True)
+class AtMost:
+    """The value is at most ``max``."""
+
+    max: int | float
+
+
 PositiveInt = Annotated[int, AtLeast(1)]
 NonNegativeInt = Annotated[int, AtLeast(0)]
+NonNegativeFloat = Annotated[float, AtLeast(0)]
+Fraction = Annotated[float, AtLeast(0), AtMost(1)]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from aelab.errors import CheckpointError, ConfigError
+from aelab.rules import check_arguments
 
 REGISTRY: dict[str, type] = {}
 
@@ -80,18 +81,21 @@ def check_registered_name(target: str, source: str, where: str) -> None:
         )
 
 
-def build(spec: Mapping[str, Any], source: str = "a stored config") -> Any:
+def build(spec: Mapping[str, Any], source: str = "a stored config", key: str | None = None) -> Any:
     """Build ``spec`` from registered classes only: its ``_target_`` is looked up, never imported,
     and called with the other keys (``functools.partial`` of them if ``_partial_``).
 
     Nested specs are passed on as plain dicts, like Hydra's ``_recursive_: false``: the class
-    builds its own parts, through this function. They are checked here all the same.
+    builds its own parts, through this function. They are checked here all the same. ``key``: the
+    config key ``spec`` sits under, which messages name (by default ``source``).
     """
     check_registered(spec, source)
     if "_target_" not in spec:
         raise ConfigError(f"{source} has no _target_: it does not say what to build")
     cls = REGISTRY[str(spec["_target_"])]
     kwargs = {k: v for k, v in spec.items() if k not in SPECIAL_KEYS}
+    # by the rules the class declares in its signature, as the config check does
+    check_arguments(cls, kwargs, key if key is not None else source)
     return functools.partial(cls, **kwargs) if spec.get("_partial_") else cls(**kwargs)
 
 

@@ -453,12 +453,12 @@ def _rebuild(path: Path, map_location: str | torch.device, data: dict[str, Any],
         if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback_data_dir)):
             data_config["data_dir"] = str(fallback_data_dir)
     try:
-        model = build(model_config, f"checkpoint {path}")
+        model = build(model_config, f"checkpoint {path}", key="model")
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
     try:
-        datamodule = build(data_config, f"checkpoint {path}")
+        datamodule = build(data_config, f"checkpoint {path}", key="data")
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} holds a data config aelab cannot use: {err}") from None
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)

@@ -21,14 +21,14 @@ import logging
 import math
 import operator
 from collections.abc import Iterator, Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from aelab.errors import AelabError, ConfigError
+from aelab.errors import AelabError
 from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
 from aelab.models.metrics import EpochMean, watched_metrics
 from aelab.models.objectives import Objective, objective_spec
@@ -48,8 +48,6 @@ from aelab.registry import build, qualified_name, register
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune")
-
 
 class NonFiniteLossError(AelabError):
     pass
@@ -67,12 +65,10 @@ class AutoEncoder(L.LightningModule):
         optimizer: Mapping[str, Any],
         latent_dim: int | None = None,
         scheduler: Mapping[str, Any] | None = None,
-        compile: bool | str = False,
+        compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = False,
         objective: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if compile not in COMPILE_MODES:
-            raise ConfigError(f"model.compile={compile!r} is not one of {', '.join(map(str, COMPILE_MODES))}")
         # logger=False: the HyperparameterSummary callback logs a curated, flat set instead.
         self.save_hyperparameters(logger=False)
         self.objective: Objective = build(objective_spec(objective), "model.objective")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Literal
 
 from torch import Tensor, nn
 
 from aelab.constraints import PositiveInt
-from aelab.errors import check_choice, check_positive_int
 from aelab.registry import register
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -26,13 +26,9 @@ def backbone_label(encoder_class_name: str) -> str:
     return (name[: -len("Encoder")] if name.endswith("Encoder") else name).lower()
 
 
-def check_latent_dim(latent_dim: object, *, optional: bool, backbone: str) -> None:
-    check_positive_int("model.latent_dim", latent_dim, optional=optional, context=f" for model={backbone}")
-
-
 # What follows each hidden linear layer. Batch norm with SiLU is what lets a deep MLP beat the 2006
 # deep autoencoder in tens of epochs (README, strong recipes); null and relu are the article's.
-NORMS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+NORMS: dict[str | None, type[nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": partial(nn.ReLU, inplace=True),
     "silu": partial(nn.SiLU, inplace=True),
@@ -40,9 +36,12 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _mlp(sizes: Sequence[int], norm: str | None, activation: str, part: str) -> list[nn.Module]:
-    check_choice(f"model.{part}.norm", norm, tuple(NORMS), optional=True, example="batch")
-    check_choice(f"model.{part}.activation", activation, tuple(ACTIVATIONS), example="silu")
+# the names the configs choose from (model.encoder.norm, model.encoder.activation)
+Norm = Literal["batch", "layer"]
+Activation = Literal["relu", "silu", "gelu"]
+
+
+def _mlp(sizes: Sequence[int], norm: Norm | None, activation: Activation) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(fan_in, fan_out))
@@ -60,13 +59,12 @@ class MLPEncoder(nn.Sequential):
 
     def __init__(
         self,
-        latent_dim: int,
+        latent_dim: PositiveInt,
         hidden_dims: Sequence[PositiveInt] = (128, 64),
-        norm: str | None = None,
-        activation: str = "relu",
+        norm: Norm | None = None,
+        activation: Activation = "relu",
     ) -> None:
-        check_latent_dim(latent_dim, optional=False, backbone="mlp")
-        super().__init__(nn.Flatten(), *_mlp([IMAGE_SIZE, *hidden_dims, latent_dim], norm, activation, "encoder"))
+        super().__init__(nn.Flatten(), *_mlp([IMAGE_SIZE, *hidden_dims, latent_dim], norm, activation))
 
 
 @register
@@ -75,14 +73,13 @@ class MLPDecoder(nn.Sequential):
 
     def __init__(
         self,
-        latent_dim: int,
+        latent_dim: PositiveInt,
         hidden_dims: Sequence[PositiveInt] = (64, 128),
-        norm: str | None = None,
-        activation: str = "relu",
+        norm: Norm | None = None,
+        activation: Activation = "relu",
     ) -> None:
-        check_latent_dim(latent_dim, optional=False, backbone="mlp")
         super().__init__(
-            *_mlp([latent_dim, *hidden_dims, IMAGE_SIZE], norm, activation, "decoder"),
+            *_mlp([latent_dim, *hidden_dims, IMAGE_SIZE], norm, activation),
             nn.Tanh(),
             nn.Unflatten(1, IMAGE_SHAPE),
         )
@@ -97,8 +94,7 @@ CONV_LATENT_SIZE = 64 * 2 * 2
 class ConvEncoder(nn.Module):
     """28x28 -> 10x10x32 -> 5x5x32 -> 3x3x64 -> 2x2x64, then optionally linear to ``latent_dim``."""
 
-    def __init__(self, latent_dim: int | None = None) -> None:
-        check_latent_dim(latent_dim, optional=True, backbone="conv")
+    def __init__(self, latent_dim: PositiveInt | None = None) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, stride=3, padding=1),
@@ -122,8 +118,7 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """2x2x64 -> 5x5x32 -> 15x15x16 -> 28x28x1 with transposed convolutions, Tanh output."""
 
-    def __init__(self, latent_dim: int | None = None) -> None:
-        check_latent_dim(latent_dim, optional=True, backbone="conv")
+    def __init__(self, latent_dim: PositiveInt | None = None) -> None:
         super().__init__()
         self.unproject = (
             nn.Identity()

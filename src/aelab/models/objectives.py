@@ -13,15 +13,15 @@ A new objective is a registered subclass of ``Objective`` plus a ``configs/objec
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aelab.errors import ConfigError, check_choice, hydra_value
+from aelab.constraints import Fraction, NonNegativeFloat
+from aelab.errors import ConfigError
 from aelab.models.backbones import IMAGE_SIZE
 from aelab.registry import qualified_name, register
 
@@ -38,18 +38,6 @@ class AutoEncoder(Protocol):
     def encode(self, x: Tensor) -> Tensor: ...
 
     def decode(self, z: Tensor) -> Tensor: ...
-
-
-CORRUPTIONS = ("gaussian", "masking")
-
-
-def _check_number(key: str, value: object, *, high: float = math.inf) -> float:
-    """The class's own check of a setting (a checkpoint is rebuilt without the config schema),
-    worded as the schema words it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
-        bound = "a number >= 0" + (f" and <= {high:g}" if math.isfinite(high) else "")
-        raise ConfigError(f"model.objective.{key}={hydra_value(value)} is invalid: it must be {bound}")
-    return float(value)
 
 
 @register
@@ -87,10 +75,9 @@ class Denoising(Objective):
 
     label = "denoising"
 
-    def __init__(self, corruption: str = "gaussian", level: float = 0.5) -> None:
-        check_choice("model.objective.corruption", corruption, CORRUPTIONS)
+    def __init__(self, corruption: Literal["gaussian", "masking"] = "gaussian", level: Fraction = 0.5) -> None:
         self.corruption = corruption
-        self.level = _check_number("level", level, high=1.0)
+        self.level = float(level)
 
     def corrupt(self, x: Tensor) -> Tensor:
         if self.corruption == "gaussian":
@@ -109,8 +96,8 @@ class Sparse(Objective):
 
     label = "sparse"
 
-    def __init__(self, weight: float = 0.001) -> None:
-        self.weight = _check_number("weight", weight)
+    def __init__(self, weight: NonNegativeFloat = 0.001) -> None:
+        self.weight = float(weight)
 
     def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
         z = model.encode(x)
@@ -129,8 +116,8 @@ class Variational(Objective):
 
     label = "vae"
 
-    def __init__(self, beta: float = 1.0) -> None:
-        self.beta = _check_number("beta", beta)
+    def __init__(self, beta: NonNegativeFloat = 1.0) -> None:
+        self.beta = float(beta)
 
     def encoder_spec(self, spec: Mapping[str, Any]) -> Mapping[str, Any]:
         latent_dim = spec.get("latent_dim")

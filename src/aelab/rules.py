@@ -1,0 +1,307 @@
+"""Rules: what a config key or a constructor argument accepts, and the one wording of the message
+for a value it does not. A class declares its arguments' rules in its signature (type annotations,
+``aelab.constraints``); ``aelab.config`` adds the keys no class owns; ``aelab.registry.build``
+checks a stored config's arguments by the same rules before it builds anything."""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+import inspect
+import re
+import types
+import typing
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aelab.constraints import AtLeast, AtMost
+from aelab.errors import ConfigError, hydra_value, is_int
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key accepts; ``allowed`` is how the error message states it."""
+
+    null: bool = False
+    # when null suits only some configs, e.g. model.latent_dim=null for model=conv
+    null_note: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        return (value is None and self.null) or (value is not None and self.accepts_value(value))
+
+    def accepts_value(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def allowed(self) -> str:
+        return self.describe() + (f" or null{self.null_note}" if self.null else "")
+
+
+@dataclass(frozen=True)
+class Int(Rule):
+    min: int | None = None
+    max: int | None = None
+
+    def accepts_value(self, value: Any) -> bool:
+        return is_int(value) and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        if self.min == 1 and self.max is None:
+            return "a positive integer"
+        if self.min is None and self.max is None:
+            return "an integer"
+        if self.max is None:
+            return f"an integer >= {self.min}"
+        return f"an integer from {self.min} to {self.max}"
+
+
+@dataclass(frozen=True)
+class Number(Rule):
+    above: float = 0.0  # exclusive, unless from_zero
+    max: float | None = None
+    from_zero: bool = False
+
+    def accepts_value(self, value: Any) -> bool:
+        if not (is_int(value) or isinstance(value, float)):
+            return False
+        low_ok = value >= 0 if self.from_zero else value > self.above
+        return low_ok and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        low = "a number >= 0" if self.from_zero else f"a number > {self.above:g}"
+        return low + (f" and <= {self.max:g}" if self.max is not None else "")
+
+
+@dataclass(frozen=True)
+class NonNegative(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return (is_int(value) or isinstance(value, float)) and value >= 0
+
+    def describe(self) -> str:
+        return "a number >= 0"
+
+
+@dataclass(frozen=True)
+class OneOf(Rule):
+    values: tuple = ()
+
+    def accepts_value(self, value: Any) -> bool:
+        # 1 == True in Python: a boolean option must be given as a boolean
+        return any(value == v and type(value) is type(v) for v in self.values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(hydra_value(v).strip("'") for v in self.values)
+
+
+@dataclass(frozen=True)
+class Flag(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class Text(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, str) and value.strip() != ""
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class IntList(Rule):
+    min: int = 0
+    length: int | None = None  # exactly this many, e.g. two latent axes
+
+    def accepts_value(self, value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(is_int(v) and v >= self.min for v in value)
+            and (self.length is None or len(set(value)) == len(value) == self.length)
+        )
+
+    def describe(self) -> str:
+        if self.length is not None:
+            example = list(range(self.min, self.min + self.length))
+            return f"a list of {self.length} different integers >= {self.min} (e.g. {example})"
+        return f"a non-empty list of integers >= {self.min} (e.g. [3])"
+
+
+@dataclass(frozen=True)
+class Str(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+    def describe(self) -> str:
+        return "a string"
+
+
+@dataclass(frozen=True)
+class Real(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return is_int(value) or isinstance(value, float)
+
+    def describe(self) -> str:
+        return "a number"
+
+
+@dataclass(frozen=True)
+class ListOf(Rule):
+    """A list whose every item the ``item`` rule accepts (``length``: exactly that many)."""
+
+    item: Rule = Real()
+    length: int | None = None
+
+    def accepts_value(self, value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and (self.length is None or len(value) == self.length)
+            and all(self.item.accepts(v) for v in value)
+        )
+
+    def describe(self) -> str:
+        size = f"of {self.length} " if self.length is not None else ""
+        return f"a list {size}whose items are each {self.item.allowed}"
+
+
+@dataclass(frozen=True)
+class TextList(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+    def describe(self) -> str:
+        return "a non-empty list of strings (e.g. ['https://mirror.example/mnist/'])"
+
+
+@dataclass(frozen=True)
+class Either(Rule):
+    rules: tuple[Rule, ...] = ()
+
+    def accepts_value(self, value: Any) -> bool:
+        return any(rule.accepts_value(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        return " or ".join(rule.describe() for rule in self.rules)
+
+
+@dataclass(frozen=True)
+class Group(Rule):
+    """A mapping of settings: a config group (``callbacks=null`` would drop checkpoints too) or
+    one entry of callbacks/logger; ``what`` says which, with an example."""
+
+    what: str = ""
+
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, dict)
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class Unsupported(Rule):
+    reason: str = ""
+    harmless: tuple = ()  # values that change nothing
+
+    def accepts(self, value: Any) -> bool:
+        return any(value == v and type(value) is type(v) for v in self.harmless)
+
+    def describe(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class Open(Rule):
+    """Checked by the class the sub-config builds (an encoder, an optimiser, a callback)."""
+
+    def accepts(self, value: Any) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Metric(Rule):
+    def accepts_value(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(r"(train|val)/[A-Za-z0-9_]+", value) is not None
+
+    def describe(self) -> str:
+        return "a metric the model logs, such as val/mse"
+
+
+def message(key: str, value: Any, rule: Rule) -> str:
+    if isinstance(rule, Unsupported):
+        return f"{key}={hydra_value(value)} is {rule.describe().format(key=key)}"
+    return f"{key}={hydra_value(value)} is invalid: it must be {rule.allowed}"
+
+
+def argument_rule(target: str, name: str) -> Rule | None:
+    """The rule the class ``target`` declares for its argument ``name`` by its type annotation
+    (``aelab.constraints``); ``None`` where the annotation says nothing checkable (``Any``, a tensor)."""
+    hints = type_hints(target)
+    return annotation_rule(hints[name]) if name in hints else None
+
+
+@functools.cache
+def type_hints(target: str) -> dict[str, Any]:
+    from hydra.utils import get_object
+
+    try:
+        return _hints_of(get_object(target))
+    except Exception:  # noqa: BLE001 - a target that does not import is reported where it is built
+        return {}
+
+
+@functools.cache
+def _hints_of(built: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(built.__init__ if inspect.isclass(built) else built, include_extras=True)
+    except Exception:  # noqa: BLE001 - annotations that do not evaluate declare nothing checkable
+        return {}
+
+
+def annotation_rule(annotation: Any) -> Rule | None:
+    """A type annotation as a rule: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
+    sequences and tuples of those, ``X | None``, and ``Annotated[..., AtLeast(n)]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        rule = annotation_rule(args[0])
+        low = next((m.min for m in args[1:] if isinstance(m, AtLeast)), None)
+        high = next((m.max for m in args[1:] if isinstance(m, AtMost)), None)
+        if isinstance(rule, Int):
+            return Int(min=None if low is None else int(low), max=None if high is None else int(high))
+        if isinstance(rule, Real) and low == 0:
+            return NonNegative() if high is None else Number(from_zero=True, max=float(high))
+        return rule
+    if origin in (typing.Union, types.UnionType):
+        found = [annotation_rule(a) for a in args if a is not type(None)]
+        rules = [r for r in found if r is not None]
+        if not rules or len(rules) < len(found):
+            return None
+        one = rules[0] if len(rules) == 1 else Either(rules=tuple(rules))
+        return replace(one, null=True) if type(None) in args else one
+    if origin is typing.Literal:
+        return OneOf(values=args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        items = [a for a in args if a is not Ellipsis]
+        item = annotation_rule(items[0]) if items else None
+        if item is None:
+            return None
+        fixed = origin is tuple and Ellipsis not in args
+        return ListOf(item=item, length=len(args) if fixed else None)
+    return {bool: Flag(), int: Int(), float: Real(), str: Str()}.get(annotation)
+
+
+def check_arguments(cls: type, arguments: collections.abc.Mapping[str, Any], prefix: str) -> None:
+    """Check the arguments a class is about to be built with (``prefix``: the config key they sit
+    under, e.g. ``model.encoder``) by the rules its signature declares."""
+    hints = _hints_of(cls)
+    for name, value in arguments.items():
+        rule = annotation_rule(hints[name]) if name in hints else None
+        if rule is not None and not rule.accepts(value):
+            raise ConfigError(message(f"{prefix}.{name}", value, rule))
