@@ -106,7 +106,9 @@ def test_chunks_hold_the_same_batches_in_the_same_order_and_resume_counts_batche
         chunks = list(loader)
         assert skip or len(chunks) == len(loader)
         # each chunk says how many of the epoch's batches are done once it is
-        assert [c["done"] for c in chunks] == list(itertools.accumulate([skip] + [steps_in(c) for c in chunks]))[1:]
+        assert [c["epoch_batches_done"] for c in chunks] == list(
+            itertools.accumulate([skip] + [steps_in(c) for c in chunks])
+        )[1:]
         assert [c["last"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
         return [y.tolist() for chunk in chunks for _, y in batches_in(chunk)], [steps_in(c) for c in chunks]
 

@@ -116,16 +116,16 @@ class HyperparameterSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        params = run_hyperparameters(trainer, pl_module)
+        hyperparameters = run_hyperparameters(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                write_tensorboard_hparams(logger.experiment, params)
+                write_tensorboard_hparams(logger.experiment, hyperparameters)
                 logger.experiment.add_custom_scalars(loss_layout(pl_module.logged_metrics()))
             else:
-                logger.log_hyperparams(params)
+                logger.log_hyperparams(hyperparameters)
 
 
-def write_tensorboard_hparams(writer: Any, params: dict[str, Any]) -> None:
+def write_tensorboard_hparams(writer: Any, hyperparameters: dict[str, Any]) -> None:
     """The run's hyperparameters for HPARAMS, as ``TensorBoardLogger.log_hyperparams`` would write
     them minus two things: the placeholder value it logs for each metric at step 0 (a NaN at the
     start of every ``val/mse_best`` chart), and the experiment summary. TensorBoard takes the first
@@ -134,7 +134,7 @@ def write_tensorboard_hparams(writer: Any, params: dict[str, Any]) -> None:
     compares the runs' settings itself and offers their scalars (``val/mse_best`` …) as metrics."""
     from torch.utils.tensorboard.summary import hparams
 
-    _, session_start, session_end = hparams(params, {})
+    _, session_start, session_end = hparams(hyperparameters, {})
     writer.file_writer.add_summary(session_start)
     writer.file_writer.add_summary(session_end)
 
@@ -166,7 +166,7 @@ class CountsBatches(Protocol):
 
     def train_batches_per_epoch(self) -> int: ...
 
-    def train_batches_done(self) -> int: ...
+    def epoch_batches_done(self) -> int: ...
 
 
 class ProgressBar(TQDMProgressBar):
@@ -209,7 +209,7 @@ class ProgressBar(TQDMProgressBar):
         if not isinstance(datamodule, CountsBatches):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
-        done, bar = datamodule.train_batches_done(), self.train_progress_bar
+        done, bar = datamodule.epoch_batches_done(), self.train_progress_bar
         if not self.is_enabled or bar is None:
             return
         # a chunk of 16 batches passes a multiple of refresh_rate without landing on one

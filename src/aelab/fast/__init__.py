@@ -254,7 +254,7 @@ class ChunkedData:
         """Training batches (optimiser steps) per epoch of the running fit."""
         return self._batches_per_epoch
 
-    def train_batches_done(self: Any) -> int:
+    def epoch_batches_done(self: Any) -> int:
         return self.trainer.lightning_module.epoch_batches_done
 
     # Counted in batches, not chunks, so the run may resume with another fast.steps_per_call, or
@@ -263,5 +263,5 @@ class ChunkedData:
     def state_dict(self: Any) -> dict[str, int]:
         if self.trainer is None or self.trainer.state.fn != "fit":
             return {}
-        done = self.train_batches_done()
+        done = self.epoch_batches_done()
         return {"epoch_batches_done": done if done < self._batches_per_epoch else 0}

@@ -19,7 +19,7 @@ from aelab.data.datamodule import DeviceBatchLoader, normalize
 
 IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
 # batches of the epoch done once this chunk is (a resume's skipped ones included), and whether it ends the epoch
-DONE, LAST = "done", "last"
+DONE, LAST = "epoch_batches_done", "last"
 
 
 def batches_in(chunk: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
