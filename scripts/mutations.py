@@ -73,9 +73,9 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         name="error-wording",
-        file="src/aelab/errors.py",
-        old='allowed = "a positive integer" + (" or null" if optional else "")',
-        new='allowed = "an integer above zero" + (" or null" if optional else "")',
+        file="src/aelab/rules.py",
+        old='return "a positive integer"',
+        new='return "an integer above zero"',
         bug="a user error is reworded: the one-line message no longer says what the docs and tests promise",
         tests=("tests/test_config.py::test_a_bad_latent_dim_is_refused_when_the_model_is_built",),
     ),

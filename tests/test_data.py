@@ -183,15 +183,20 @@ def test_fashion_mnist_classes_are_the_clothing_names():
     ("kwargs", "message"),
     [
         ({"batch_size": 0}, "data.batch_size=0 is invalid: it must be a positive integer"),
-        ({"loader": "fast"}, "data.loader='fast' is not one of device, dataloader"),
+        ({"loader": "fast"}, "data.loader='fast' is invalid: it must be one of device, dataloader"),
         ({"keep_classes": [11]}, r"data.keep_classes=\[11\] is invalid: list class indices 0-9 of MNIST"),
         ({"dataset": "cifar"}, "data.dataset='cifar' is not one of mnist, fashion_mnist, kmnist"),
         ({"val_size": 0}, "data.val_size=0 is invalid: it must be a positive integer or null"),
     ],
 )
 def test_datamodule_rejects_bad_arguments(tmp_path, kwargs, message):
+    """Built as a checkpoint's data config is (aelab.registry.build): by the types its signature
+    declares first, then by what only the class knows (its dataset's classes)."""
+    from aelab.registry import build
+
+    spec = {"_target_": "aelab.data.datamodule.MNISTLikeDataModule", "data_dir": str(tmp_path), **kwargs}
     with pytest.raises(ConfigError, match=message):
-        MNISTLikeDataModule(str(tmp_path), **kwargs)
+        build(spec, "data")
 
 
 def test_missing_data_without_download_says_where_the_files_go(tmp_path):

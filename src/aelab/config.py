@@ -24,7 +24,6 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aelab.data.datamodule import LOADERS
 from aelab.data.datasets import DATASETS
 from aelab.errors import ConfigError, hydra_value, is_int
 from aelab.fast import STEPS_PER_CALL_WORDS
@@ -111,7 +110,7 @@ SCHEMA: dict[str, Rule] = {
     "data.dataset": OneOf(values=tuple(DATASETS)),
     "data.data_dir": Text(),
     "data.batch_size": POSITIVE,
-    "data.loader": OneOf(values=LOADERS),
+    "data.loader": OneOf(values=("device", "dataloader")),
     "data.num_workers": Int(min=0),
     "data.keep_classes": IntList(null=True),
     "data.val_size": Int(min=1, null=True),

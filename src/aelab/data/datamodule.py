@@ -11,19 +11,18 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from aelab.constraints import NonNegativeInt, PositiveInt
 from aelab.data.datasets import dataset_spec, download, missing_data_message, missing_files
 from aelab.data.idx import read_split
-from aelab.errors import ConfigError, DataError, check_positive_int, is_int
+from aelab.errors import ConfigError, DataError, is_int
 from aelab.registry import register
-
-LOADERS = ("device", "dataloader")
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -170,21 +169,17 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self,
         data_dir: str,
         dataset: str = "mnist",
-        batch_size: int = 256,
-        loader: str = "device",
-        num_workers: int = 0,
+        batch_size: PositiveInt = 256,
+        loader: Literal["device", "dataloader"] = "device",
+        num_workers: NonNegativeInt = 0,
         keep_classes: Sequence[int] | None = None,
-        val_size: int | None = None,
-        seed: int = 0,
+        val_size: PositiveInt | None = None,
+        seed: NonNegativeInt = 0,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)
-        if loader not in LOADERS:
-            raise ConfigError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
-        check_positive_int("data.batch_size", batch_size)
-        check_positive_int("data.val_size", val_size, optional=True)
         if keep_classes is not None:
             n = len(self.spec.classes)
             if not keep_classes or not all(is_int(c) and 0 <= c < n for c in keep_classes):
