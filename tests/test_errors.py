@@ -326,6 +326,12 @@ CASES = {
         "model.scheduler.T_max is missing: torch.optim.lr_scheduler.CosineAnnealingLR needs it; add it, e.g. "
         "+model.scheduler.T_max=10",
     ),
+    "an optimiser setting torch refuses": (
+        "train",
+        ["+model.optimizer.eps=-1"],
+        "model.optimizer / model.scheduler: torch refuses the settings (ValueError: Invalid epsilon value: -1); "
+        "fix the value it names",
+    ),
     "a Trainer argument of the wrong type": (
         "train",
         ["+trainer.log_every_n_steps=abc"],
@@ -1147,27 +1153,35 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     assert checkpoint["aelab_epoch_sums"]["count"] > 0
 
 
+# 96 images in batches of 16: 6 batches an epoch, in chunks of 4 and 2 on the fast path
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("pressed_in", "steps", "epoch_batches", "images"),
+    [
+        (15, 16, 4, 64),  # epoch 2's third batch, in its first chunk: the whole chunk is done first
+        (11, 12, 0, 0),  # epoch 1's last chunk: the epoch is finished, validated and saved first
+    ],
+)
 def test_ctrl_c_in_the_middle_of_a_chunk_then_the_printed_command_ends_where_an_uninterrupted_run_does(
-    tmp_path, tiny_mnist
+    tmp_path, tiny_mnist, pressed_in, steps, epoch_batches, images
 ):
-    """Ctrl-C in the loss of training batch 15: epoch 2's third batch, inside its first chunk of 4
-    on the fast path. It takes effect once the chunk is done, so the checkpoint's weights, sums and
-    batch count agree."""
+    """Ctrl-C in the loss of a training batch, inside a training_step call of the fast path. It
+    takes effect at the next call, once Lightning has counted this one, so the checkpoint's
+    weights, sums and batch counts agree."""
     checkpoint = interrupt_then_resume(
         tmp_path,
         tiny_mnist,
         1,
         "fast.steps_per_call=4",
         "model.objective._target_=fault_callbacks.CtrlCInLoss",
-        "+model.objective.batch=15",
+        f"+model.objective.batch={pressed_in}",
         f"+model.objective.once={tmp_path / 'pressed'}",
     )
-    # the whole chunk: 2 epochs of 6 batches, then 4; the pressed step's batch is among them
-    assert checkpoint["global_step"] == 16
-    assert checkpoint["aelab_epoch_sums"]["batches"] == 4 and checkpoint["aelab_epoch_sums"]["count"] == 64
-    assert checkpoint["MNISTLikeDataModule"] == {"epoch_batches_done": 4}
-    assert checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 16
+    assert checkpoint["global_step"] == steps
+    assert checkpoint["aelab_epoch_sums"]["batches"] == epoch_batches
+    assert checkpoint["aelab_epoch_sums"]["count"] == images
+    assert checkpoint["MNISTLikeDataModule"] == {"epoch_batches_done": epoch_batches}
+    assert checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == steps
 
 
 def test_an_argument_of_a_users_own_class_is_checked_by_that_class_not_refused(tmp_path):

@@ -368,6 +368,11 @@ def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist,
             "Lightning's plain loop on cpu (not the fast path: trainer.max_steps counts batches)",
         ),
         (
+            ["model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true}"],
+            "Lightning's plain loop on cpu (not the fast path: model.scheduler is ReduceLROnPlateau, which "
+            "Lightning's loop steps on val/mse after validation)",
+        ),
+        (
             ["+trainer.gradient_clip_val=0.5"],
             "Lightning's plain loop on cpu (not the fast path: trainer.gradient_clip_val=0.5 clips in Lightning's "
             "optimiser step)",

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
+import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -38,6 +39,7 @@ from aelab.errors import ConfigError
 from aelab.fast import graphs
 from aelab.fast.chunks import DONE, INDEX, LAST, Chunks, batches_in, steps_in
 from aelab.names import EPOCH_SUMS_KEY
+from aelab.registry import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,9 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
     for key, set_ in counting.items():
         if set_:
             return f"{key} counts batches"
+    scheduler = REGISTRY.get(str((model.hparams.get("scheduler") or {}).get("_target_")))
+    if isinstance(scheduler, type) and issubclass(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return "model.scheduler is ReduceLROnPlateau, which Lightning's loop steps on val/mse after validation"
     for owner, parent in [(model, LightningModule), *((c, Callback) for c in trainer.callbacks)]:
         for hook in PER_STEP_HOOKS:
             if is_overridden(hook, owner, parent):
@@ -145,6 +150,7 @@ class FastSteps:
     # the current epoch's training batches optimised so far, those a resume skipped included
     epoch_batches_done = 0
     _graphs: graphs.StepGraphs | None = None
+    _ctrl_c_pressed = False
 
     def on_train_start(self: Any) -> None:
         super().on_train_start()  # type: ignore[misc]
@@ -166,8 +172,17 @@ class FastSteps:
         super().on_train_epoch_start()  # type: ignore[misc]
         self.epoch_batches_done = 0
 
+    def on_train_batch_start(self: Any, batch: Any, batch_idx: int) -> None:
+        # A Ctrl-C pressed during the previous call takes effect here, once Lightning has counted
+        # that call as done (and, after an epoch's last one, validated and saved the epoch): the
+        # interrupt checkpoint's weights, epoch sums and batch counts then agree, and its resume
+        # ends where an uninterrupted run does. A chunk is a whole epoch on a GPU.
+        if self._ctrl_c_pressed:
+            self._ctrl_c_pressed = False
+            raise KeyboardInterrupt
+
     def training_step(self: Any, chunk: dict[str, Any], batch_idx: int) -> None:
-        with _ctrl_c_after_the_call(self.trainer):
+        with _ctrl_c_deferred() as pressed:
             optimizer = self.optimizers()
             if self._graphs is not None:
                 sums = self._graphs.run(chunk)
@@ -186,6 +201,7 @@ class FastSteps:
                 for config in self.trainer.lr_scheduler_configs:
                     if config.interval == "epoch":
                         config.scheduler.step()
+        self._ctrl_c_pressed = bool(pressed)
 
     def on_train_batch_end(self: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         pass  # training_step added the chunk's terms to the epoch means, inside the Ctrl-C deferral
@@ -209,26 +225,20 @@ class FastSteps:
 
 
 @contextlib.contextmanager
-def _ctrl_c_after_the_call(trainer: L.Trainer) -> Iterator[None]:
-    """A Ctrl-C during a training_step call takes effect once the call is done, so the weights,
-    the epoch's sums and its count of batches agree in the interrupt checkpoint, and its resume
-    ends where an uninterrupted run does (a chunk is a whole epoch on a GPU)."""
+def _ctrl_c_deferred() -> Iterator[list[int]]:
+    """Within the block a Ctrl-C is recorded in the list yielded instead of raised."""
+    pressed: list[int] = []
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
-        yield
+        yield pressed
         return
-    pressed: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
-        yield
+        yield pressed
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pressed:
-        # the count Lightning's loop adds after a finished call, which the interrupt skips
-        upstream.count_logged_batches(trainer, 1)
-        raise KeyboardInterrupt
 
 
 class ChunkedData:

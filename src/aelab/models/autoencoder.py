@@ -40,6 +40,7 @@ from aelab.names import (
     LOSS,
     MODEL_CLASS_KEY,
     OVERRIDES_KEY,
+    VAL_MSE,
     VAL_MSE_BEST,
     metric,
 )
@@ -279,7 +280,10 @@ class AutoEncoder(L.LightningModule):
         if not self.settings.scheduler:
             return optimizer
         scheduler = build(self.settings.scheduler, "model.scheduler")(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        schedule = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            schedule["monitor"] = VAL_MSE  # it steps on the epoch's val/mse, after validation
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # --- checkpoints --------------------------------------------------------------------------
 

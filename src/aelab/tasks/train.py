@@ -47,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     limit_threads_for_parallel_jobs()
     model = instantiate(cfg.model)
     check_monitor(cfg, model.logged_metrics())
+    check_optimizer_settings(model)
     datamodule = instantiate(cfg.data)
     model.run_overrides = overrides
     if launched_rank() != 0:
@@ -54,6 +55,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, model, datamodule, output_dir, started, writer=False)
     with runs.exclusive(output_dir):
         return _train(cfg, model, datamodule, output_dir, started, writer=True)
+
+
+def check_optimizer_settings(model: Any) -> None:
+    """``configure_optimizers`` runs inside the fit; run once here, a setting torch refuses
+    (``+model.optimizer.eps=-1``) is one line before the run starts, not a traceback after."""
+    try:
+        model.configure_optimizers()
+    except (TypeError, ValueError, IndexError, KeyError) as err:
+        raise ConfigError(
+            f"model.optimizer / model.scheduler: torch refuses the settings ({type(err).__name__}: {err}); "
+            "fix the value it names"
+        ) from None
 
 
 def check_search_is_a_multirun() -> None:
