@@ -1153,6 +1153,34 @@ def test_sigterm_mid_epoch_then_the_printed_command_ends_where_an_uninterrupted_
     assert checkpoint["aelab_epoch_sums"]["count"] > 0
 
 
+@pytest.mark.slow
+def test_a_checkpoint_from_the_middle_of_an_epoch_resumes_on_the_loop_that_saved_it(tmp_path, tiny_mnist):
+    """Stopped by SIGTERM on Lightning's plain loop in the middle of epoch 2, then resumed by a
+    command that leaves the loop to fast.enabled=auto (a resume takes fast.* from its own command):
+    the plain loop resumes it, as only it can exactly, and the run ends where an uninterrupted one
+    does."""
+    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
+    common = ["trainer.max_epochs=3", "data.batch_size=16", "seed=3", QUIET]
+    straight = run_cli("train.py", *common, f"paths.log_dir={tmp_path / 'straight'}", env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    stop = ["+callbacks.stop._target_=fault_callbacks.SignalAt", "+callbacks.stop.epoch=1", "+callbacks.stop.batch=3"]
+    log_dir = f"paths.log_dir={tmp_path / 'stopped'}"
+    stopped = run_cli("train.py", *common, "fast.enabled=false", *stop, log_dir, env=env)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    (interrupted,) = (tmp_path / "stopped").glob("train/runs/*/checkpoints/interrupted.ckpt")
+    resumed = run_cli("train.py", *common, f"ckpt_path={interrupted}", log_dir, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run_log = "".join(p.read_text() for p in (tmp_path / "stopped").glob("train/runs/*/train.log"))
+    assert (
+        "training loop: Lightning's plain loop on cpu (not the fast path: the checkpoint was saved in the middle "
+        "of an epoch on this loop, the one that resumes it exactly)"
+    ) in run_log
+    a, b = newest_summary(tmp_path / "straight"), newest_summary(tmp_path / "stopped")
+    assert b["epochs"] == 3
+    for key in ("val/mse", "val/mse_best", "train/mse"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
+
+
 # 96 images in batches of 16: 6 batches an epoch, in chunks of 4 and 2 on the fast path
 @pytest.mark.slow
 @pytest.mark.parametrize(

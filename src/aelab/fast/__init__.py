@@ -69,9 +69,23 @@ class ResidentData(Protocol):
     resident: bool
 
 
-def speed_up(settings: Any, model: Any, datamodule: Any, trainer: L.Trainer) -> None:
-    """Put the run on the fast path if it allows it (``settings``: the ``fast`` config node)."""
+def speed_up(
+    settings: Any, model: Any, datamodule: Any, trainer: L.Trainer, resumed: dict[str, Any] | None = None
+) -> None:
+    """Put the run on the fast path if it allows it (``settings``: the ``fast`` config node;
+    ``resumed``: the checkpoint the fit resumes from, if any)."""
     why_not = refusal(settings, model, datamodule, trainer)
+    # Lightning counts an epoch's training_step calls, which are chunks on one loop and batches on
+    # the other: a checkpoint from the middle of an epoch resumes exactly only on the loop that saved it
+    saved_by = _mid_epoch_loop(resumed, datamodule) if resumed is not None else None
+    if saved_by == "fast" and why_not is not None:
+        raise ConfigError(
+            f"the checkpoint was saved in the middle of an epoch on the fast path, the one loop that resumes it "
+            f"exactly, and this run cannot take the fast path ({why_not}); resume it with the settings it was "
+            "started with, or from the end of its last epoch: ckpt_path=<its run>/checkpoints/last.ckpt"
+        )
+    if saved_by == "plain" and why_not is None:
+        why_not = "the checkpoint was saved in the middle of an epoch on this loop, the one that resumes it exactly"
     if why_not is not None:
         if settings.enabled is True:
             raise ConfigError(
@@ -87,6 +101,16 @@ def speed_up(settings: Any, model: Any, datamodule: Any, trainer: L.Trainer) -> 
     model.cuda_graph = bool(settings.cuda_graph)
     datamodule.__class__ = _extended(ChunkedData, type(datamodule))
     datamodule.steps_per_call = settings.steps_per_call
+
+
+def _mid_epoch_loop(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
+    """Which loop saved ``checkpoint`` in the middle of an epoch (``fast`` or ``plain``); ``None`` for
+    one saved at an epoch's end."""
+    state = checkpoint.get(type(datamodule).__qualname__) or {}
+    if not isinstance(state, dict) or not state.get("epoch_batches_done"):
+        return None
+    sums = checkpoint.get(EPOCH_SUMS_KEY) or {}
+    return "fast" if isinstance(sums, dict) and "batches" in sums else "plain"
 
 
 def device_of(trainer: L.Trainer) -> str:
@@ -213,6 +237,7 @@ class FastSteps:
 
     def on_save_checkpoint(self: Any, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        # the mark of the fast path on a checkpoint (speed_up reads it on a mid-epoch resume)
         checkpoint[EPOCH_SUMS_KEY]["batches"] = self.epoch_batches_done
         if self._graphs is not None:
             # as the plain loop would have saved them, so any run resumes on either loop

@@ -114,8 +114,8 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-    fast.speed_up(cfg.fast, model, datamodule, trainer)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
+    fast.speed_up(cfg.fast, model, datamodule, trainer, runs.load_checkpoint(ckpt_path) if ckpt_path else None)
     resumed_run = None
     if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:
         resumed_run = runs.run_dir_of(ckpt_path)
