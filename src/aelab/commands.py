@@ -9,6 +9,8 @@ the command and the script are interchangeable. Hydra's own flags work too: ``--
 
 from __future__ import annotations
 
+import functools
+
 import hydra
 from omegaconf import DictConfig
 
@@ -26,29 +28,10 @@ def _run(name: str) -> None:
         hydra.main(config_path=str(config_dir()), config_name=name, version_base="1.3")(main)()
 
 
-def train() -> None:
-    _run("train")
-
-
-def evaluate() -> None:
-    _run("eval")
-
-
-def analyze() -> None:
-    _run("analyze")
-
-
-def audit() -> None:
-    _run("audit")
-
-
-def encode() -> None:
-    _run("encode")
-
-
-def decode() -> None:
-    _run("decode")
-
-
-def export() -> None:
-    _run("export")
+train = functools.partial(_run, "train")
+evaluate = functools.partial(_run, "eval")
+analyze = functools.partial(_run, "analyze")
+audit = functools.partial(_run, "audit")
+encode = functools.partial(_run, "encode")
+decode = functools.partial(_run, "decode")
+export = functools.partial(_run, "export")

@@ -10,9 +10,7 @@ other key is refused as unknown. Every task runs ``validate``: a key means the s
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import functools
-import importlib
 import importlib.util
 import inspect
 import re
@@ -30,7 +28,7 @@ from aelab.fast import STEPS_PER_CALL_WORDS
 from aelab.launch import launched_externally
 from aelab.loggers import EXTRAS
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
-from aelab.registry import import_targets
+from aelab.registry import check_importable, import_targets
 from aelab.report.audit import OUTLIER_METHODS, SUSPECT_METHODS
 from aelab.report.plots import FIGURE_FORMATS
 from aelab.rules import (
@@ -40,7 +38,6 @@ from aelab.rules import (
     Int,
     IntList,
     Metric,
-    NonNegative,
     Number,
     OneOf,
     Open,
@@ -70,7 +67,7 @@ class Name(Rule):
 
 
 POSITIVE = Int(min=1)
-FRACTION_OR_COUNT = Either(rules=(Number(from_zero=True, max=1.0), Int(min=0)))
+FRACTION_OR_COUNT = Either(rules=(Number(min=0, max=1), Int(min=0)))
 
 SCHEMA: dict[str, Rule] = {
     "task_name": Name(),
@@ -91,7 +88,7 @@ SCHEMA: dict[str, Rule] = {
     "queries": IntList(min=0, null=True),
     "neighbours": Int(min=1, max=32),
     "top": Int(min=1, max=256),
-    # encode, decode: a split of the datamodule (audit ranks official splits: TASK_SCHEMA)
+    # encode, decode: a split of the datamodule (audit ranks official splits: AUDIT_SPLIT)
     "split": OneOf(values=("train", "val", "test")),
     "csv": OneOf(values=(True, False, "auto")),
     "latents": Text(null=True),
@@ -122,8 +119,8 @@ SCHEMA: dict[str, Rule] = {
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
     "model.encoder": Open(),
     "model.decoder": Open(),
-    "model.optimizer.lr": Number(above=0.0),
-    "model.optimizer.weight_decay": NonNegative(),
+    "model.optimizer.lr": Number(above=0),
+    "model.optimizer.weight_decay": Number(min=0),
     "model.optimizer.fused": Flag(null=True),
     "model.optimizer": Open(),
     "model.scheduler": Open(),
@@ -147,7 +144,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.overfit_batches": FRACTION_OR_COUNT,
     "trainer.fast_dev_run": Either(rules=(Flag(), POSITIVE)),
     "trainer.default_root_dir": Text(),
-    "trainer.gradient_clip_val": Number(from_zero=True, null=True),
+    "trainer.gradient_clip_val": Number(min=0, null=True),
     "trainer.gradient_clip_algorithm": OneOf(values=("norm", "value"), null=True),
     "trainer.accumulate_grad_batches": POSITIVE,
     "trainer.callbacks": Unsupported(reason="set in the callbacks group, e.g. +callbacks.name={{_target_: ...}}"),
@@ -180,8 +177,7 @@ SCHEMA: dict[str, Rule] = {
     "paths.output_dir": Text(),
 }
 
-# The audit ranks the dataset's own files (train, test or both), whose positions its indices count;
-# encode's split is one of the datamodule's. The audit task passes this rule to validate().
+# The audit ranks the dataset's own files (train, test or both), whose positions its indices count
 AUDIT_SPLIT = OneOf(values=("test", "train", "all"))
 
 
@@ -195,12 +191,14 @@ def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None
     for group in ("model", "data"):
         if isinstance(cfg.get(group), DictConfig):
             import_targets(OmegaConf.to_container(cfg[group], resolve=False), group)
+    built: list[str] = []  # the groups that name a class to build
     # checked in order as each key resolves: a bad value is named before an interpolation that
     # reads it fails on it (model.encoder.hidden_dims before the decoder's mirror of it)
     for key, value in _leaves(cfg):
         if key.endswith("._target_"):
-            _check_importable(key, value)
+            check_importable(key, value)
             _check_extra_installed(key, value)
+            built.append(key.removesuffix("._target_"))
         copied_from = _copied_from(cfg, key)
         rule = (task_rules or {}).get(key) or rule_of(cfg, key, typed=copied_from is None)
         if rule is None:
@@ -214,7 +212,8 @@ def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None
         if declared is not None and not declared.accepts(value):
             # reported where it was typed: model.latent_dim=null, not the encoder's copy of it
             raise ConfigError(f"{copied_from}={hydra_value(value)} is invalid for {key}: it must be {declared.allowed}")
-    _check_required_arguments(cfg)
+    for path in built:
+        _check_required_arguments(cfg, path)
     _check_combinations(cfg)
 
 
@@ -224,46 +223,23 @@ def rule_of(cfg: DictConfig, key: str, *, typed: bool = True) -> Rule | None:
     checked by the type that class declares for it (``argument_rule``) where it is ``typed`` here,
     not copied from another key by an interpolation (which is checked where it is typed)."""
     rule = SCHEMA.get(key)
-    name = key.rpartition(".")[2]
+    parent, _, name = key.rpartition(".")
     if name.startswith("_"):
-        return rule or Open()
+        return rule or Open()  # _target_, _partial_, _convert_, _recursive_: Hydra's instantiation keys
     target = _target_of_group(cfg, key)
-    if target is not None and not isinstance(rule, Unsupported):
-        # a group whose class varies (model.objective) takes only its class's arguments, even
-        # where another class of the group gives the key a rule
-        arguments = _arguments(target)
-        if arguments is not None and name not in arguments:
-            return None
-    if rule is not None:
-        return rule
-    if typed and target is not None and (declared := argument_rule(target, name)) is not None:
-        return declared
     if target is None:
         # inside a mapping a class takes as one argument (logger.mlflow.tags.run_dir): the class's to check
-        parent = key.rpartition(".")[0]
-        return rule_for(key) or (Open() if parent and isinstance(rule_of(cfg, parent), Open) else None)
-    return rule_for(key) or Open()  # Open: the class checks its own argument
-
-
-def rule_for(key: str) -> Rule | None:
-    if key in SCHEMA:
-        return SCHEMA[key]
-    if key.rsplit(".", 1)[-1].startswith("_"):
-        return Open()  # _target_, _partial_, _convert_, _recursive_: Hydra's instantiation keys
-    for prefix in _prefixes(key):
-        rule = SCHEMA.get(prefix)
-        if isinstance(rule, Open):
-            return rule
-    for pattern, rule in SCHEMA.items():
-        if "*" in pattern and fnmatch.fnmatchcase(key, pattern) and key.count(".") == pattern.count("."):
-            return rule
-    return None
-
-
-def _prefixes(key: str) -> Iterator[str]:
-    parts = key.split(".")
-    for end in range(len(parts) - 1, 0, -1):
-        yield ".".join(parts[:end])
+        return (
+            rule or SCHEMA.get(f"{parent}.*") or (Open() if parent and isinstance(rule_of(cfg, parent), Open) else None)
+        )
+    # a group whose class varies (model.objective) takes only its class's arguments, even where
+    # another class of the group gives the key a rule
+    arguments = _arguments(target)
+    if arguments is not None and name not in arguments and not isinstance(rule, Unsupported):
+        return None
+    if rule is None and typed:
+        rule = argument_rule(target, name)
+    return rule or Open()  # Open: the class checks its own argument
 
 
 def unknown_key_message(key: str, shown: str, config: str = "", target: str | None = None) -> str:
@@ -280,22 +256,10 @@ def unknown_key_message(key: str, shown: str, config: str = "", target: str | No
     return f"{key}={shown} is invalid: {name if target else key} is not {what}{hint}"
 
 
-def _check_importable(key: str, target: Any) -> None:
-    module_name, _, attribute = str(target).rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except (ImportError, ValueError) as err:
-        raise ConfigError(f"{key}={target}: cannot import {module_name or target} ({err})") from None
-    if not hasattr(module, attribute):
-        raise ConfigError(f"{key}={target}: {module_name} has no {attribute}")
-
-
 def _check_extra_installed(key: str, target: Any) -> None:
     """A logger from an optional extra (``aelab.loggers.EXTRAS``) needs that extra installed."""
-    if str(target) not in EXTRAS:
-        return
-    module, extra = EXTRAS[str(target)]
-    if not is_installed(module):
+    module, extra = EXTRAS.get(str(target), ("", ""))
+    if module and not is_installed(module):
         owner = key.removesuffix("._target_")
         raise ConfigError(
             f"{owner} needs {module}, an optional extra of aelab: {install_command(extra)}; "
@@ -323,67 +287,44 @@ def _target_of_group(cfg: DictConfig, key: str) -> str | None:
     return str(target) if target else None
 
 
-def _arguments(target: str) -> tuple[str, ...] | None:
-    """The keyword arguments ``target`` takes; ``None`` if it takes any (``**kwargs``) or cannot be
-    imported (the import error is reported where the class is built)."""
+@functools.cache
+def _parameters(target: str) -> dict[str, inspect.Parameter] | None:
+    """The parameters ``target`` takes; ``None`` if it cannot be imported or inspected."""
     from hydra.utils import get_object
 
     try:
         built = get_object(target)
         if inspect.isclass(built) and built.__init__ is object.__init__:
-            return ()  # a class without an __init__ of its own takes no arguments
+            return {}  # a class without an __init__ of its own takes no arguments
         parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters
     except Exception:  # noqa: BLE001 - any failure to import or inspect is reported when building
         return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return {name: p for name, p in parameters.items() if name != "self"}
+
+
+def _arguments(target: str) -> tuple[str, ...] | None:
+    """The keyword arguments ``target`` takes; ``None`` if it takes any (``**kwargs``) or cannot be imported."""
+    parameters = _parameters(target)
+    if parameters is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
-    return tuple(name for name in parameters if name != "self")
+    return tuple(parameters)
 
 
 # a value of each plain type, for the example in a message
 EXAMPLES: dict[Any, str] = {int: "10", float: "0.1", str: "name", bool: "true"}
 
 
-def _check_required_arguments(cfg: DictConfig, prefix: str = "") -> None:
-    """Every class a config builds gets the arguments it cannot do without (a ``_partial_``'s
-    first one, e.g. a scheduler's optimizer, comes when it is called)."""
-    for key in cfg.keys():
-        try:
-            node = cfg.get(key)
-        except OmegaConfBaseException:
-            continue  # a broken interpolation: _leaves names it
-        if not isinstance(node, DictConfig):
-            continue
-        path = f"{prefix}{key!s}"
-        target = node.get("_target_")
-        if target:
-            required = _required_arguments(str(target))
-            if node.get("_partial_"):
-                required = required[1:]
-            for name in required:
-                if name not in node:
-                    example = EXAMPLES.get(type_hints(str(target)).get(name), "1")
-                    raise ConfigError(
-                        f"{path}.{name} is missing: {target} needs it; add it, e.g. +{path}.{name}={example}"
-                    )
-        _check_required_arguments(node, f"{path}.")
-
-
-@functools.cache
-def _required_arguments(target: str) -> tuple[str, ...]:
-    from hydra.utils import get_object
-
-    try:
-        built = get_object(target)
-        parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters
-    except Exception:  # noqa: BLE001 - any failure to import or inspect is reported when building
-        return ()
-    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return tuple(
-        name
-        for name, p in parameters.items()
-        if name != "self" and p.kind in plain and p.default is inspect.Parameter.empty
-    )
+def _check_required_arguments(cfg: DictConfig, path: str) -> None:
+    """The class ``path`` builds gets the arguments it cannot do without (a ``_partial_``'s first
+    one, e.g. a scheduler's optimizer, comes when it is called)."""
+    node = OmegaConf.select(cfg, path)
+    target = str(node._target_)
+    parameters = (_parameters(target) or {}).values()
+    required = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is p.empty]
+    for name in required[1:] if node.get("_partial_") else required:
+        if name not in node:
+            example = EXAMPLES.get(type_hints(target).get(name), "1")
+            raise ConfigError(f"{path}.{name} is missing: {target} needs it; add it, e.g. +{path}.{name}={example}")
 
 
 def _copied_from(cfg: DictConfig, key: str) -> str | None:
@@ -425,12 +366,11 @@ def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
 def _check_combinations(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     accelerator = str(trainer.get("accelerator", "cpu"))
-    precision = str(trainer.get("precision", "32-true"))
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this machine; use trainer=cpu"
         )
-    if device_of(cfg).type == "cpu" and precision == "16-mixed":
+    if device_of(cfg).type == "cpu" and trainer.get("precision") == "16-mixed":
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on CPU use trainer.precision=bf16-mixed or 32-true")
     _check_process_launch(trainer, accelerator)
     min_epochs, max_epochs = trainer.get("min_epochs"), trainer.get("max_epochs")
@@ -452,17 +392,14 @@ def _check_process_launch(trainer: DictConfig, accelerator: str) -> None:
     if launched_externally():
         return
     strategy = str(trainer.get("strategy", "auto"))
-    devices = trainer.get("devices", 1)
+    devices = trainer.get("devices", 1)  # the schema allows a count, -1, "auto" or a list of GPUs
     if isinstance(devices, ListConfig):
         per_node = len(devices)
     elif devices in (-1, "auto"):
-        per_node = torch.cuda.device_count() if accelerator in GPU_ACCELERATORS or accelerator == "auto" else 1
-    elif isinstance(devices, str):  # "2" (a count) or "0,1" (which GPUs), as Lightning reads them
-        ids = [d for d in devices.split(",") if d.strip()]
-        per_node = int(ids[0]) if len(ids) == 1 and ids[0].strip().isdigit() and "," not in devices else len(ids)
+        per_node = torch.cuda.device_count() if accelerator in (*GPU_ACCELERATORS, "auto") else 1
     else:
-        per_node = int(devices) if is_int(devices) else 1
-    processes = per_node * (int(trainer.get("num_nodes", 1)) if is_int(trainer.get("num_nodes", 1)) else 1)
+        per_node = devices
+    processes = per_node * trainer.get("num_nodes", 1)  # an int, as the Trainer declares it
     if strategy in RELAUNCHING_STRATEGIES or (strategy == "auto" and processes > 1):
         raise ConfigError(
             f"trainer.strategy={strategy} with {processes} process{'es' if processes != 1 else ''} would start them by "
@@ -475,8 +412,7 @@ def check_monitor(cfg: DictConfig, logged: list[str]) -> None:
     """``callbacks.model_checkpoint.monitor`` names a metric the model logs, found before training."""
     monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
     if monitor is not None and monitor not in logged:
-        rule = OneOf(values=tuple(logged))
-        raise ConfigError(message("callbacks.model_checkpoint.monitor", monitor, rule))
+        raise ConfigError(message("callbacks.model_checkpoint.monitor", monitor, OneOf(values=tuple(logged))))
 
 
 def device_of(cfg: DictConfig) -> torch.device:

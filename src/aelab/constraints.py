@@ -11,15 +11,11 @@ from typing import Annotated
 
 @dataclass(frozen=True)
 class AtLeast:
-    """The value is at least ``min``."""
-
     min: int | float
 
 
 @dataclass(frozen=True)
 class AtMost:
-    """The value is at most ``max``."""
-
     max: int | float
 
 

@@ -1,4 +1,4 @@
-"""The one exception family for mistakes a user can fix, and the checks that raise it.
+"""The one exception family for mistakes a user can fix, and the two helpers its messages share.
 
 Entry points print an ``AelabError`` as a single line and exit non-zero; anything else is a bug
 and keeps its traceback.

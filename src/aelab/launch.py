@@ -4,10 +4,13 @@ Lightning reads it, without importing Lightning (``--help`` stays light)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import time
 from pathlib import Path
+
+from aelab.errors import AelabError, ConfigError
 
 
 def launched_externally() -> bool:
@@ -46,8 +49,6 @@ def run_stamp(pattern: str) -> str:
     if "TORCHELASTIC_RUN_ID" in env:
         if env.get("WORLD_SIZE") != env.get("LOCAL_WORLD_SIZE"):
             if env["TORCHELASTIC_RUN_ID"] in ("", "none"):
-                from aelab.errors import ConfigError
-
                 raise ConfigError(
                     "torchrun across nodes needs a launch id that names the run's folder: "
                     "torchrun --rdzv-id=<a new id per run> ..."
@@ -81,10 +82,6 @@ def cluster_plugins(strategy: object) -> list:
 def raised_in_spawned_process(error: BaseException) -> BaseException:
     """What a process spawned by the fit raised, as the error it was there (torch only passes its
     traceback as text): an aelab error keeps its one-line message; anything else stays as it is."""
-    import importlib
-
-    from aelab.errors import AelabError
-
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     name, _, message = last.partition(": ")

@@ -105,13 +105,19 @@ def import_targets(spec: Any, key: str) -> None:
     for where, target in targets(spec, key):
         if target in REGISTRY:
             continue
-        module_name, _, _ = target.rpartition(".")
-        try:
-            importlib.import_module(module_name)
-        except ImportError as err:
-            raise ConfigError(f"{where}={target}: cannot import {module_name} ({err})") from None
+        check_importable(where, target)
         if target not in REGISTRY:
             raise ConfigError(
                 f"{where}={target} is not a registered aelab class; decorate the class with "
                 "@aelab.registry.register so that checkpoints of it can be loaded safely"
             )
+
+
+def check_importable(key: str, target: Any) -> None:
+    module_name, _, attribute = str(target).rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"{key}={target}: cannot import {module_name or target} ({err})") from None
+    if not hasattr(module, attribute):
+        raise ConfigError(f"{key}={target}: {module_name} has no {attribute}")

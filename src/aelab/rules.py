@@ -60,28 +60,23 @@ class Int(Rule):
 
 @dataclass(frozen=True)
 class Number(Rule):
-    above: float = 0.0  # exclusive, unless from_zero
+    """An integer or a float: ``min`` and ``max`` inclusive, ``above`` exclusive."""
+
+    min: float | None = None
+    above: float | None = None
     max: float | None = None
-    from_zero: bool = False
 
     def accepts_value(self, value: Any) -> bool:
-        if not (is_int(value) or isinstance(value, float)):
-            return False
-        low_ok = value >= 0 if self.from_zero else value > self.above
-        return low_ok and (self.max is None or value <= self.max)
+        return (
+            (is_int(value) or isinstance(value, float))
+            and (self.min is None or value >= self.min)
+            and (self.above is None or value > self.above)
+            and (self.max is None or value <= self.max)
+        )
 
     def describe(self) -> str:
-        low = "a number >= 0" if self.from_zero else f"a number > {self.above:g}"
-        return low + (f" and <= {self.max:g}" if self.max is not None else "")
-
-
-@dataclass(frozen=True)
-class NonNegative(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return (is_int(value) or isinstance(value, float)) and value >= 0
-
-    def describe(self) -> str:
-        return "a number >= 0"
+        bounds = ((">=", self.min), (">", self.above), ("<=", self.max))
+        return "a number" + " and".join(f" {sign} {bound:g}" for sign, bound in bounds if bound is not None)
 
 
 @dataclass(frozen=True)
@@ -107,11 +102,13 @@ class Flag(Rule):
 
 @dataclass(frozen=True)
 class Text(Rule):
+    empty: bool = False  # a plain ``str`` annotation takes "" too
+
     def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, str) and value.strip() != ""
+        return isinstance(value, str) and (self.empty or value.strip() != "")
 
     def describe(self) -> str:
-        return "a non-empty string"
+        return "a string" if self.empty else "a non-empty string"
 
 
 @dataclass(frozen=True)
@@ -135,28 +132,10 @@ class IntList(Rule):
 
 
 @dataclass(frozen=True)
-class Str(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return isinstance(value, str)
-
-    def describe(self) -> str:
-        return "a string"
-
-
-@dataclass(frozen=True)
-class Real(Rule):
-    def accepts_value(self, value: Any) -> bool:
-        return is_int(value) or isinstance(value, float)
-
-    def describe(self) -> str:
-        return "a number"
-
-
-@dataclass(frozen=True)
 class ListOf(Rule):
     """A list whose every item the ``item`` rule accepts (``length``: exactly that many)."""
 
-    item: Rule = Real()
+    item: Rule = Number()
     length: int | None = None
 
     def accepts_value(self, value: Any) -> bool:
@@ -208,10 +187,9 @@ class Group(Rule):
 @dataclass(frozen=True)
 class Unsupported(Rule):
     reason: str = ""
-    harmless: tuple = ()  # values that change nothing
 
     def accepts(self, value: Any) -> bool:
-        return any(value == v and type(value) is type(v) for v in self.harmless)
+        return False
 
     def describe(self) -> str:
         return self.reason
@@ -240,28 +218,23 @@ def message(key: str, value: Any, rule: Rule) -> str:
     return f"{key}={hydra_value(value)} is invalid: it must be {rule.allowed}"
 
 
-def argument_rule(target: str, name: str) -> Rule | None:
-    """The rule the class ``target`` declares for its argument ``name`` by its type annotation
-    (``aelab.constraints``); ``None`` where the annotation says nothing checkable (``Any``, a tensor)."""
+def argument_rule(target: Any, name: str) -> Rule | None:
+    """The rule the class ``target`` (or its name) declares for its argument ``name`` by its type
+    annotation (``aelab.constraints``); ``None`` where the annotation says nothing checkable (``Any``,
+    a tensor)."""
     hints = type_hints(target)
     return annotation_rule(hints[name]) if name in hints else None
 
 
 @functools.cache
-def type_hints(target: str) -> dict[str, Any]:
+def type_hints(target: Any) -> dict[str, Any]:
+    """The annotations of a class's ``__init__`` or a function, ``target`` given as itself or by name."""
     from hydra.utils import get_object
 
     try:
-        return _hints_of(get_object(target))
-    except Exception:  # noqa: BLE001 - a target that does not import is reported where it is built
-        return {}
-
-
-@functools.cache
-def _hints_of(built: Any) -> dict[str, Any]:
-    try:
+        built = get_object(target) if isinstance(target, str) else target
         return typing.get_type_hints(built.__init__ if inspect.isclass(built) else built, include_extras=True)
-    except Exception:  # noqa: BLE001 - annotations that do not evaluate declare nothing checkable
+    except Exception:  # noqa: BLE001 - not importable: reported where it is built; else nothing checkable
         return {}
 
 
@@ -275,8 +248,8 @@ def annotation_rule(annotation: Any) -> Rule | None:
         high = next((m.max for m in args[1:] if isinstance(m, AtMost)), None)
         if isinstance(rule, Int):
             return Int(min=None if low is None else int(low), max=None if high is None else int(high))
-        if isinstance(rule, Real) and low == 0:
-            return NonNegative() if high is None else Number(from_zero=True, max=float(high))
+        if isinstance(rule, Number):
+            return Number(min=low, max=high)
         return rule
     if origin in (typing.Union, types.UnionType):
         found = [annotation_rule(a) for a in args if a is not type(None)]
@@ -294,14 +267,13 @@ def annotation_rule(annotation: Any) -> Rule | None:
             return None
         fixed = origin is tuple and Ellipsis not in args
         return ListOf(item=item, length=len(args) if fixed else None)
-    return {bool: Flag(), int: Int(), float: Real(), str: Str()}.get(annotation)
+    return {bool: Flag(), int: Int(), float: Number(), str: Text(empty=True)}.get(annotation)
 
 
 def check_arguments(cls: type, arguments: collections.abc.Mapping[str, Any], prefix: str) -> None:
     """Check the arguments a class is about to be built with (``prefix``: the config key they sit
     under, e.g. ``model.encoder``) by the rules its signature declares."""
-    hints = _hints_of(cls)
     for name, value in arguments.items():
-        rule = annotation_rule(hints[name]) if name in hints else None
+        rule = argument_rule(cls, name)
         if rule is not None and not rule.accepts(value):
             raise ConfigError(message(f"{prefix}.{name}", value, rule))
