@@ -201,13 +201,13 @@ def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None
             built.append(key.removesuffix("._target_"))
         copied_from = _copied_from(cfg, key)
         rule = (task_rules or {}).get(key) or rule_of(cfg, key, typed=copied_from is None)
+        target = _target_of_group(cfg, key)
         if rule is None:
-            raise ConfigError(unknown_key_message(key, hydra_value(value), target=_target_of_group(cfg, key)))
+            raise ConfigError(unknown_key_message(key, hydra_value(value), target=target))
         if from_checkpoint and key.startswith("data."):
             rule = replace(rule, null=True)
         if not rule.accepts(value):
             raise ConfigError(message(key, value, rule))
-        target = _target_of_group(cfg, key)
         declared = argument_rule(target, key.rpartition(".")[2]) if copied_from and target else None
         if declared is not None and not declared.accepts(value):
             # reported where it was typed: model.latent_dim=null, not the encoder's copy of it

@@ -220,8 +220,7 @@ def message(key: str, value: Any, rule: Rule) -> str:
 
 def argument_rule(target: Any, name: str) -> Rule | None:
     """The rule the class ``target`` (or its name) declares for its argument ``name`` by its type
-    annotation (``aelab.constraints``); ``None`` where the annotation says nothing checkable (``Any``,
-    a tensor)."""
+    annotation (``aelab.constraints``); ``None`` where it says nothing checkable (``Any``, a tensor)."""
     hints = type_hints(target)
     return annotation_rule(hints[name]) if name in hints else None
 
