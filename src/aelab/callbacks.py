@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
@@ -20,27 +21,14 @@ from aelab.paths import command_line
 from aelab.report.plots import image_grid
 
 
-def epochs_done(trainer: L.Trainer) -> int:
-    """Epochs finished once the current one ends (1 = after the first): the x-axis of every
-    per-epoch chart, as the README describes them (Lightning's own x is optimiser steps)."""
-    return trainer.current_epoch + 1
-
-
-def reconstruction_grid(inputs: Tensor, reconstructions: Tensor) -> Tensor:
-    """A (3, H, W) image in [0, 1]: the inputs as one row over their reconstructions."""
-    return image_grid(torch.cat([inputs, reconstructions]), nrow=len(inputs))
-
-
 def first_validation_images(trainer: L.Trainer, count: int) -> Tensor:
     """The first ``count`` validation images: the val loader is unshuffled, so they are fixed."""
-    batches = []
-    seen = 0
+    batches: list[Tensor] = []
     for images, _ in trainer.val_dataloaders or ():
-        batches.append(images[: count - seen])
-        seen += len(batches[-1])
-        if seen >= count:
+        batches.append(images)
+        if sum(map(len, batches)) >= count:
             break
-    return torch.cat(batches)
+    return torch.cat(batches)[:count]
 
 
 class ReconstructionGrid(L.Callback):
@@ -64,10 +52,12 @@ class ReconstructionGrid(L.Callback):
             reconstructions = pl_module(images)
         if not torch.isfinite(reconstructions).all():
             return  # the module stops the run with a clear message; no garbage image first
-        grid = reconstruction_grid(images, reconstructions).cpu()
+        # the inputs as one row over their reconstructions: (3, H, W) in [0, 1]
+        grid = image_grid(torch.cat([images, reconstructions]), nrow=len(images)).cpu()
         for logger in loggers:
-            # in the x each logger plots its metrics against (aelab.loggers.TensorBoardLogger: epochs)
-            step = epochs_done(trainer) if isinstance(logger, TensorBoardLogger) else trainer.global_step
+            # in the x each logger plots its metrics against: aelab.loggers.TensorBoardLogger's is epochs
+            # done (1 = after the first epoch), the others' Lightning's optimiser steps
+            step = trainer.current_epoch + 1 if isinstance(logger, TensorBoardLogger) else trainer.global_step
             log_image(logger, "val/reconstructions", grid, step)
 
 
@@ -258,8 +248,7 @@ class EpochTimer(L.Callback):
 class FirstStepTimer(L.Callback):
     """Prints the seconds from ``AELAB_T0`` (set by whoever launched the process) to the first step."""
 
-    def __init__(self) -> None:
-        self._done = False
+    _done = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._done and "AELAB_T0" in os.environ:
@@ -308,11 +297,11 @@ def resume_sweep_command() -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from aelab.search import resume_command as sweep_command
+
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    given = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not a.startswith("hydra.sweep.dir=")]
-    sweep_dir = HydraConfig.get().sweep.dir
-    return " ".join([command_line(), "-m", *map(shlex.quote, given), f"\"hydra.sweep.dir='{sweep_dir}'\""])
+    return sweep_command(Path(HydraConfig.get().sweep.dir))
 
 
 def resume_command(ckpt_path: str) -> str:

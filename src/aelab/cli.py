@@ -85,10 +85,7 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
 
         err = user_error(raised, Path(cfg.paths.output_dir)) or raised
         if multirun and not isinstance(err, RunDirectoryBusy):
-            if isinstance(err, AelabError):
-                log.error("job failed: %s", err)
-            else:
-                log.exception("job failed: %s", err)
+            log.error("job failed: %s", err, exc_info=not isinstance(err, AelabError))  # a bug with its traceback
             record_failure(Path(cfg.paths.output_dir), error_line(err))
             return None
         if isinstance(err, AelabError):
@@ -137,7 +134,7 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
         library_line = library_user_error(cause)
         if library_line is not None:
             return ConfigError(library_line)
-        if isinstance(cause, OSError) and cause.errno in USER_OS_ERRORS:
+        if isinstance(cause, OSError) and cause.errno in OS_ERROR_FIXES:
             return ConfigError(os_error_line(cause, output_dir))
         if isinstance(cause, MisconfigurationException):
             return ConfigError(f"Lightning refuses the trainer settings: {first_line(cause)}")
@@ -163,8 +160,7 @@ def library_user_error(err: BaseException) -> str | None:
     return None
 
 
-# what a user can fix: full disks and quotas, permissions, read-only mounts, missing folders
-USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENAMETOOLONG}
+# what a user can fix (full disks and quotas, permissions, read-only mounts, missing folders) -> how
 OS_ERROR_FIXES = {
     errno.ENOSPC: "free some space",
     errno.EDQUOT: "free some space within your quota",
@@ -177,51 +173,46 @@ OS_ERROR_FIXES = {
 
 
 def os_error_line(err: OSError, output_dir: Path | None) -> str:
-    path = err.filename or "a file"
-    fix = OS_ERROR_FIXES.get(err.errno, "fix the path") if err.errno is not None else "fix the path"
-    line = f"{path}: {err.strerror or err}; {fix}"
+    fix = OS_ERROR_FIXES[err.errno]  # type: ignore[index]  # one of them: user_error checked
+    line = f"{err.filename or 'a file'}: {err.strerror or err}; {fix}"
     # a training run (it has checkpoints) can go on from its last one; eval and analyze just rerun
     if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None and (output_dir / "checkpoints").is_dir():
         from aelab.callbacks import resume_command, resume_sweep_command
         from aelab.runs import last_checkpoint
 
-        kept = last_checkpoint(output_dir)
-        sweep = resume_sweep_command()
-        line += (
-            f", then resume the sweep with: {sweep}"
-            if sweep
-            else f", then resume with: {resume_command(str(kept))}"
-            if kept
-            else ""
-        )
+        sweep, kept = resume_sweep_command(), last_checkpoint(output_dir)
+        if sweep:
+            line += f", then resume the sweep with: {sweep}"
+        elif kept:
+            line += f", then resume with: {resume_command(str(kept))}"
     return line
 
 
 def first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def hydra_error_line(err: BaseException, argv: list[str]) -> str:
     """Hydra's multi-line composition errors as one line in the schema's wording."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
+    def typed(key: str) -> str:
+        return next((arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == key), "...")
+
     text = str(err)
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if isinstance(err, MissingConfigException) and missing:
-        group, option = missing.groups()
-        options = re.findall(r"^\t(\S+)$", text, re.MULTILINE)
-        allowed = f"one of {', '.join(options)}" if options else f"an option of configs/{group}/"
+    if isinstance(err, MissingConfigException) and "Could not find '" in text and err.missing_cfg_file:
+        # an option of a config group that does not exist; Hydra lists the ones that do
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        allowed = f"one of {', '.join(err.options)}" if err.options else f"an option of configs/{group}/"
         return f"{group}={option} is invalid: it must be {allowed}"
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)
-        typed = next((arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == key), "...")
         if "not in struct" in str(err.__cause__) and not key.startswith("hydra."):
             from aelab.config import unknown_key_message
 
-            return unknown_key_message(key, typed, entry_point())
-        return f"{key}={typed} is invalid: {first_line(err.__cause__ or err)}"
+            return unknown_key_message(key, typed(key), entry_point())
+        return f"{key}={typed(key)} is invalid: {first_line(err.__cause__ or err)}"
     if isinstance(err, OverrideParseException):
         lines = text.splitlines()
         reason = lines[0]
@@ -235,31 +226,15 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> str:
         )
     exists = re.search(r"An item is already at '([^']+)'", text)
     if exists:
-        key = exists.group(1)
-        typed = next((arg.split("=", 1)[1] for arg in argv if arg.split("=", 1)[0] == f"+{key}"), "...")
-        return f"+{key}={typed} adds a key that exists; set it without the +, e.g. {key}={typed}"
+        key, value = exists.group(1), typed(f"+{exists.group(1)}")
+        return f"+{key}={value} adds a key that exists; set it without the +, e.g. {key}={value}"
     if "Config group override must be a string" in text:
         group = next((arg.split("=", 1)[0] for arg in argv if arg.endswith("=null") and "." not in arg), "a group")
         return (
             f"{group}=null is invalid: a config group is chosen by name, e.g. {group}=<option>, or left out "
             f"with ~{group}"
         )
-    cause = err.__cause__
-    parts = [first_line(err)] + ([first_line(cause)] if cause is not None else [])
-    return "; ".join(parts)
-
-
-def is_composition_error(err: BaseException) -> bool:
-    """Hydra could not compose the config the command line asks for."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
-        SearchPathException,
-    )
-
-    composition = (ConfigCompositionException, MissingConfigException, OverrideParseException, SearchPathException)
-    return isinstance(err, composition) or "Config group override must be a string" in str(err)
+    return "; ".join(first_line(e) for e in (err, err.__cause__) if e is not None)
 
 
 def _reraise(err: BaseException) -> None:
@@ -271,13 +246,18 @@ def one_line_errors() -> Iterator[None]:
     """Around an entry point's ``main()``: Hydra's own errors (unknown keys and options, override
     syntax) become one ``aelab: error:`` line and exit 2 like every other user mistake."""
 
+    from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+
+    # Hydra could not compose the config the command line asks for (MissingConfigException is one)
+    composition = (ConfigCompositionException, OverrideParseException, SearchPathException)
+
     def report(func: Callable[[], Any]) -> Any:
         try:
             return func()
         except Exception as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            if is_composition_error(err):
+            if isinstance(err, composition) or "Config group override must be a string" in str(err):
                 line = hydra_error_line(err, sys.argv[1:])
             else:
                 user = user_error(err)

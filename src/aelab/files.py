@@ -62,16 +62,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def _fsync_directory(directory: Path) -> None:
     # the rename itself reaches the disk only when the directory entry does
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_temporaries(directory: Path) -> list[Path]:

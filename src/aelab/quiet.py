@@ -25,14 +25,11 @@ def quiet_known_warnings() -> None:
     logging.getLogger("openTSNE").setLevel(logging.WARNING)
     # advertisements for Lightning's cloud services, printed on every run
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropAdvert) for f in rank_zero_log.filters):
-        rank_zero_log.addFilter(_DropAdvert())
+    if _not_an_advert not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_not_an_advert)
 
 
-class _DropAdvert(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage().lower()
-        # and the note that configs/callbacks adds its own ModelSummary (to set its depth)
-        return not any(
-            noise in message for noise in ("litlogger", "litmodels", "already configured with model summary")
-        )
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    message = record.getMessage().lower()
+    # and the note that configs/callbacks adds its own ModelSummary (to set its depth)
+    return not any(noise in message for noise in ("litlogger", "litmodels", "already configured with model summary"))

@@ -45,13 +45,13 @@ def distributions(params: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(spec, dict):
             raise ConfigError(f"{SPACE_KEY}.{key}={spec} is invalid: give {SPACE_RULE}")
         if set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"]:
-            space[key] = d.CategoricalDistribution([_stored_choice(c) for c in spec["choices"]])
+            stored = [override_text(c) if isinstance(c, (list, dict)) else c for c in spec["choices"]]
+            space[key] = d.CategoricalDistribution(stored)
             continue
-        bounds = [spec.get("low"), spec.get("high")]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bounds):
-            raise ConfigError(f"{SPACE_KEY}.{key}={_shown(spec)} is invalid: give {SPACE_RULE}")
-        low, high = float(bounds[0]), float(bounds[1])  # type: ignore[arg-type]  # numbers, checked above
-        if set(spec) - {"low", "high", "log", "int"} or not low < high:
+        low: Any = spec.get("low")
+        high: Any = spec.get("high")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+        if not numbers or set(spec) - {"low", "high", "log", "int"} or not low < high:
             raise ConfigError(f"{SPACE_KEY}.{key}={_shown(spec)} is invalid: give {SPACE_RULE}")
         log_scale = bool(spec.get("log", False))
         if log_scale and low <= 0:
@@ -59,14 +59,10 @@ def distributions(params: Mapping[str, Any]) -> dict[str, Any]:
         if spec.get("int", False):
             space[key] = d.IntDistribution(int(low), int(high), log=log_scale)
         else:
-            space[key] = d.FloatDistribution(low, high, log=log_scale)
+            space[key] = d.FloatDistribution(float(low), float(high), log=log_scale)
     if not space:
         raise ConfigError(f"{SPACE_KEY} is empty: name the keys to search, e.g. model.optimizer.lr: {SPACE_RULE}")
     return space
-
-
-def _stored_choice(choice: Any) -> Any:
-    return override_text(choice) if isinstance(choice, (list, dict)) else choice
 
 
 def _shown(spec: Any) -> str:
@@ -160,12 +156,8 @@ class Search:
         done = [t for t in self.study.trials if t.state.is_finished()]
         interrupted = [t.number for t in self.study.trials if t.state == TrialState.RUNNING]
         if done or interrupted:
-            log.info(
-                "search: %d trials in %s, %d to run again (interrupted)",
-                len(done),
-                self.sweep_dir / STORAGE,
-                len(interrupted),
-            )
+            stored_in = self.sweep_dir / STORAGE
+            log.info("search: %d trials in %s, %d to run again (interrupted)", len(done), stored_in, len(interrupted))
         log.info("search: resume it if it stops with: %s", resume_command(self.sweep_dir))
         finished = len(done)
         while interrupted or finished < self.n_trials:
@@ -213,16 +205,13 @@ class Search:
 
 
 def resume_command(sweep_dir: Path) -> str:
+    """The sweep's own command (``-m`` and its overrides) into ``sweep_dir``: it goes on where it stopped."""
     given = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not a.startswith("hydra.sweep.dir=")]
     return " ".join([command_line(), "-m", *map(shlex.quote, given), f"\"hydra.sweep.dir='{sweep_dir}'\""])
 
 
 def write_trials_report(
-    study: Any,
-    sweep_dir: Path,
-    fixed: Sequence[str] = (),
-    errors: Mapping[int, str] | None = None,
-    figure_files: Any = None,
+    study: Any, sweep_dir: Path, fixed: Sequence[str], errors: Mapping[int, str], figure_files: Any
 ) -> list[dict[str, Any]]:
     """``trials.csv``/``.md`` (every trial: its values, state and result; the command that trains
     the best one, ``fixed`` overrides included) and the ``trials`` figure (the result by trial and
@@ -237,7 +226,7 @@ def write_trials_report(
         row.update({k: trial.params.get(k) for k in keys})
         if trial.value is None:
             saved = runs.read_summary(sweep_dir / f"{TRIAL_DIR}{trial.number}").get("error")
-            row["error"] = (errors or {}).get(trial.number) or str(saved or "").split("\n")[0]
+            row["error"] = errors.get(trial.number) or str(saved or "").split("\n")[0]
         row["folder"] = f"{TRIAL_DIR}{trial.number}"
         rows.append(row)
     complete = [r for r in rows if r[VAL_MSE_BEST] is not None]

@@ -133,10 +133,9 @@ def per_class_mean(values: np.ndarray, labels: np.ndarray, classes) -> dict[str,
 
 def anomaly_auroc(errors: np.ndarray, labels: np.ndarray, normal_classes) -> float:
     """AUROC of reconstruction error as a score for "not one of ``normal_classes``"."""
-    from sklearn.metrics import roc_auc_score
+    from aelab.report.audit import auroc
 
-    is_anomaly = ~np.isin(labels, list(normal_classes))
-    return float(roc_auc_score(is_anomaly, errors))
+    return auroc(errors, ~np.isin(labels, list(normal_classes)))
 
 
 def fit_gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,23 @@ def _pyplot():
     return plt
 
 
+def _titled(fig, title: str, ax=None):
+    """``fig`` laid out, with ``title`` over ``ax`` (over the whole figure without one)."""
+    if ax is None:
+        fig.suptitle(title)
+    else:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _image(ax, image) -> None:
+    """A 28x28 image in [-1, 1] on ``ax``, without ticks."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.imshow(np.asarray(image).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+
+
 @dataclass(frozen=True)
 class FigureFiles:
     """How every figure file is written: ``figure_format`` (png to look at; pdf or svg, vector, for a
@@ -65,68 +82,51 @@ def latent_map(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
         mask = labels == index
         ax.scatter(points[mask, 0], points[mask, 1], s=3, color=cmap(index), label=name, alpha=0.7)
     ax.legend(title="class", markerscale=4, loc="center left", bbox_to_anchor=(1, 0.5))
-    ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    return fig
+    return _titled(fig, title, ax)
 
 
 def per_class_errors(errors: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(classes)), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(7, 0.8 * len(classes)), 4))
     ax.boxplot([errors[labels == c] for c in range(len(classes))], showfliers=False)
     ax.set_xticks(range(1, len(classes) + 1), list(classes), rotation=30 if max(map(len, classes)) > 2 else 0)
     ax.set_xlabel("class")
     ax.set_ylabel("reconstruction MSE per image")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _titled(fig, title, ax)
 
 
 def image_rows(rows: Sequence[np.ndarray], row_titles: Sequence[str], title: str):
     """Rows of 28x28 images in [-1, 1]."""
-    plt = _pyplot()
     n_cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * 0.9, len(rows) * 1.0 + 0.4), squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(n_cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(row):
-                ax.imshow(np.asarray(row[j]).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
-            else:
-                ax.axis("off")
-        axes[i, 0].set_ylabel(row_titles[i], rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    layout = [(heading, row, None) for heading, row in zip(row_titles, rows, strict=True)]
+    return _image_table(layout, n_cols, (n_cols * 0.9, len(rows) * 1.0 + 0.4), title)
 
 
 def captioned_images(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str, n_cols: int = 8):
     """Sections of 28x28 images in [-1, 1], each image over its caption (e.g. ``7 -> 1``); a
     section, ``(heading, images, captions)``, starts on a new row with its heading on the left."""
-    plt = _pyplot()
     layout = [
         (heading if start == 0 else "", images[start : start + n_cols], captions[start : start + n_cols])
         for heading, images, captions in sections
         for start in range(0, max(len(images), 1), n_cols)
     ]
-    fig, axes = plt.subplots(len(layout), n_cols, figsize=(n_cols * 1.1, len(layout) * 1.35 + 0.5), squeeze=False)
+    return _image_table(layout, n_cols, (n_cols * 1.1, len(layout) * 1.35 + 0.5), title)
+
+
+def _image_table(layout: list[tuple[str, Any, Any]], n_cols: int, figsize: tuple[float, float], title: str):
+    """One row per ``(heading, images, captions or None)``, the heading on the left."""
+    fig, axes = _pyplot().subplots(len(layout), n_cols, figsize=figsize, squeeze=False)
     for row, (heading, images, captions) in zip(axes, layout, strict=True):
         for j, ax in enumerate(row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(images):
-                ax.imshow(np.asarray(images[j]).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
-                ax.set_title(captions[j], fontsize=7)
-            else:
+            if j >= len(images):
                 ax.axis("off")
+                continue
+            _image(ax, images[j])
+            if captions is not None:
+                ax.set_title(captions[j], fontsize=7)
         row[0].set_ylabel(heading, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _titled(fig, title)
 
 
 def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, np.ndarray]], classes, title: str):
@@ -152,30 +152,23 @@ def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, n
             ]
         for ax, image, caption in cells:
             ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(np.asarray(image).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+            _image(ax, image)
             ax.set_title(caption, fontsize=7, loc="left" if ":" in caption else "center")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _titled(fig, title)
 
 
 def decoded_sweep(images: np.ndarray, across: np.ndarray, down: np.ndarray, axes: Sequence[int], title: str):
     """A decoded sweep over two code axes, ``len(down)`` rows of ``len(across)`` 28x28 images in
     [-1, 1], with the code values each column and row was decoded from as its ticks."""
-    plt = _pyplot()
     steps_x, steps_y = len(across), len(down)
     mosaic = np.asarray(images).reshape(steps_y, steps_x, 28, 28).transpose(0, 2, 1, 3).reshape(steps_y * 28, -1)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * steps_x, 1.2 + 0.5 * steps_y))
+    fig, ax = _pyplot().subplots(figsize=(1.5 + 0.5 * steps_x, 1.2 + 0.5 * steps_y))
     ax.imshow(mosaic, cmap="gray", vmin=-1, vmax=1)
     ax.set_xticks(14 + 28 * np.arange(steps_x), [f"{v:.3g}" for v in across], rotation=90, fontsize=7)
     ax.set_yticks(14 + 28 * np.arange(steps_y), [f"{v:.3g}" for v in down], fontsize=7)
     ax.set_xlabel(f"z{axes[0]}")
     ax.set_ylabel(f"z{axes[1]}")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _titled(fig, title, ax)
 
 
 def _latent_size_axis(ax, sizes) -> None:
@@ -193,13 +186,17 @@ def series(row: dict) -> str:
     return row["backbone"] if objective == "plain" else f"{row['backbone']} {objective}"
 
 
+def _series_lines(ax, rows: list[dict], key: str, suffix: str = "", marker: str = "o", linestyle: str = "-") -> None:
+    """``key`` against latent size, one line per ``series``."""
+    for name in sorted({series(r) for r in rows}):
+        points = sorted((r["latent_size"], r[key]) for r in rows if series(r) == name)
+        ax.plot(*zip(*points, strict=True), marker=marker, linestyle=linestyle, label=name + suffix)
+
+
 def mse_vs_latent_size(rows: list[dict], data: str):
     """Best val MSE against latent size, one line per backbone and objective, PCA of the same size dashed."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in sorted({series(r) for r in rows}):
-        points = sorted((r["latent_size"], r[VAL_MSE_BEST]) for r in rows if series(r) == name)
-        ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    _series_lines(ax, rows, VAL_MSE_BEST)
     pca = sorted({(r["latent_size"], r[VAL_PCA_MSE]) for r in rows if r[VAL_PCA_MSE] is not None})
     if pca:
         ax.plot(*zip(*pca, strict=True), linestyle="--", color="gray", marker=".", label="PCA")
@@ -207,55 +204,27 @@ def mse_vs_latent_size(rows: list[dict], data: str):
         _latent_size_axis(ax, [r["latent_size"] for r in rows])
         ax.legend()
     ax.set_ylabel(f"{VAL_MSE_BEST} ([-1, 1] scale)")
-    ax.set_title(f"Reconstruction error against bottleneck size ({data})")
-    fig.tight_layout()
-    return fig
-
-
-def reconstructions_by_latent_size(panels: list[tuple[str, Any]], data: str):
-    """Rows of images: the inputs, then each job's reconstructions of them."""
-    return image_rows(
-        [np.asarray(images.cpu()) for _, images in panels],
-        [title for title, _ in panels],
-        f"Reconstructions of fixed validation images by latent size ({data})",
-    )
-
-
-def random_codes_by_job(panels: list[tuple[str, Any]], data: str):
-    """Rows of images: each job's decoding of codes drawn from N(0, I) with one seed."""
-    return image_rows(
-        [np.asarray(images) for _, images in panels],
-        [title for title, _ in panels],
-        f"Random codes from N(0, I) decoded, one row per job ({data})",
-    )
+    return _titled(fig, f"Reconstruction error against bottleneck size ({data})", ax)
 
 
 def metrics_vs_latent_size(rows: list[dict]):
     """kNN accuracy, clustering ACC and test MSE against latent size, one line per backbone and objective."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 3.8))
     n2d = any(r.get(UMAP_GMM_ACC) is not None for r in rows)
     panels = [
         (KNN_ACCURACY, "kNN accuracy"),
         (KMEANS_ACC, "clustering ACC (k-means; UMAP+GMM dashed)" if n2d else "clustering ACC (k-means)"),
         (TEST_MSE, TEST_MSE),
     ]
-    names = sorted({series(r) for r in rows})
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for name in names:
-            points = sorted((r["latent_size"], r[key]) for r in rows if series(r) == name)
-            ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        _series_lines(ax, rows, key)
         if key == KMEANS_ACC and n2d:
-            for name in names:
-                points = sorted((r["latent_size"], r[UMAP_GMM_ACC]) for r in rows if series(r) == name)
-                ax.plot(*zip(*points, strict=True), marker=".", linestyle="--", label=f"{name} UMAP+GMM")
+            _series_lines(ax, rows, UMAP_GMM_ACC, " UMAP+GMM", marker=".", linestyle="--")
         _latent_size_axis(ax, [r["latent_size"] for r in rows])
         ax.set_title(label)
         ax.legend(fontsize=7)
     data = ", ".join(sorted({r["data"] for r in rows}))
-    fig.suptitle(f"Latent-space quality against bottleneck size ({data})")
-    fig.tight_layout()
-    return fig
+    return _titled(fig, f"Latent-space quality against bottleneck size ({data})")
 
 
 def image_grid(images, nrow: int):
@@ -279,10 +248,9 @@ def save_image_grid(images, path, nrow: int) -> None:
 def search_trials(rows: list[dict], metric: str):
     """A search's trials in order: each complete trial's ``metric``, the best so far as a line,
     failed trials as crosses along the bottom."""
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     complete = [(r["trial"], r[metric]) for r in rows if r.get(metric) is not None]
     failed = [r["trial"] for r in rows if r.get(metric) is None and r.get("state") == "fail"]
     if complete:
@@ -296,7 +264,5 @@ def search_trials(rows: list[dict], metric: str):
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_ylabel(metric)
-    ax.set_title(f"search: {len(complete)} complete, {len(failed)} failed")
     ax.legend()
-    fig.tight_layout()
-    return fig
+    return _titled(fig, f"search: {len(complete)} complete, {len(failed)} failed", ax)

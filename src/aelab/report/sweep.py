@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -45,6 +46,8 @@ COLUMNS = [
     "status",
     "error",
 ]
+# the columns a job's run_summary.json holds as they are
+COPIED = ["data", "backbone", "latent_size", "params", VAL_MSE_BEST, VAL_MSE, ANOMALY_AUROC, "epochs"]
 # only in a sweep with one-class jobs (data.keep_classes), after latent_size
 ONE_CLASS_COLUMNS = [NORMAL_CLASSES, ANOMALY_AUROC]
 FIGURE_MSE = "mse_vs_latent_size"
@@ -67,24 +70,17 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         model_cfg = job_cfg.get("model") if isinstance(job_cfg, DictConfig) else None
         latent_dim = summary.get("latent_dim", model_cfg.get("latent_dim") if model_cfg else None)
         rows.append(
-            {
+            {k: summary.get(k) for k in COPIED}
+            | {
                 "job_num": job_num,
                 "job_dir": job_dir,
                 "job": job_dir.name,
-                "data": summary.get("data"),
-                "backbone": summary.get("backbone"),
                 "objective": summary.get("objective", "plain"),
                 "latent_dim": latent_dim if isinstance(latent_dim, int) else None,
-                "latent_size": summary.get("latent_size"),
-                "params": summary.get("params"),
                 "compression": _rounded(summary.get("compression"), 4),
-                VAL_MSE_BEST: summary.get(VAL_MSE_BEST),
-                VAL_MSE: summary.get(VAL_MSE),
                 VAL_PCA_MSE: None,
                 # names like Fashion-MNIST's "Ankle boot" hold spaces
                 NORMAL_CLASSES: ", ".join(summary.get(NORMAL_CLASSES) or []) or None,
-                ANOMALY_AUROC: summary.get(ANOMALY_AUROC),
-                "epochs": summary.get("epochs"),
                 "wall_time_s": _rounded(summary.get("wall_time_s"), 1),
                 "status": summary.get("status", "failed"),
                 "error": summary.get("error", ""),
@@ -133,16 +129,13 @@ def _open_runs(rows: list[dict[str, Any]]) -> dict[str, runs.LoadedRun]:
     return opened
 
 
-def _data_key(loaded: runs.LoadedRun) -> str:
-    return json.dumps(dict(loaded.datamodule.hparams), sort_keys=True, default=str)
-
-
 def add_pca_baseline(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun]) -> None:
     """PCA val MSE at each job's latent size, fit on that job's training split, on its val split."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}  # jobs on the same data share one PCA
     for row in rows:
         if row["job"] in opened:
-            groups.setdefault(_data_key(opened[row["job"]]), []).append(row)
+            data = json.dumps(dict(opened[row["job"]].datamodule.hparams), sort_keys=True, default=str)
+            groups.setdefault(data, []).append(row)
     for group in groups.values():
         datamodule = opened[group[0]["job"]].datamodule
         datamodule.setup()
@@ -156,33 +149,32 @@ def add_pca_baseline(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRu
 
 
 @torch.no_grad()
-def reconstruction_panels(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun], num_images: int = 8):
-    """Fixed validation inputs, then each job's reconstructions of them (the article's figure)."""
-    ok = _finished(rows, opened)
-    if not ok:
-        return []
-    datamodule = opened[ok[0]["job"]].datamodule
-    datamodule.setup()
-    inputs = normalize(datamodule.split("val")[0][:num_images])
-    panels = [("input", inputs)]
-    for row in ok:
-        panels.append((_panel_title(row), opened[row["job"]].model(inputs)))
-    return panels
-
-
-def random_code_panels(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun], num_images: int = 8):
-    """Each job's decoding of one seeded draw of codes from N(0, I): an objective with a prior
+def job_figures(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun], data: str, num_images: int = 8):
+    """One row per finished job: its reconstructions of fixed validation inputs (the article's
+    figure), and its decoding of one seeded draw of codes from N(0, I): an objective with a prior
     (the VAE) makes images of them, a plain autoencoder mostly does not."""
-    return [
-        (_panel_title(row), decode_random_codes(opened[row["job"]].model, num_images, 0, torch.device("cpu")))
-        for row in _finished(rows, opened)
-    ]
-
-
-def _finished(rows: list[dict[str, Any]], opened: dict[str, runs.LoadedRun]) -> list[dict[str, Any]]:
-    return sorted(
+    finished = sorted(
         (r for r in rows if r["job"] in opened), key=lambda r: (r["backbone"], r["latent_size"], plots.series(r))
     )
+    if not finished:
+        return {}
+    datamodule = opened[finished[0]["job"]].datamodule
+    datamodule.setup()
+    inputs = normalize(datamodule.split("val")[0][:num_images])
+    models = [opened[r["job"]].model for r in finished]
+    titles = [_panel_title(r) for r in finished]
+    return {
+        FIGURE_RECONSTRUCTIONS: plots.image_rows(
+            [np.asarray(inputs), *(np.asarray(model(inputs)) for model in models)],
+            ["input", *titles],
+            f"Reconstructions of fixed validation images by latent size ({data})",
+        ),
+        FIGURE_RANDOM_CODES: plots.image_rows(
+            [decode_random_codes(model, num_images, 0, torch.device("cpu")) for model in models],
+            titles,
+            f"Random codes from N(0, I) decoded, one row per job ({data})",
+        ),
+    }
 
 
 def _panel_title(row: dict[str, Any]) -> str:
@@ -207,13 +199,10 @@ def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None)
         "split; PCA: the best linear code of the same size, fit on the same training data." + one_class_line(rows),
     )
     sized = [r for r in rows if r["status"] == "ok" and r["latent_size"]]
-    panels = reconstruction_panels(rows, opened)
-    random_panels = random_code_panels(rows, opened)
     figures = {
         # a sweep that does not vary the latent size (a search, one-class digits) would stack its points at one x
         FIGURE_MSE: plots.mse_vs_latent_size(sized, data) if len({r["latent_size"] for r in sized}) > 1 else None,
-        FIGURE_RECONSTRUCTIONS: plots.reconstructions_by_latent_size(panels, data) if panels else None,
-        FIGURE_RANDOM_CODES: plots.random_codes_by_job(random_panels, data) if random_panels else None,
+        **job_figures(rows, opened, data),
     }
     from torch.utils.tensorboard import SummaryWriter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -50,11 +51,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_optimizer_settings(model)
     datamodule = instantiate(cfg.data)
     model.run_overrides = overrides
-    if launched_rank() != 0:
-        # one of the processes torchrun or srun started for one DDP run: the first one writes
-        return _train(cfg, model, datamodule, output_dir, started, writer=False)
-    with runs.exclusive(output_dir):
-        return _train(cfg, model, datamodule, output_dir, started, writer=True)
+    # of the processes torchrun or srun start for one DDP run, the first one writes
+    writer = launched_rank() == 0
+    with runs.exclusive(output_dir) if writer else contextlib.nullcontext():
+        return _train(cfg, model, datamodule, output_dir, started, writer=writer)
 
 
 def check_optimizer_settings(model: Any) -> None:
@@ -75,11 +75,8 @@ def check_search_is_a_multirun() -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return
-    hydra_config = HydraConfig.get()
-    search = hydra_config.runtime.choices.get("hparams_search")
-    if search and hydra_config.mode == RunMode.RUN:
+    search = HydraConfig.get().runtime.choices.get("hparams_search") if HydraConfig.initialized() else None
+    if search and HydraConfig.get().mode == RunMode.RUN:
         raise ConfigError(
             f"hparams_search={search} is a search over many runs, which Hydra starts only as a multirun: "
             f"add -m, e.g. python src/train.py -m hparams_search={search}"
@@ -116,12 +113,10 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     fast.speed_up(cfg.fast, model, datamodule, trainer, runs.load_checkpoint(ckpt_path) if ckpt_path else None)
-    resumed_run = None
-    if ckpt_path is not None and ckpt_path.parent.name == runs.CHECKPOINT_DIR:
-        resumed_run = runs.run_dir_of(ckpt_path)
-    if writer and resumed_run is not None and resumed_run.resolve() != output_dir.resolve():
-        runs.remove_leftovers(resumed_run)
     if ckpt_path is not None:
+        resumed_run = runs.run_dir_of(ckpt_path)
+        if writer and ckpt_path.parent.name == runs.CHECKPOINT_DIR and resumed_run.resolve() != output_dir.resolve():
+            runs.remove_leftovers(resumed_run)
         # a sweep job found unfinished may have done all its epochs: it only lacks its summary
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
         runs.check_resumable(ckpt_path, dict(model.hparams), asked)
@@ -133,6 +128,8 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     reported = trainer.callback_metrics
     metrics = {k: float(v) for k, v in reported.items() if v.numel() == 1}
     epoch_times = reported.get(EPOCH_TIMES)
+    saved = trainer.checkpoint_callback
+    last = runs.last_checkpoint(output_dir)
     summary = {
         "status": "ok",
         "dataset": datamodule.spec.name,
@@ -151,8 +148,8 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         "wall_time_s": time.perf_counter() - started,
         "epoch_times_s": epoch_times.tolist() if epoch_times is not None else None,
         "output_dir": str(output_dir),
-        "best_checkpoint": _checkpoint_path(trainer, "best_model_path"),
-        "last_checkpoint": _checkpoint_path(trainer, "last_model_path") or _existing(runs.last_checkpoint(output_dir)),
+        "best_checkpoint": getattr(saved, "best_model_path", None) or None,
+        "last_checkpoint": getattr(saved, "last_model_path", None) or (str(last) if last is not None else None),
         IDENTITY_KEY: identity,
     }
     if writer and datamodule.settings.keep_classes is not None:
@@ -201,13 +198,17 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     """``ckpt_path=`` resumes the run as it was started: the config is composed again from the
     overrides stored in the checkpoint, with this command's overrides on top. Returns the config
     and the overrides it was composed from (``None`` outside a Hydra command)."""
-    current = _command_line_overrides()
-    if not cfg.get("ckpt_path") or current is None:
-        return cfg, current
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    if not HydraConfig.initialized():
+        return cfg, None
+    # as typed: an override holding "${...}" is text here, resolved only in the config it makes
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    current = [str(o) for o in typed] if isinstance(typed, list) else []
+    if not cfg.get("ckpt_path"):
+        return cfg, current
     path = runs.resolve_ckpt_path(str(cfg.ckpt_path), Path(cfg.paths.log_dir) / "train")
     assert path is not None  # ckpt_path was given
     # resolved once: the overrides restored and the weights resumed come from the same file, even
@@ -218,7 +219,7 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
         return cfg, current
     log.info("resuming %s with the overrides it was started with: %s", path, " ".join(overrides))
     hydra = GlobalHydra.instance().hydra
-    assert hydra is not None  # inside a Hydra command (_command_line_overrides said so)
+    assert hydra is not None  # inside a Hydra command (HydraConfig said so)
     composed = hydra.compose_config(
         config_name=HydraConfig.get().job.config_name,
         overrides=overrides,
@@ -235,25 +236,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
         write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(composed))
         write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
     return composed, overrides
-
-
-def _command_line_overrides() -> list[str] | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    # as typed: an override holding "${...}" is text here, resolved only in the config it makes
-    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-    return [str(o) for o in typed] if isinstance(typed, list) else []
-
-
-def _checkpoint_path(trainer: L.Trainer, attribute: str) -> str | None:
-    callback = trainer.checkpoint_callback
-    return getattr(callback, attribute, None) or None
-
-
-def _existing(path: Path | None) -> str | None:
-    return str(path) if path is not None else None
 
 
 def limit_threads_for_parallel_jobs() -> None:
