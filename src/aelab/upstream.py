@@ -37,9 +37,7 @@ def count_logged_batches(trainer: Any, batches: int) -> None:
 
 
 @contextlib.contextmanager
-def hydra_errors_reported_by(
-    report: Callable[[Callable[[], Any]], Any],
-) -> Iterator[Callable[[Callable[[], Any]], Any]]:
+def hydra_errors_reported_by(report: Reporter) -> Iterator[Reporter]:
     """Within the block, Hydra reports the errors of composing a config and of the task through
     ``report`` instead of printing its own block of text; yields Hydra's own reporter, for what
     ``report`` leaves to it. Hydra has no public hook for the wording of composition errors

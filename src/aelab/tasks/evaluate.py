@@ -31,7 +31,7 @@ EVAL_GRID_IMAGES = 16
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     quiet_known_warnings()
-    loaded = runs.open_run(cfg.ckpt_path, **runs.where(cfg))
+    loaded = runs.open_for(cfg, device="cpu")  # the Trainer moves it
     model, datamodule = loaded.model, loaded.datamodule
     trainer = instantiate(
         cfg.trainer,
