@@ -24,7 +24,6 @@ import os
 import pickle
 import shutil
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +68,7 @@ _NOT_FROM_CHECKPOINTS = {"download": False, "mirrors": None, "num_workers": 0}
 
 
 def read_summary(run_dir: Path, name: str = SUMMARY_FILE) -> dict[str, Any]:
-    """The run's summary (or its file ``name``); ``{}`` when there is none or it is unreadable (a run
-    that never finished)."""
+    """The run's summary (or ``name``); ``{}`` when there is none or it is unreadable (a run that never finished)."""
     try:
         summary = json.loads((Path(run_dir) / name).read_text())
     except (OSError, ValueError):
@@ -147,7 +145,7 @@ class RunDirectoryBusy(ConfigError):
     """Another process holds the run directory: nothing may be written there, not even a failure."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def exclusive(run_dir: Path):
     """Hold ``run_dir`` for one training process: a second one stops instead of overwriting it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,8 +165,8 @@ def exclusive(run_dir: Path):
 def discard_unstarted(run_dir: Path, log_root: Path) -> bool:
     """Remove ``run_dir`` when its command failed before producing anything there (a folder holding
     only Hydra's copy of the config, the lock, the log and empty folders would clutter logs/ and
-    TensorBoard's run list).
-    Only a folder inside the log root with nothing else in it; returns whether it was removed."""
+    TensorBoard's run list). Only a folder inside the log root with nothing else in it; returns
+    whether it was removed."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not run_dir.resolve().is_relative_to(Path(log_root).resolve()):
         return False
@@ -222,15 +220,13 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The jobs of a sweep directory, in directory-name order."""
     return sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/config.yaml"))
 
 
 def is_debug_run(run_dir: Path) -> bool:
     """Started with ``debug=...`` (a wiring check, never the run to resume or measure)."""
-    overrides = Path(run_dir) / ".hydra" / "overrides.yaml"
     try:
-        lines = overrides.read_text().splitlines()
+        lines = (Path(run_dir) / ".hydra" / "overrides.yaml").read_text().splitlines()
     except OSError:
         return False
     return any(line.lstrip("- '\"").startswith(("debug=", "+debug=")) for line in lines)
@@ -409,13 +405,12 @@ def open_run(
             "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
         )
     root = project_root()
-    runs_of = Path(log_dir if log_dir is not None else root / "logs") / "train"
     if str(source) != "last" and Path(source).is_dir():
         path = last_checkpoint(Path(source))
         if path is None:
             raise CheckpointError(f"{source} holds no {CHECKPOINT_DIR}/{LAST}; pass a run directory or a .ckpt file")
     else:
-        path = resolve_ckpt_path(str(source), runs_of)
+        path = resolve_ckpt_path(str(source), Path(log_dir if log_dir is not None else root / "logs") / "train")
     assert path is not None  # a source was given
     fallback = data_dir if data_dir is not None else os.environ.get("AELAB_DATA_DIR", root / "data")
     checkpoint = load_checkpoint(path, map_location)
@@ -529,12 +524,13 @@ def _is_plain_override(override: str, config_dir: Path) -> bool:
     return group_option or plain_value
 
 
-def diverged(path: Path, what: str) -> CheckpointError:
-    """The error for a checkpoint whose weights produce non-finite numbers."""
-    return CheckpointError(
-        f"checkpoint {path} reconstructs to non-finite values ({what}): its weights come from a "
-        "diverged run; use an earlier checkpoint of it"
-    )
+def require_finite(path: Path, what: str, *values: Any) -> None:
+    """Refuse a checkpoint whose weights produce non-finite numbers in ``values`` (arrays or numbers)."""
+    if not all(np.isfinite(value).all() for value in values):
+        raise CheckpointError(
+            f"checkpoint {path} reconstructs to non-finite values ({what}): its weights come from a "
+            "diverged run; use an earlier checkpoint of it"
+        )
 
 
 def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | None) -> None:

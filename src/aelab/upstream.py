@@ -1,10 +1,6 @@
 """Every use of a private API of Lightning, Hydra or torch, in one place: what each is for, why no
 public API does it, and the upstream issue that would make it unnecessary. ``tests/test_upstream.py``
 fails with a message naming the function here when an upgrade removes what it uses.
-
-Three, all serving the two things a framework cannot be asked for at its public surface: the fast
-path's steps, which Lightning did not run itself (``aelab.fast``), and one-line errors for Hydra's
-composition failures.
 """
 
 from __future__ import annotations

@@ -94,8 +94,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     with stage(f"encoding {len(train_images)} train and {len(test_images)} test images on {device}"):
         train_z, _ = encode_images(model, train_images, device, loaded.batch_size)
         test_z, test_errors = encode_images(model, test_images, device, loaded.batch_size)
-    if not (np.isfinite(train_z).all() and np.isfinite(test_z).all() and np.isfinite(test_errors).all()):
-        raise runs.diverged(loaded.path, f"{TEST_MSE} {float(test_errors.mean())}")
+    runs.require_finite(loaded.path, f"{TEST_MSE} {float(test_errors.mean())}", train_z, test_z, test_errors)
 
     result: dict[str, Any] = {
         "checkpoint": str(loaded.path),

@@ -13,7 +13,6 @@ README's "Auditing a dataset".
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from aelab.report import audit as methods
 from aelab.report import plots
 from aelab.report.tables import key_values
 from aelab.tasks.analyze import stage, write_tensorboard
-
-log = logging.getLogger(__name__)
 
 AUDIT_DIR = "audit"
 SUSPECT_COLUMNS = ("split", "index", "label", "suggested", "score")
@@ -60,7 +57,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     labels = torch.cat([files[name][1] for name in SPLITS]).numpy()
     split_of = np.repeat(np.array(SPLITS), [len(files[name][0]) for name in SPLITS])
     index = np.concatenate([np.arange(len(files[name][0])) for name in SPLITS])
-    n_test = int((split_of == "test").sum())
+    n_train, n_test = (len(files[name][0]) for name in SPLITS)
     queries = _queries(cfg.queries, labels[split_of == "test"], n_test, data.name)
     if len(np.unique(labels)) < 2:
         raise ConfigError(
@@ -72,7 +69,6 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             f"knn_k={k} is invalid for {data.name}: its {len(images)} images have at most {len(images) - 1} "
             f"neighbours each; e.g. knn_k={min(10, len(images) - 1)}"
         )
-    n_train = len(files["train"][0])
     if cfg.neighbours > n_train:
         raise ConfigError(
             f"neighbours={cfg.neighbours} is invalid for {data.name}: its training split holds {n_train} images; "
@@ -81,8 +77,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
     with stage(f"encoding {len(images)} images ({' + '.join(SPLITS)}) on {device}"):
         codes, errors = encode_images(loaded.model, images, device, data.settings.batch_size)
-    if not (np.isfinite(codes).all() and np.isfinite(errors).all()):
-        raise runs.diverged(loaded.path, "its codes")
+    runs.require_finite(loaded.path, "its codes", codes, errors)
     pool = methods.CodeIndex(codes)
     with stage(f"suspect labels: {cfg.suspect_method}, k={k}"):
         suspects = methods.suspect_labels(str(cfg.suspect_method), pool, labels, len(classes), k, seed)
@@ -123,8 +118,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         return shown.reshape(*positions.shape, *shown.shape[1:])
 
     def section(heading: str, order: np.ndarray, suggested: bool = False) -> tuple[str, np.ndarray, list[str]]:
-        """The first ``top`` images of ``order``, each captioned with where it is and its class (-> the
-        suggested one)."""
+        """The first ``top`` images of ``order``, captioned with where each is and its class (-> the suggested)."""
         shown = order[:top]
         captions = [f"{split_of[i]} {index[i]}\n{classes[labels[i]]}" for i in shown]
         if suggested:
@@ -223,8 +217,7 @@ def _queries(queries: Any, test_labels: np.ndarray, n_test: int, data: str) -> n
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            writer.writerows(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)

@@ -27,7 +27,6 @@ from aelab.errors import ConfigError
 from aelab.files import write_atomic
 from aelab.models.inference import encode_images
 from aelab.report import plots
-from aelab.report.plots import save_image_grid
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +158,7 @@ def decode(cfg: DictConfig) -> dict[str, Any]:
     out = loaded.folder(EXPORT_DIR)
     npz, png = out / f"{name}.npz", out / f"{name}.png"
     write_npz(npz, images=images, latents=latents)
-    save_image_grid(images[: len(shown)], png, nrow=columns)
+    plots.save_image_grid(images[: len(shown)], png, nrow=columns)
     files = [npz, png]
     if cfg.latents is None:
         # the same grid with the code values it was decoded from on its axes (the .png is pixel for pixel)

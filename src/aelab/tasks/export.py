@@ -26,8 +26,6 @@ from aelab.files import atomic_path, write_json
 from aelab.models.inference import as_model_input
 from aelab.tasks.encode import EXPORT_DIR, checkpoint_tag
 
-log = logging.getLogger(__name__)
-
 EXPORT_EXTRA = "export"
 INPUT_NOTE = "float32 images (N, 1, 28, 28) in [-1, 1]: pixels / 127.5 - 1"
 # an exported file whose outputs are further than this from PyTorch's is refused (observed: ~3e-6)
