@@ -24,7 +24,6 @@ import os
 import pickle
 import shutil
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,11 +67,10 @@ _NOT_FROM_CHECKPOINTS = {"download": False, "mirrors": None, "num_workers": 0}
 # --- run directories -----------------------------------------------------------------------------
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's summary; ``{}`` when there is none or it is unreadable (a run that never finished)."""
-    path = Path(run_dir) / SUMMARY_FILE
+def read_summary(run_dir: Path, name: str = SUMMARY_FILE) -> dict[str, Any]:
+    """The run's summary (or ``name``); ``{}`` when there is none or it is unreadable (a run that never finished)."""
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads((Path(run_dir) / name).read_text())
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
@@ -94,23 +92,8 @@ def record_failure(run_dir: Path, error: str) -> None:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """The run's summary, with the latest attempt's failure (if any) as its status and error."""
-    summary = read_summary(run_dir)
-    try:
-        failure = json.loads((Path(run_dir) / FAILURE_FILE).read_text())
-    except (OSError, ValueError):
-        return summary
-    return {**summary, "status": "failed", "error": failure.get("error", "")}
-
-
-# Keys that do not change what a run computes: where the data is read from and how, how its steps
-# are dispatched, and how long it trains (a finished run may be extended with a larger
-# trainer.max_epochs).
-_NOT_IDENTITY = {
-    "data.data_dir",
-    "data.download",
-    "data.mirrors",
-    "data.num_workers",
-}
+    summary, failure = read_summary(run_dir), read_summary(run_dir, FAILURE_FILE)
+    return {**summary, "status": "failed", "error": failure.get("error", "")} if failure else summary
 
 
 def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
@@ -136,20 +119,19 @@ def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
     if (accumulate := cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
         flat["trainer.accumulate_grad_batches"] = accumulate
     flat["data.content"] = datamodule.content_hash()
-    return {key: value for key, value in sorted(flat.items()) if key not in _NOT_IDENTITY}
-
-
-def identity_differences(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
-    """``key: stored -> wanted`` for every key that differs; everything if nothing was stored."""
-    if not isinstance(stored, dict):
-        return ["(no identity recorded)"]
-    keys = sorted(set(stored) | set(wanted))
-    return [f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in keys if stored.get(k) != wanted.get(k)]
+    # where the data is read from and how (_PLACE_KEYS) does not change what a run computes, nor does
+    # how long it trains (a finished run may be extended with a larger trainer.max_epochs)
+    return {key: value for key, value in sorted(flat.items()) if not is_place_override(key)}
 
 
 def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
-    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run."""
-    differences = identity_differences(stored, wanted)
+    """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run:
+    ``key: stored -> wanted`` for every key that differs; everything if nothing was stored."""
+    if not isinstance(stored, dict):
+        differences = ["(no identity recorded)"]
+    else:
+        keys = sorted(set(stored) | set(wanted))
+        differences = [f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in keys if stored.get(k) != wanted.get(k)]
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
         raise ConfigError(
@@ -163,7 +145,7 @@ class RunDirectoryBusy(ConfigError):
     """Another process holds the run directory: nothing may be written there, not even a failure."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def exclusive(run_dir: Path):
     """Hold ``run_dir`` for one training process: a second one stops instead of overwriting it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,19 +162,16 @@ def exclusive(run_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# what a run folder holds before its task has produced anything: Hydra's copy of the config, the lock
-SCAFFOLDING = {".hydra", ".lock"}
-
-
 def discard_unstarted(run_dir: Path, log_root: Path) -> bool:
     """Remove ``run_dir`` when its command failed before producing anything there (a folder holding
-    only the scaffolding, the log and empty folders would clutter logs/ and TensorBoard's run list).
-    Only a folder inside the log root with nothing else in it; returns whether it was removed."""
+    only Hydra's copy of the config, the lock, the log and empty folders would clutter logs/ and
+    TensorBoard's run list). Only a folder inside the log root with nothing else in it; returns
+    whether it was removed."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not run_dir.resolve().is_relative_to(Path(log_root).resolve()):
         return False
     for entry in run_dir.iterdir():
-        kept = entry.name in SCAFFOLDING or (entry.is_file() and entry.suffix == ".log")
+        kept = entry.name in {".hydra", ".lock"} or (entry.is_file() and entry.suffix == ".log")
         if not kept and not (entry.is_dir() and not any(entry.rglob("*"))):
             return False
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -241,15 +220,13 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The jobs of a sweep directory, in directory-name order."""
     return sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/config.yaml"))
 
 
 def is_debug_run(run_dir: Path) -> bool:
     """Started with ``debug=...`` (a wiring check, never the run to resume or measure)."""
-    overrides = Path(run_dir) / ".hydra" / "overrides.yaml"
     try:
-        lines = overrides.read_text().splitlines()
+        lines = (Path(run_dir) / ".hydra" / "overrides.yaml").read_text().splitlines()
     except OSError:
         return False
     return any(line.lstrip("- '\"").startswith(("debug=", "+debug=")) for line in lines)
@@ -363,6 +340,12 @@ class LoadedRun:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def folder(self, name: str) -> Path:
+        """``<run>/<name>/``, made if missing: where a task writes what it found."""
+        out = self.run_dir / name
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
     @functools.cached_property
     def latent_shape(self) -> tuple[int, ...]:
         """One image's code as the decoder takes it: ``(3,)`` for the MLP at d=3, ``(64, 2, 2)`` for the conv AE."""
@@ -405,7 +388,7 @@ def open_run(
     log_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
 ) -> LoadedRun:
-    """The one way to open a trained run (``aelab.load``, and every task through ``where(cfg)``):
+    """The one way to open a trained run (``aelab.load``, and every task through ``open_for(cfg)``):
     its model and datamodule, rebuilt from registered classes only.
 
     ``source``: ``"last"`` (the newest training run under ``<log_dir>/train``; by default the
@@ -422,36 +405,24 @@ def open_run(
             "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
         )
     root = project_root()
-    runs_of = Path(log_dir if log_dir is not None else root / "logs") / "train"
     if str(source) != "last" and Path(source).is_dir():
         path = last_checkpoint(Path(source))
         if path is None:
             raise CheckpointError(f"{source} holds no {CHECKPOINT_DIR}/{LAST}; pass a run directory or a .ckpt file")
     else:
-        path = resolve_ckpt_path(str(source), runs_of)
+        path = resolve_ckpt_path(str(source), Path(log_dir if log_dir is not None else root / "logs") / "train")
     assert path is not None  # a source was given
     fallback = data_dir if data_dir is not None else os.environ.get("AELAB_DATA_DIR", root / "data")
-    return _rebuild(path, map_location, dict(data or {}), fallback)
-
-
-def where(cfg: Any) -> dict[str, Any]:
-    """What a task's config says about where a run and its data are: ``open_run``'s keywords."""
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    assert isinstance(data, dict)
-    return {"data": {str(k): v for k, v in data.items()}, "log_dir": cfg.paths.log_dir, "data_dir": cfg.paths.data_dir}
-
-
-def _rebuild(path: Path, map_location: str | torch.device, data: dict[str, Any], fallback_data_dir: Any) -> LoadedRun:
     checkpoint = load_checkpoint(path, map_location)
     model_config = stored_config(checkpoint, "model", path)
     data_config = stored_config(checkpoint, "data", path) | _NOT_FROM_CHECKPOINTS
-    overrides = {k: v for k, v in data.items() if v is not None}
+    overrides = {k: v for k, v in (data or {}).items() if v is not None}
     data_config.update(overrides)
     check_registered(data_config, "the data overrides")
     if "data_dir" not in overrides:
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
-        if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback_data_dir)):
-            data_config["data_dir"] = str(fallback_data_dir)
+        if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback)):
+            data_config["data_dir"] = str(fallback)
     try:
         model = build(model_config, f"checkpoint {path}", key="model")
         model.load_state_dict(checkpoint["state_dict"])
@@ -462,6 +433,22 @@ def _rebuild(path: Path, map_location: str | torch.device, data: dict[str, Any],
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} holds a data config aelab cannot use: {err}") from None
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
+
+
+def open_for(cfg: Any, source: str | Path | None = None, device: str | torch.device | None = None) -> LoadedRun:
+    """``open_run`` as a task's config says: the run of ``ckpt_path=`` (or ``source``), with its
+    ``data.*`` and ``paths``, on ``device`` (by default the one ``trainer=`` names), batched as
+    ``data.batch_size``."""
+    from aelab.config import device_of
+
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
+    assert isinstance(data, dict)
+    paths = {"log_dir": cfg.paths.log_dir, "data_dir": cfg.paths.data_dir}
+    loaded = open_run(
+        source or cfg.ckpt_path, device or device_of(cfg), data={str(k): v for k, v in data.items()}, **paths
+    )
+    loaded.batch_size = loaded.datamodule.settings.batch_size
+    return loaded
 
 
 # Overrides that say where things are or how they are shown, not what the run is: a resumed run
@@ -537,12 +524,13 @@ def _is_plain_override(override: str, config_dir: Path) -> bool:
     return group_option or plain_value
 
 
-def diverged(path: Path, what: str) -> CheckpointError:
-    """The error for a checkpoint whose weights produce non-finite numbers."""
-    return CheckpointError(
-        f"checkpoint {path} reconstructs to non-finite values ({what}): its weights come from a "
-        "diverged run; use an earlier checkpoint of it"
-    )
+def require_finite(path: Path, what: str, *values: Any) -> None:
+    """Refuse a checkpoint whose weights produce non-finite numbers in ``values`` (arrays or numbers)."""
+    if not all(np.isfinite(value).all() for value in values):
+        raise CheckpointError(
+            f"checkpoint {path} reconstructs to non-finite values ({what}): its weights come from a "
+            "diverged run; use an earlier checkpoint of it"
+        )
 
 
 def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | None) -> None:
@@ -553,7 +541,8 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
     saved = stored_config(checkpoint, "model", path)
     saved_objective, wanted_objective = (objective_spec(config.get("objective")) for config in (saved, wanted))
     if saved_objective != wanted_objective:
-        label = _objective_label(saved_objective)
+        # the objective's configs/objective option, read off its registered class without building it
+        label = getattr(REGISTRY.get(str(saved_objective.get("_target_"))), "label", "?")
         raise CheckpointError(
             f"checkpoint {path} was trained with another objective than the config's: it holds "
             f"{_describe(saved_objective)}, the config asks for {_describe(wanted_objective)}. "
@@ -561,10 +550,11 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
         )
     for key in ("encoder", "decoder"):
         if saved.get(key) != wanted.get(key):
+            backbone = backbone_label(str((saved.get("encoder") or {}).get("_target_", "?")).rsplit(".", 1)[-1])
             raise CheckpointError(
                 f"checkpoint {path} holds a different network than the config: its {key} is "
                 f"{_describe(saved.get(key) or {})}, the config asks for {_describe(wanted.get(key) or {})}. "
-                f"Pass the model overrides it was trained with (e.g. model={_backbone_of(saved)} "
+                f"Pass the model overrides it was trained with (e.g. model={backbone} "
                 f"model.latent_dim={hydra_value(saved.get('latent_dim'))})"
             )
     if max_epochs is None:
@@ -580,17 +570,6 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
             f"trainer.max_epochs={max_epochs} asks "
             f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
         )
-
-
-def _objective_label(objective_config: dict[str, Any]) -> str:
-    """The objective's configs/objective option, read off its registered class without building it."""
-    cls = REGISTRY.get(str(objective_config.get("_target_")))
-    return str(getattr(cls, "label", "?"))
-
-
-def _backbone_of(model_config: dict[str, Any]) -> str:
-    """The backbone of a stored model config, named without building it."""
-    return backbone_label(str((model_config.get("encoder") or {}).get("_target_", "?")).rsplit(".", 1)[-1])
 
 
 def _describe(part: dict[str, Any]) -> str:

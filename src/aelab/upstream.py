@@ -1,10 +1,6 @@
 """Every use of a private API of Lightning, Hydra or torch, in one place: what each is for, why no
 public API does it, and the upstream issue that would make it unnecessary. ``tests/test_upstream.py``
 fails with a message naming the function here when an upgrade removes what it uses.
-
-Three, all serving the two things a framework cannot be asked for at its public surface: the fast
-path's steps, which Lightning did not run itself (``aelab.fast``), and one-line errors for Hydra's
-composition failures.
 """
 
 from __future__ import annotations
@@ -37,9 +33,7 @@ def count_logged_batches(trainer: Any, batches: int) -> None:
 
 
 @contextlib.contextmanager
-def hydra_errors_reported_by(
-    report: Callable[[Callable[[], Any]], Any],
-) -> Iterator[Callable[[Callable[[], Any]], Any]]:
+def hydra_errors_reported_by(report: Reporter) -> Iterator[Reporter]:
     """Within the block, Hydra reports the errors of composing a config and of the task through
     ``report`` instead of printing its own block of text; yields Hydra's own reporter, for what
     ``report`` leaves to it. Hydra has no public hook for the wording of composition errors

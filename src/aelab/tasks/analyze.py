@@ -80,24 +80,21 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[str, Any]:
     device = device_of(cfg)
-    loaded = runs.open_run(ckpt_path or cfg.ckpt_path, device, **runs.where(cfg))
+    loaded = runs.open_for(cfg, ckpt_path)
     model, datamodule = loaded.model, loaded.datamodule
-    out = loaded.run_dir / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    out = loaded.folder("analysis")
     keep = datamodule.settings.keep_classes
     train_images, train_labels = datamodule.with_all_classes().split("train")
     test_images, test_labels = datamodule.split("test")
     train_y, test_y = train_labels.numpy(), test_labels.numpy()
     classes = datamodule.classes
     seed = int(cfg.seed)
-    batch_size = datamodule.settings.batch_size
     title = f"{model.backbone} d={model.latent_size} ({datamodule.name})"
 
     with stage(f"encoding {len(train_images)} train and {len(test_images)} test images on {device}"):
-        train_z, _ = encode_images(model, train_images, device, batch_size)
-        test_z, test_errors = encode_images(model, test_images, device, batch_size)
-    if not (np.isfinite(train_z).all() and np.isfinite(test_z).all() and np.isfinite(test_errors).all()):
-        raise runs.diverged(loaded.path, f"{TEST_MSE} {float(test_errors.mean())}")
+        train_z, _ = encode_images(model, train_images, device, loaded.batch_size)
+        test_z, test_errors = encode_images(model, test_images, device, loaded.batch_size)
+    runs.require_finite(loaded.path, f"{TEST_MSE} {float(test_errors.mean())}", train_z, test_z, test_errors)
 
     result: dict[str, Any] = {
         "checkpoint": str(loaded.path),
@@ -118,21 +115,13 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     with stage(f"kNN (k={cfg.knn_k}) and linear probe"):
         result[KNN_ACCURACY] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k)
         result[LINEAR_PROBE_ACCURACY] = analysis.linear_probe_accuracy(train_z, train_y, test_z, test_y, seed)
-    n_clusters = len(classes)
-    with stage("k-means clustering of test latents"):
-        result.update(
-            _prefixed(
-                "latent/kmeans_", analysis.clustering_scores(test_y, analysis.kmeans_clusters(test_z, n_clusters, seed))
-            )
-        )
+    clusterings = [("kmeans", "k-means clustering", analysis.kmeans_clusters)]
     if cfg.umap_gmm:
-        with stage("UMAP + Gaussian mixture clustering (N2D) of test latents"):
-            result.update(
-                _prefixed(
-                    "latent/umap_gmm_",
-                    analysis.clustering_scores(test_y, analysis.umap_gmm_clusters(test_z, n_clusters, seed)),
-                )
-            )
+        clusterings.append(("umap_gmm", "UMAP + Gaussian mixture clustering (N2D)", analysis.umap_gmm_clusters))
+    for method, name, clusters in clusterings:
+        with stage(f"{name} of test latents"):
+            scores = analysis.clustering_scores(test_y, clusters(test_z, len(classes), seed))
+        result.update({f"latent/{method}_{score}": value for score, value in scores.items()})
 
     figures = {}
     methods = analysis.MAP_METHODS if cfg.map == "all" else (str(cfg.map),)
@@ -162,14 +151,22 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     for name, fig in figures.items():
         plots.FigureFiles.of(cfg).save(fig, out / name)
     with stage("TensorBoard: figures, scalars and projector"):
-        write_tensorboard(loaded.run_dir / "tensorboard", result, figures, test_z, test_y, classes, test_images, title)
+        rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
+        write_tensorboard(
+            loaded.run_dir / "tensorboard",
+            figures,
+            (
+                "test_latents",
+                f"test latents, {title}",
+                test_z,
+                test_images,
+                {"class": [classes[int(y)] for y in test_y]},
+            ),
+            ("analysis/numbers", f"| measure | value |\n| --- | --- |\n{rows}"),
+        )
     print(key_values(f"analysis of {loaded.path} ({title}):", numbers(result)))
     print(f"written to {out}")
     return result
-
-
-def _prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}{name}": value for name, value in scores.items()}
 
 
 @torch.no_grad()
@@ -206,25 +203,19 @@ def numbers(result: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in result.items() if isinstance(v, float)}
 
 
-def write_tensorboard(log_dir: Path, result, figures, test_z, test_y, classes, test_images, title: str) -> None:
-    """Into the run's TensorBoard folder: the figures (IMAGES), the numbers as one table (TEXT:
-    one-point charts would open before the run's loss curves) and the test latents (PROJECTOR,
-    named by ``title`` rather than Torch's ``<tag>:<step>``)."""
+def write_tensorboard(log_dir: Path, figures: dict[str, Any], embedding: tuple, text: tuple[str, str] | None = None):
+    """Into a run's TensorBoard folder: the figures (IMAGES), ``text`` as (tag, markdown) (TEXT:
+    one-point charts would open before the run's loss curves) and ``embedding``, (tag, name, codes
+    (N, D), images, metadata columns), in the PROJECTOR, named rather than Torch's ``<tag>:<step>``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
     with SummaryWriter(str(log_dir)) as writer:
-        writer.add_text("analysis/numbers", f"| measure | value |\n| --- | --- |\n{rows}")
+        if text is not None:
+            writer.add_text(*text)
         for name, fig in figures.items():
             writer.add_figure(f"{FIGURES}/{name}", fig)
-    projector.add_embedding(
-        log_dir,
-        "test_latents",
-        f"test latents, {title}",
-        torch.from_numpy(test_z),
-        test_images,
-        {"class": [classes[int(y)] for y in test_y]},
-    )
+    tag, name, codes, images, columns = embedding
+    projector.add_embedding(log_dir, tag, name, torch.from_numpy(codes), images, columns)
 
 
 def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
@@ -237,18 +228,8 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         log.info("job %d of %d: %s", i, len(jobs), job.name)
         result = analyze_checkpoint(cfg, ckpt)
         trust = [v for k, v in result.items() if k.startswith(TRUSTWORTHINESS)]
-        rows.append(
-            {
-                **numbers(result),
-                "job": job.name,
-                "dataset": result["dataset"],
-                "data": result["data"],
-                "backbone": result["backbone"],
-                "objective": result["objective"],
-                "latent_size": result["latent_size"],
-                TRUSTWORTHINESS: trust[0] if trust else None,
-            }
-        )
+        described = {key: result[key] for key in ("dataset", "data", "backbone", "objective", "latent_size")}
+        rows.append({**numbers(result), "job": job.name, **described, TRUSTWORTHINESS: trust[0] if trust else None})
     rows.sort(key=lambda r: (r["backbone"], r["objective"], r["latent_size"]))
     write_table(
         rows,

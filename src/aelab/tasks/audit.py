@@ -13,7 +13,6 @@ README's "Auditing a dataset".
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,11 @@ from aelab.data import normalize
 from aelab.errors import ConfigError, hydra_value
 from aelab.files import atomic_path, write_json
 from aelab.models.inference import encode_images
-from aelab.names import FIGURES
 from aelab.quiet import quiet_known_warnings
 from aelab.report import audit as methods
-from aelab.report import plots, projector
+from aelab.report import plots
 from aelab.report.tables import key_values
-from aelab.tasks.analyze import stage
-
-log = logging.getLogger(__name__)
+from aelab.tasks.analyze import stage, write_tensorboard
 
 AUDIT_DIR = "audit"
 SUSPECT_COLUMNS = ("split", "index", "label", "suggested", "score")
@@ -51,7 +47,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, {"split": AUDIT_SPLIT})
     quiet_known_warnings()
     device = device_of(cfg)
-    loaded = runs.open_run(cfg.ckpt_path, device, **runs.where(cfg))
+    loaded = runs.open_for(cfg)
     # the official files whatever data.keep_classes and data.val_size took from them for training
     data = loaded.datamodule
     classes = data.classes
@@ -61,7 +57,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     labels = torch.cat([files[name][1] for name in SPLITS]).numpy()
     split_of = np.repeat(np.array(SPLITS), [len(files[name][0]) for name in SPLITS])
     index = np.concatenate([np.arange(len(files[name][0])) for name in SPLITS])
-    n_test = int((split_of == "test").sum())
+    n_train, n_test = (len(files[name][0]) for name in SPLITS)
     queries = _queries(cfg.queries, labels[split_of == "test"], n_test, data.name)
     if len(np.unique(labels)) < 2:
         raise ConfigError(
@@ -73,7 +69,6 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             f"knn_k={k} is invalid for {data.name}: its {len(images)} images have at most {len(images) - 1} "
             f"neighbours each; e.g. knn_k={min(10, len(images) - 1)}"
         )
-    n_train = len(files["train"][0])
     if cfg.neighbours > n_train:
         raise ConfigError(
             f"neighbours={cfg.neighbours} is invalid for {data.name}: its training split holds {n_train} images; "
@@ -82,8 +77,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
     with stage(f"encoding {len(images)} images ({' + '.join(SPLITS)}) on {device}"):
         codes, errors = encode_images(loaded.model, images, device, data.settings.batch_size)
-    if not (np.isfinite(codes).all() and np.isfinite(errors).all()):
-        raise runs.diverged(loaded.path, "its codes")
+    runs.require_finite(loaded.path, "its codes", codes, errors)
     pool = methods.CodeIndex(codes)
     with stage(f"suspect labels: {cfg.suspect_method}, k={k}"):
         suspects = methods.suspect_labels(str(cfg.suspect_method), pool, labels, len(classes), k, seed)
@@ -102,8 +96,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     suspect_order = audited[methods.ranking(suspects.score[audited])]
     outlier_order = audited[methods.ranking(outlier_score[audited])]
     other_order = audited[methods.ranking(other_score[audited])]
-    out = loaded.run_dir / AUDIT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = loaded.folder(AUDIT_DIR)
     _write_csv(
         out / "suspect_labels.csv",
         SUSPECT_COLUMNS,
@@ -124,36 +117,21 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         shown = normalize(images[torch.as_tensor(positions.reshape(-1))]).numpy()
         return shown.reshape(*positions.shape, *shown.shape[1:])
 
-    def caption(i: int, text: str) -> str:
-        return f"{split_of[i]} {index[i]}\n{text}"
+    def section(heading: str, order: np.ndarray, suggested: bool = False) -> tuple[str, np.ndarray, list[str]]:
+        """The first ``top`` images of ``order``, captioned with where each is and its class (-> the suggested)."""
+        shown = order[:top]
+        captions = [f"{split_of[i]} {index[i]}\n{classes[labels[i]]}" for i in shown]
+        if suggested:
+            captions = [f"{text} -> {classes[suspects.suggested[i]]}" for text, i in zip(captions, shown, strict=True)]
+        return heading, pixels_of(shown), captions
 
     figures = {
         "suspect_labels": plots.captioned_images(
-            [
-                (
-                    "",
-                    pixels_of(suspect_order[:top]),
-                    [
-                        caption(i, f"{classes[labels[i]]} -> {classes[suspects.suggested[i]]}")
-                        for i in suspect_order[:top]
-                    ],
-                )
-            ],
+            [section("", suspect_order, suggested=True)],
             f"most suspect labels ({cfg.split}): given -> suggested, {title}",
         ),
         "outliers": plots.captioned_images(
-            [
-                (
-                    f"by {cfg.outlier_method}",
-                    pixels_of(outlier_order[:top]),
-                    [caption(i, classes[labels[i]]) for i in outlier_order[:top]],
-                ),
-                (
-                    f"by {other_method}",
-                    pixels_of(other_order[:top]),
-                    [caption(i, classes[labels[i]]) for i in other_order[:top]],
-                ),
-            ],
+            [section(f"by {cfg.outlier_method}", outlier_order), section(f"by {other_method}", other_order)],
             f"least like the rest ({cfg.split}), {title}",
         ),
         "neighbours": plots.neighbour_rows(
@@ -191,8 +169,18 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     for name, fig in figures.items():
         plots.FigureFiles.of(cfg).save(fig, out / name)
     with stage("TensorBoard: figures and projector"):
-        _write_tensorboard(
-            loaded.run_dir / "tensorboard", figures, audited, codes, images, labels, suspects, classes, title, seed
+        sampled = audited
+        if len(sampled) > PROJECTOR_POINTS:
+            sampled = np.sort(np.random.default_rng(seed).choice(audited, PROJECTOR_POINTS, replace=False))
+        metadata = {
+            "label": [classes[labels[i]] for i in sampled],
+            "suggested": [classes[suspects.suggested[i]] for i in sampled],
+            "suspect_score": [f"{suspects.score[i]:.4f}" for i in sampled],
+        }
+        write_tensorboard(
+            loaded.run_dir / "tensorboard",
+            {f"audit_{name}": fig for name, fig in figures.items()},
+            ("audit_latents", f"audited latents, {title}", codes[sampled], images[sampled], metadata),
         )
     shown = {
         f"{split_of[i]} {index[i]}": f"given {classes[labels[i]]}, suggested {classes[suspects.suggested[i]]}, "
@@ -229,31 +217,7 @@ def _queries(queries: Any, test_labels: np.ndarray, n_test: int, data: str) -> n
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            writer.writerows(rows)
-
-
-def _write_tensorboard(log_dir, figures, audited, codes, images, labels, suspects, classes, title, seed) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(log_dir)) as writer:
-        for name, fig in figures.items():
-            writer.add_figure(f"{FIGURES}/audit_{name}", fig)
-    shown = audited
-    if len(shown) > PROJECTOR_POINTS:
-        shown = np.sort(np.random.default_rng(seed).choice(audited, PROJECTOR_POINTS, replace=False))
-    projector.add_embedding(
-        log_dir,
-        "audit_latents",
-        f"audited latents, {title}",
-        torch.from_numpy(codes[shown]),
-        images[shown],
-        {
-            "label": [classes[labels[i]] for i in shown],
-            "suggested": [classes[suspects.suggested[i]] for i in shown],
-            "suspect_score": [f"{suspects.score[i]:.4f}" for i in shown],
-        },
-    )
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)

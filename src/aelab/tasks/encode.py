@@ -4,7 +4,8 @@
 ``<run>/exports/latents-<split>.npz`` (and ``.csv`` when the code is small);
 ``python src/decode.py ckpt_path=... latents=<that file>`` decodes them back to images, and without
 ``latents=`` decodes a sweep over two latent axes. Files are plain arrays: ``np.load`` reads them
-without pickle, and so does this module (a latents file from someone else is data).
+without pickle, and so does this module (a latents file from someone else is data). Encode, decode
+and export compute in float32, whatever ``trainer.precision`` says.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from aelab import runs
-from aelab.config import device_of, validate
+from aelab.config import validate
 from aelab.errors import ConfigError
 from aelab.files import write_atomic
 from aelab.models.inference import encode_images
 from aelab.report import plots
-from aelab.report.plots import save_image_grid
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,6 @@ EXPORT_DIR = "exports"
 # a .csv beside the .npz when the code has at most this many numbers (csv=auto)
 CSV_MAX_LATENT_SIZE = 64
 CSV_FIRST_LATENT = "z0"
-
-
-def open_checkpoint(cfg: DictConfig) -> runs.LoadedRun:
-    """The run of ``ckpt_path=`` (``runs.open_run``) on the device ``trainer=`` names, batched as
-    ``data.batch_size``. Encode, decode and export compute in float32, whatever ``trainer.precision`` says."""
-    validate(cfg)
-    loaded = runs.open_run(cfg.ckpt_path, device_of(cfg), **runs.where(cfg))
-    loaded.batch_size = loaded.datamodule.settings.batch_size
-    return loaded
-
-
-def export_dir(loaded: runs.LoadedRun) -> Path:
-    out = loaded.run_dir / EXPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def checkpoint_tag(loaded: runs.LoadedRun) -> str:
@@ -65,11 +50,12 @@ def write_npz(path: Path, **arrays: Any) -> None:
 
 
 def encode(cfg: DictConfig) -> dict[str, Any]:
-    loaded = open_checkpoint(cfg)
+    validate(cfg)
+    loaded = runs.open_for(cfg)
     images, labels = loaded.datamodule.split(cfg.split)
     latents, errors = encode_images(loaded.model, images, loaded.device, loaded.batch_size)
     classes = np.array(loaded.datamodule.classes)
-    out = export_dir(loaded) / f"latents-{cfg.split}{checkpoint_tag(loaded)}.npz"
+    out = loaded.folder(EXPORT_DIR) / f"latents-{cfg.split}{checkpoint_tag(loaded)}.npz"
     write_npz(
         out,
         latents=latents,
@@ -146,7 +132,8 @@ def read_latents(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def decode(cfg: DictConfig) -> dict[str, Any]:
-    loaded = open_checkpoint(cfg)
+    validate(cfg)
+    loaded = runs.open_for(cfg)
     shape = loaded.latent_shape
     size = math.prod(shape)
     if cfg.latents is not None:
@@ -168,21 +155,16 @@ def decode(cfg: DictConfig) -> dict[str, Any]:
         name = f"decoded-sweep-z{cfg.axes[0]}-z{cfg.axes[1]}{checkpoint_tag(loaded)}"
         shown, columns = latents, cfg.steps  # the whole grid: max_images is for decoded files
     images = loaded.decode(latents).numpy()
-    out = export_dir(loaded)
+    out = loaded.folder(EXPORT_DIR)
     npz, png = out / f"{name}.npz", out / f"{name}.png"
     write_npz(npz, images=images, latents=latents)
-    save_image_grid(images[: len(shown)], png, nrow=columns)
+    plots.save_image_grid(images[: len(shown)], png, nrow=columns)
     files = [npz, png]
     if cfg.latents is None:
         # the same grid with the code values it was decoded from on its axes (the .png is pixel for pixel)
         axes, steps = list(cfg.axes), cfg.steps
-        figure = plots.decoded_sweep(
-            images,
-            latents[:steps, axes[0]],
-            latents[::steps, axes[1]],
-            axes,
-            f"decoded sweep, {loaded.model.backbone} d={size}",
-        )
+        title = f"decoded sweep, {loaded.model.backbone} d={size}"
+        figure = plots.decoded_sweep(images, latents[:steps, axes[0]], latents[::steps, axes[1]], axes, title)
         files.append(plots.FigureFiles.of(cfg).save(figure, out / f"{name}-axes"))
     print(f"decoded {len(images)} images; written to {', '.join(map(str, files))}")
     return {"files": [str(path) for path in files], "n": len(images)}

@@ -3,8 +3,6 @@ real Trainer, overall and per class; written next to the checkpoint as ``eval.js
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any
 
 import torch
@@ -21,8 +19,6 @@ from aelab.quiet import quiet_known_warnings
 from aelab.report.metrics import per_class_mean
 from aelab.report.plots import image_grid, save_image_grid
 
-log = logging.getLogger(__name__)
-
 EVAL_FILE = "eval.json"
 EVAL_GRID_FILE = "eval_reconstructions.png"
 EVAL_GRID_IMAGES = 16
@@ -31,7 +27,7 @@ EVAL_GRID_IMAGES = 16
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     quiet_known_warnings()
-    loaded = runs.open_run(cfg.ckpt_path, **runs.where(cfg))
+    loaded = runs.open_for(cfg, device="cpu")  # the Trainer moves it
     model, datamodule = loaded.model, loaded.datamodule
     trainer = instantiate(
         cfg.trainer,
@@ -42,8 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         plugins=cluster_plugins(cfg.trainer.get("strategy")),
     )
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    if not math.isfinite(metrics[TEST_MSE]):
-        raise runs.diverged(loaded.path, f"{TEST_MSE} {metrics[TEST_MSE]}")
+    runs.require_finite(loaded.path, f"{TEST_MSE} {metrics[TEST_MSE]}", metrics[TEST_MSE])
     images, labels = datamodule.split("test")
     device = device_of(cfg)
     # under the Trainer's precision (bf16 autocast with trainer=cpu), so the classes average to test/mse

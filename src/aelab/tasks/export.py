@@ -20,13 +20,11 @@ import torch
 from omegaconf import DictConfig
 
 from aelab import runs
-from aelab.config import install_command, is_installed
+from aelab.config import install_command, is_installed, validate
 from aelab.errors import AelabError, ConfigError
 from aelab.files import atomic_path, write_json
 from aelab.models.inference import as_model_input
-from aelab.tasks.encode import checkpoint_tag, export_dir, open_checkpoint
-
-log = logging.getLogger(__name__)
+from aelab.tasks.encode import EXPORT_DIR, checkpoint_tag
 
 EXPORT_EXTRA = "export"
 INPUT_NOTE = "float32 images (N, 1, 28, 28) in [-1, 1]: pixels / 127.5 - 1"
@@ -63,7 +61,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(
                 f"exporting to ONNX needs {module}, an optional extra of aelab: {install_command(EXPORT_EXTRA)}"
             )
-    loaded = open_checkpoint(cfg)
+    validate(cfg)
+    loaded = runs.open_for(cfg)
     # exported and compared on the CPU, in float32: the files are the same whatever trained them
     model = loaded.model.to("cpu").float().eval()
     images, _ = loaded.datamodule.split("test")
@@ -71,7 +70,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     with torch.no_grad():
         z = model.encode(x)
     inputs = {"images": x, "latents": z}
-    out = export_dir(loaded)
+    out = loaded.folder(EXPORT_DIR)
     for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):
         # their INFO lines narrate each optimisation pass
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -79,7 +78,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     for stem, method, input_name, output_name in GRAPHS:
         path = out / f"{stem}{checkpoint_tag(loaded)}.onnx"
         graph = Method(model, method)
-        write_onnx(graph, inputs[input_name], path, input_name, output_name, loaded)
+        write_onnx(graph, inputs[input_name], path, (input_name, output_name), loaded)
         with torch.no_grad():
             expected = graph(inputs[input_name]).numpy()
         difference = float(np.abs(run_onnx(path, inputs[input_name].numpy()) - expected).max())
@@ -102,17 +101,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_onnx(
-    module: torch.nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    input_name: str,
-    output_name: str,
-    loaded: runs.LoadedRun,
+    graph: Method, example: torch.Tensor, path: Path, names: tuple[str, str], loaded: runs.LoadedRun
 ) -> None:
+    input_name, output_name = names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(
-            module,
+            graph,
             (example,),
             dynamo=True,
             input_names=[input_name],
