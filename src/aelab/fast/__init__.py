@@ -25,7 +25,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import lightning as L
 import torch
@@ -61,14 +61,6 @@ CPU_STEPS_PER_CALL = 16
 STEPS_PER_CALL_WORDS = ("auto", "epoch")
 
 
-@runtime_checkable
-class ResidentData(Protocol):
-    """A datamodule whose training loader slices batches from tensors on the device
-    (``aelab.data.datamodule.DeviceBatchLoader``) when ``resident`` says so."""
-
-    resident: bool
-
-
 def speed_up(
     settings: Any, model: Any, datamodule: Any, trainer: L.Trainer, resumed: dict[str, Any] | None = None
 ) -> None:
@@ -92,7 +84,8 @@ def speed_up(
                 f"fast.enabled=true cannot train this run: {why_not}; use fast.enabled=auto to train it on "
                 f"Lightning's plain loop"
             )
-        log.info("training loop: Lightning's plain loop on %s (not the fast path: %s)", device_of(trainer), why_not)
+        device = trainer.strategy.root_device
+        log.info("training loop: Lightning's plain loop on %s (not the fast path: %s)", device, why_not)
         return
     # The classes are extended in place rather than the objects rebuilt: the model keeps its
     # initial weights and the random stream stays where it was.
@@ -113,17 +106,14 @@ def _mid_epoch_loop(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
     return "fast" if isinstance(sums, dict) and "batches" in sums else "plain"
 
 
-def device_of(trainer: L.Trainer) -> str:
-    return str(trainer.strategy.root_device)
-
-
 def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any) -> str | None:
     """Why the run trains on Lightning's plain loop, or ``None`` when the fast path serves it."""
     if settings.enabled is False:
         return "fast.enabled=false"
     if settings.steps_per_call == 1:
         return "fast.steps_per_call=1"
-    if not isinstance(datamodule, ResidentData) or not datamodule.resident:
+    # resident: the training loader slices batches from tensors on the device (DeviceBatchLoader)
+    if not getattr(datamodule, "resident", False):
         return "its training batches do not come from tensors on the device (data.loader=dataloader)"
     if not isinstance(trainer.strategy, SingleDeviceStrategy):
         return f"{type(trainer.strategy).__name__} prepares each backward"
@@ -182,11 +172,11 @@ class FastSteps:
         why_not = graphs.refusal(self) if self.cuda_graph else "fast.cuda_graph=false"
         if why_not is None:
             self._graphs = graphs.StepGraphs(self, self.optimizers().optimizer)
-        steps = self.trainer.datamodule.train_steps_per_call
+        steps = self.trainer.train_dataloader.steps
         how = "replayed as CUDA graphs" if why_not is None else f"eager (no CUDA graph: {why_not})"
         log.info(
             "training loop: the fast path on %s, %d batch%s per training_step call, %s",
-            device_of(self.trainer),
+            self.trainer.strategy.root_device,
             steps,
             "es" if steps > 1 else "",
             how,
@@ -270,23 +260,19 @@ class ChunkedData:
     """Mixed into the datamodule's class: the training loader gives chunks of batches."""
 
     steps_per_call: int | str
-    # batches per training_step call of the loader in use, and batches per epoch
-    train_steps_per_call = 1
     _batches_per_epoch = 0
 
     def train_dataloader(self: Any) -> Chunks:
         loader = super().train_dataloader()  # type: ignore[misc]
+        self._batches_per_epoch = len(loader)
         wanted = self.steps_per_call
         if wanted == "auto":
             wanted = "epoch" if loader.images.device.type == "cuda" else CPU_STEPS_PER_CALL
         if wanted == "epoch":
-            wanted = loader.batches_per_epoch
-        self.train_steps_per_call = min(int(wanted), loader.batches_per_epoch)
-        self._batches_per_epoch = loader.batches_per_epoch
-        return Chunks(loader, self.train_steps_per_call)
+            wanted = len(loader)
+        return Chunks(loader, min(int(wanted), len(loader)))
 
     def train_batches_per_epoch(self: Any) -> int:
-        """Training batches (optimiser steps) per epoch of the running fit."""
         return self._batches_per_epoch
 
     def epoch_batches_done(self: Any) -> int:

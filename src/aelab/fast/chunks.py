@@ -9,13 +9,13 @@ static copy of the positions (``aelab.fast.graphs``).
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from aelab.data.datamodule import DeviceBatchLoader, normalize
+from aelab.data.datamodule import DeviceBatchLoader, sliced_batches
 
 IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
 # batches of the epoch done once this chunk is (a resume's skipped ones included), and whether it ends the epoch
@@ -24,10 +24,7 @@ DONE, LAST = "epoch_batches_done", "last"
 
 def batches_in(chunk: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The (x, y) batches of a chunk, in order."""
-    images, labels, index = chunk[IMAGES], chunk[LABELS], chunk[INDEX]
-    for first, end in itertools.pairwise(chunk[BOUNDS]):
-        positions = index[first:end]
-        yield normalize(images[positions]), labels[positions]
+    return sliced_batches(chunk[IMAGES], chunk[LABELS], chunk[INDEX], chunk[BOUNDS])
 
 
 def steps_in(chunk: dict[str, Any]) -> int:
@@ -53,7 +50,7 @@ class Chunks:
         self.loader.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return -(-self.loader.batches_per_epoch // self.steps)
+        return math.ceil(len(self.loader) / self.steps)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         skipped = self.loader.skip_once
