@@ -189,8 +189,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     @property
     def settings(self) -> Any:
-        """``hparams``, read as attributes (Lightning types ``hparams`` as a plain mapping)."""
-        return self.hparams
+        return self.hparams  # as AutoEncoder.settings
 
     @property
     def resident(self) -> bool:
@@ -286,17 +285,12 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool):
         hp = self.settings
-        if hp.loader == "device":
+        if self.resident:
             images, labels = self.split(split, self._device())
             trainer = self.trainer
+            rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
             loader = DeviceBatchLoader(
-                images,
-                labels,
-                hp.batch_size,
-                shuffle=shuffle,
-                seed=hp.seed,
-                rank=trainer.global_rank if trainer is not None else 0,
-                world_size=trainer.world_size if trainer is not None else 1,
+                images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed, rank=rank, world_size=world_size
             )
             if split == "train":
                 loader.skip_once, self._resume_batches = self._resume_batches, 0

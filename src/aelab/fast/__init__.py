@@ -15,12 +15,13 @@ per-step hook, clipping, accumulation, loss scaling, DDP, a Trainer that counts 
 the run on Lightning's plain loop; otherwise it mixes ``FastSteps`` into the model's class and
 ``ChunkedData`` into the datamodule's. Either way one log line says which loop trains and why.
 The mixed classes keep the names of the classes they extend, so checkpoints are the plain
-loop's: a run resumes on either loop whichever one saved it.
+loop's: a run resumes on either loop, but from the middle of an epoch only on the one that saved it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -89,10 +90,10 @@ def speed_up(
         return
     # The classes are extended in place rather than the objects rebuilt: the model keeps its
     # initial weights and the random stream stays where it was.
-    model.__class__ = _extended(FastSteps, type(model))
+    model.__class__ = _extended(FastSteps, model.__class__)
     model.automatic_optimization = False
     model.cuda_graph = bool(settings.cuda_graph)
-    datamodule.__class__ = _extended(ChunkedData, type(datamodule))
+    datamodule.__class__ = _extended(ChunkedData, datamodule.__class__)
     datamodule.steps_per_call = settings.steps_per_call
 
 
@@ -143,16 +144,12 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
     return None
 
 
-_EXTENDED: dict[tuple[type, type], type] = {}
-
-
+@functools.cache
 def _extended(mixin: type, cls: type) -> type:
     # named as the class it extends: checkpoints name that class (aelab_model_class, Lightning's
     # datamodule state key), so they rebuild and resume without the fast path
-    if (mixin, cls) not in _EXTENDED:
-        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-        _EXTENDED[mixin, cls] = type(cls.__name__, (mixin, cls), namespace)
-    return _EXTENDED[mixin, cls]
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (mixin, cls), namespace)
 
 
 class FastSteps:
@@ -168,19 +165,13 @@ class FastSteps:
 
     def on_train_start(self: Any) -> None:
         super().on_train_start()  # type: ignore[misc]
-        self._graphs = None
         why_not = graphs.refusal(self) if self.cuda_graph else "fast.cuda_graph=false"
-        if why_not is None:
-            self._graphs = graphs.StepGraphs(self, self.optimizers().optimizer)
+        self._graphs = graphs.StepGraphs(self, self.optimizers().optimizer) if why_not is None else None
         steps = self.trainer.train_dataloader.steps
+        batches = f"{steps} batch{'es' if steps > 1 else ''}"
         how = "replayed as CUDA graphs" if why_not is None else f"eager (no CUDA graph: {why_not})"
-        log.info(
-            "training loop: the fast path on %s, %d batch%s per training_step call, %s",
-            self.trainer.strategy.root_device,
-            steps,
-            "es" if steps > 1 else "",
-            how,
-        )
+        device = self.trainer.strategy.root_device
+        log.info("training loop: the fast path on %s, %s per training_step call, %s", device, batches, how)
 
     def on_train_epoch_start(self: Any) -> None:
         super().on_train_epoch_start()  # type: ignore[misc]
@@ -233,8 +224,7 @@ class FastSteps:
             # as the plain loop would have saved them, so any run resumes on either loop
             if "optimizer_states" in checkpoint:
                 (state,) = checkpoint["optimizer_states"]
-                was = self._graphs.was_capturable
-                checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, was)]
+                checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, self._graphs.was_capturable)]
             if "lr_schedulers" in checkpoint:
                 checkpoint["lr_schedulers"] = [graphs.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
 

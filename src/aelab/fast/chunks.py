@@ -2,15 +2,15 @@
 optimises on, so that Lightning's per-call work is paid once per chunk.
 
 A chunk is a plain dict, so Lightning's batch transfer passes it through: the resident uint8
-split, the chunk's positions in the epoch's order, and each batch's bounds within them. Batches are
-gathered as they are optimised (``batches_in``), and a CUDA graph reads the same gather from a
-static copy of the positions (``aelab.fast.graphs``).
+split, the chunk's positions in the epoch's order, and each batch's bounds within them, gathered
+as they are optimised (``batches_in``, or the captured gather of ``aelab.fast.graphs``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,16 +31,15 @@ def steps_in(chunk: dict[str, Any]) -> int:
     return len(chunk[BOUNDS]) - 1
 
 
+@dataclass(eq=False)
 class Chunks:
     """The training loader of the fast path: the batches ``loader`` would give, ``steps`` of them
     per item (the last chunk of an epoch shorter). It is its own sampler, as ``DeviceBatchLoader``
     is, so Lightning's ``set_epoch`` reaches the shuffle."""
 
+    loader: DeviceBatchLoader
+    steps: int
     batch_sampler = None  # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``
-
-    def __init__(self, loader: DeviceBatchLoader, steps: int) -> None:
-        self.loader = loader
-        self.steps = steps
 
     @property
     def sampler(self) -> Chunks:

@@ -1,4 +1,4 @@
-"""Training steps replayed as CUDA graphs: a chunk of ``data.steps_per_call`` batches (by default
+"""Training steps replayed as CUDA graphs: a chunk of ``fast.steps_per_call`` batches (by default
 a whole epoch) is captured once and replayed every epoch, while the Trainer keeps validation,
 logging, checkpoints and callbacks.
 
@@ -7,10 +7,7 @@ At this model size an eager step costs several times its arithmetic in Python an
 issue that asked for this path). A graph holds fixed addresses, so a chunk is replayed by copying
 its positions in the epoch's order into a static buffer that the captured gather reads; the
 optimiser steps with a capturable state and learning rates held in device tensors, which the
-schedulers fill in place.
-
-Lightning has no CUDA-graph support of its own (lightning #10174); ``aelab.fast`` takes this path
-only where nothing needs a per-step hook.
+schedulers fill in place. Lightning has no CUDA-graph support of its own (lightning #10174).
 """
 
 from __future__ import annotations
@@ -42,18 +39,12 @@ class CaptureError(AelabError):
     stream and random state mid-capture, so the run stops with the fix instead."""
 
 
-class CudaGraph:
-    def __init__(self) -> None:
-        self._graph = torch.cuda.CUDAGraph()
-
+class CudaGraph(torch.cuda.CUDAGraph):
     def capture(self, body: Callable[[], None]) -> None:
         # a private memory pool per graph: a chunk's temporaries never share memory with another
         # graph's outputs, whatever order the graphs replay in
-        with torch.cuda.graph(self._graph):
+        with torch.cuda.graph(self):
             body()
-
-    def replay(self) -> None:
-        self._graph.replay()
 
 
 new_graph: Callable[[], CudaGraph] = CudaGraph
@@ -136,7 +127,6 @@ class _Captured:
     graph: CudaGraph
     index: Tensor  # the chunk's positions in the epoch's order: the graph's input
     sums: dict[str, Tensor]  # the chunk's terms summed over its images (float64), filled by each replay
-    steps: int
 
 
 class StepGraphs:
@@ -210,7 +200,7 @@ class StepGraphs:
 
         graph = new_graph()
         graph.capture(body)
-        return _Captured(graph, index, sums, steps=len(bounds) - 1)
+        return _Captured(graph, index, sums)
 
     def _warm_up(self, images: Tensor, index: Tensor, bounds: tuple[int, ...]) -> None:
         """One eager step per batch size of the chunk, on a side stream as capture wants (the

@@ -102,7 +102,6 @@ class AutoEncoder(L.LightningModule):
 
     @property
     def backbone(self) -> str:
-        """A short label derived from the encoder's class: ``MLPEncoder`` -> ``mlp``."""
         return backbone_label(type(self.encoder).__name__)
 
     @contextlib.contextmanager
@@ -184,8 +183,6 @@ class AutoEncoder(L.LightningModule):
             self._run_encoder = torch.compile(self.encoder.forward, mode=mode)
             self._run_decoder = torch.compile(self.decoder.forward, mode=mode)
 
-    # --- training ---------------------------------------------------------------------------
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, _ = batch
         terms = self.loss_terms(x)
@@ -222,8 +219,6 @@ class AutoEncoder(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
-
-    # --- validation and test ------------------------------------------------------------------
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
@@ -284,8 +279,6 @@ class AutoEncoder(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             schedule["monitor"] = VAL_MSE  # it steps on the epoch's val/mse, after validation
         return {"optimizer": optimizer, "lr_scheduler": schedule}
-
-    # --- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)
