@@ -111,7 +111,9 @@ class DeviceBatchLoader:
         return order[start : start + bounds[-1]], bounds
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return sliced_batches(self.images, self.labels, *self.epoch_plan())
+        # a generator, so the plan (the shuffle, skip_once) is made at the first batch: Lightning calls
+        # iter() before set_epoch (FitLoop.setup_data), and calls it again at a later epoch's start
+        yield from sliced_batches(self.images, self.labels, *self.epoch_plan())
 
 
 def sliced_batches(

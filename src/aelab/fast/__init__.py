@@ -113,8 +113,7 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
         return "fast.enabled=false"
     if settings.steps_per_call == 1:
         return "fast.steps_per_call=1"
-    # resident: the training loader slices batches from tensors on the device (DeviceBatchLoader)
-    if not getattr(datamodule, "resident", False):
+    if not getattr(datamodule, "resident", False):  # the datamodule's data.loader=device
         return "its training batches do not come from tensors on the device (data.loader=dataloader)"
     if not isinstance(trainer.strategy, SingleDeviceStrategy):
         return f"{type(trainer.strategy).__name__} prepares each backward"
