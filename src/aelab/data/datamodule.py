@@ -10,13 +10,14 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from aelab.constraints import NonNegativeInt, PositiveInt
 from aelab.data.datasets import dataset_spec, download, missing_data_message, missing_files
@@ -39,6 +40,7 @@ def normalized_rows(images: torch.Tensor) -> np.ndarray:
     return normalize(images).flatten(1).numpy()
 
 
+@dataclass(eq=False, repr=False)
 class DeviceBatchLoader:
     """Batches sliced from uint8 tensors that already live on the training device.
 
@@ -52,39 +54,32 @@ class DeviceBatchLoader:
     process, which DDP's collectives need.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    _: KW_ONLY
+    shuffle: bool
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = field(default=0, init=False)
+    # batches (not chunks) to leave out of the next pass only: the part of an epoch done
+    # before a resume
+    skip_once: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        images, world_size = self.images, self.world_size
         if len(images) < world_size:
             raise ConfigError(
                 f"{len(images)} images cannot be shared by {world_size} processes: every process needs at "
                 f"least one; use fewer trainer.devices"
             )
-        if batch_size == 1 and len(images) % world_size:
+        if self.batch_size == 1 and len(images) % world_size:
             # shards one image apart cannot make the same number of one-image batches
             raise ConfigError(
                 f"data.batch_size=1 cannot split {len(images)} images evenly over {world_size} processes; "
                 f"use data.batch_size=2 or more"
             )
-        self.images = images
-        self.labels = labels
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        # batches (not chunks) to leave out of the next pass only: the part of an epoch done
-        # before a resume
-        self.skip_once = 0
 
     # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``.
     batch_sampler = None
@@ -97,12 +92,8 @@ class DeviceBatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
-
     def __len__(self) -> int:
-        return self.batches_per_epoch
+        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
 
     def epoch_plan(self) -> tuple[torch.Tensor, list[int]]:
         """This epoch's positions for this process, in order, and its batches' bounds within them
@@ -120,10 +111,18 @@ class DeviceBatchLoader:
         return order[start : start + bounds[-1]], bounds
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, bounds = self.epoch_plan()
-        for first, end in itertools.pairwise(bounds):
-            positions = order[first:end]
-            yield normalize(self.images[positions]), self.labels[positions]
+        # a generator, so the plan (the shuffle, skip_once) is made at the first batch: Lightning calls
+        # iter() before set_epoch (FitLoop.setup_data), and calls it again at a later epoch's start
+        yield from sliced_batches(self.images, self.labels, *self.epoch_plan())
+
+
+def sliced_batches(
+    images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, bounds: Sequence[int]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) batches at ``order[first:end]`` for each pair of consecutive ``bounds``."""
+    for first, end in itertools.pairwise(bounds):
+        positions = order[first:end]
+        yield normalize(images[positions]), labels[positions]
 
 
 def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, list[int]]:
@@ -142,18 +141,10 @@ def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[i
     return start, bounds
 
 
-class NormalizedImages(Dataset):
-    """Per-sample access for the standard ``DataLoader`` path (data that does not fit on device)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return normalize(self.images[index : index + 1])[0], self.labels[index]
+def normalized_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``collate_fn`` of the standard ``DataLoader`` path (data that does not fit on device)."""
+    images, labels = default_collate(samples)
+    return normalize(images), labels
 
 
 @register
@@ -200,8 +191,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     @property
     def settings(self) -> Any:
-        """``hparams``, read as attributes (Lightning types ``hparams`` as a plain mapping)."""
-        return self.hparams
+        return self.hparams  # as AutoEncoder.settings
 
     @property
     def resident(self) -> bool:
@@ -297,25 +287,21 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool):
         hp = self.settings
-        if hp.loader == "device":
+        if self.resident:
             images, labels = self.split(split, self._device())
             trainer = self.trainer
+            rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
             loader = DeviceBatchLoader(
-                images,
-                labels,
-                hp.batch_size,
-                shuffle=shuffle,
-                seed=hp.seed,
-                rank=trainer.global_rank if trainer is not None else 0,
-                world_size=trainer.world_size if trainer is not None else 1,
+                images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed, rank=rank, world_size=world_size
             )
             if split == "train":
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
             return loader
         images, labels = self.splits[split]
         return DataLoader(
-            NormalizedImages(images, labels),
+            TensorDataset(images, labels),
             batch_size=hp.batch_size,
+            collate_fn=normalized_batch,
             shuffle=shuffle,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,

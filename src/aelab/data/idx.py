@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -33,26 +34,18 @@ def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-# The jobs of a sweep run in one process and read the same files: each is decoded once (gunzip of
-# MNIST's 60,000 training images is ~0.2 s a job). Keyed by the file's size and modification time,
-# so a rewritten file is read again; the arrays are read-only, so sharing them is safe.
-_DECODED: dict[tuple[str, int, int, int], np.ndarray] = {}
-_DECODED_MAX = 8  # two datasets' four files
-
-
 def read_idx(path: Path, *, ndim: int) -> np.ndarray:
     """The uint8 array of an IDX file (plain or gzip), read-only."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, ndim)
-    if key not in _DECODED:
-        if len(_DECODED) >= _DECODED_MAX:
-            del _DECODED[next(iter(_DECODED))]
-        _DECODED[key] = _decode_idx(path, ndim)
-    return _DECODED[key]
+    return _decoded(path, ndim, path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
-def _decode_idx(path: Path, ndim: int) -> np.ndarray:
+# The jobs of a sweep run in one process and read the same files: each is decoded once (gunzip of
+# MNIST's 60,000 training images is ~0.2 s a job). Keyed also by the file's size and modification
+# time (``file_key``), so a rewritten file is read again; the arrays are read-only, so sharing them is safe.
+@functools.lru_cache(maxsize=8)  # two datasets' four files
+def _decoded(path: Path, ndim: int, *file_key: object) -> np.ndarray:
     data = path.read_bytes()
     if path.suffix == ".gz":
         try:

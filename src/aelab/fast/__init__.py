@@ -15,17 +15,18 @@ per-step hook, clipping, accumulation, loss scaling, DDP, a Trainer that counts 
 the run on Lightning's plain loop; otherwise it mixes ``FastSteps`` into the model's class and
 ``ChunkedData`` into the datamodule's. Either way one log line says which loop trains and why.
 The mixed classes keep the names of the classes they extend, so checkpoints are the plain
-loop's: a run resumes on either loop whichever one saved it.
+loop's: a run resumes on either loop, but from the middle of an epoch only on the one that saved it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import lightning as L
 import torch
@@ -61,14 +62,6 @@ CPU_STEPS_PER_CALL = 16
 STEPS_PER_CALL_WORDS = ("auto", "epoch")
 
 
-@runtime_checkable
-class ResidentData(Protocol):
-    """A datamodule whose training loader slices batches from tensors on the device
-    (``aelab.data.datamodule.DeviceBatchLoader``) when ``resident`` says so."""
-
-    resident: bool
-
-
 def speed_up(
     settings: Any, model: Any, datamodule: Any, trainer: L.Trainer, resumed: dict[str, Any] | None = None
 ) -> None:
@@ -92,14 +85,15 @@ def speed_up(
                 f"fast.enabled=true cannot train this run: {why_not}; use fast.enabled=auto to train it on "
                 f"Lightning's plain loop"
             )
-        log.info("training loop: Lightning's plain loop on %s (not the fast path: %s)", device_of(trainer), why_not)
+        device = trainer.strategy.root_device
+        log.info("training loop: Lightning's plain loop on %s (not the fast path: %s)", device, why_not)
         return
     # The classes are extended in place rather than the objects rebuilt: the model keeps its
     # initial weights and the random stream stays where it was.
-    model.__class__ = _extended(FastSteps, type(model))
+    model.__class__ = _extended(FastSteps, model.__class__)
     model.automatic_optimization = False
     model.cuda_graph = bool(settings.cuda_graph)
-    datamodule.__class__ = _extended(ChunkedData, type(datamodule))
+    datamodule.__class__ = _extended(ChunkedData, datamodule.__class__)
     datamodule.steps_per_call = settings.steps_per_call
 
 
@@ -113,17 +107,13 @@ def _mid_epoch_loop(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
     return "fast" if isinstance(sums, dict) and "batches" in sums else "plain"
 
 
-def device_of(trainer: L.Trainer) -> str:
-    return str(trainer.strategy.root_device)
-
-
 def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any) -> str | None:
     """Why the run trains on Lightning's plain loop, or ``None`` when the fast path serves it."""
     if settings.enabled is False:
         return "fast.enabled=false"
     if settings.steps_per_call == 1:
         return "fast.steps_per_call=1"
-    if not isinstance(datamodule, ResidentData) or not datamodule.resident:
+    if not getattr(datamodule, "resident", False):  # the datamodule's data.loader=device
         return "its training batches do not come from tensors on the device (data.loader=dataloader)"
     if not isinstance(trainer.strategy, SingleDeviceStrategy):
         return f"{type(trainer.strategy).__name__} prepares each backward"
@@ -153,16 +143,12 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
     return None
 
 
-_EXTENDED: dict[tuple[type, type], type] = {}
-
-
+@functools.cache
 def _extended(mixin: type, cls: type) -> type:
     # named as the class it extends: checkpoints name that class (aelab_model_class, Lightning's
     # datamodule state key), so they rebuild and resume without the fast path
-    if (mixin, cls) not in _EXTENDED:
-        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-        _EXTENDED[mixin, cls] = type(cls.__name__, (mixin, cls), namespace)
-    return _EXTENDED[mixin, cls]
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (mixin, cls), namespace)
 
 
 class FastSteps:
@@ -178,19 +164,13 @@ class FastSteps:
 
     def on_train_start(self: Any) -> None:
         super().on_train_start()  # type: ignore[misc]
-        self._graphs = None
         why_not = graphs.refusal(self) if self.cuda_graph else "fast.cuda_graph=false"
-        if why_not is None:
-            self._graphs = graphs.StepGraphs(self, self.optimizers().optimizer)
-        steps = self.trainer.datamodule.train_steps_per_call
+        self._graphs = graphs.StepGraphs(self, self.optimizers().optimizer) if why_not is None else None
+        steps = self.trainer.train_dataloader.steps
+        batches = f"{steps} batch{'es' if steps > 1 else ''}"
         how = "replayed as CUDA graphs" if why_not is None else f"eager (no CUDA graph: {why_not})"
-        log.info(
-            "training loop: the fast path on %s, %d batch%s per training_step call, %s",
-            device_of(self.trainer),
-            steps,
-            "es" if steps > 1 else "",
-            how,
-        )
+        device = self.trainer.strategy.root_device
+        log.info("training loop: the fast path on %s, %s per training_step call, %s", device, batches, how)
 
     def on_train_epoch_start(self: Any) -> None:
         super().on_train_epoch_start()  # type: ignore[misc]
@@ -243,8 +223,7 @@ class FastSteps:
             # as the plain loop would have saved them, so any run resumes on either loop
             if "optimizer_states" in checkpoint:
                 (state,) = checkpoint["optimizer_states"]
-                was = self._graphs.was_capturable
-                checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, was)]
+                checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, self._graphs.was_capturable)]
             if "lr_schedulers" in checkpoint:
                 checkpoint["lr_schedulers"] = [graphs.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
 
@@ -270,23 +249,19 @@ class ChunkedData:
     """Mixed into the datamodule's class: the training loader gives chunks of batches."""
 
     steps_per_call: int | str
-    # batches per training_step call of the loader in use, and batches per epoch
-    train_steps_per_call = 1
     _batches_per_epoch = 0
 
     def train_dataloader(self: Any) -> Chunks:
         loader = super().train_dataloader()  # type: ignore[misc]
+        self._batches_per_epoch = len(loader)
         wanted = self.steps_per_call
         if wanted == "auto":
             wanted = "epoch" if loader.images.device.type == "cuda" else CPU_STEPS_PER_CALL
         if wanted == "epoch":
-            wanted = loader.batches_per_epoch
-        self.train_steps_per_call = min(int(wanted), loader.batches_per_epoch)
-        self._batches_per_epoch = loader.batches_per_epoch
-        return Chunks(loader, self.train_steps_per_call)
+            wanted = len(loader)
+        return Chunks(loader, min(int(wanted), len(loader)))
 
     def train_batches_per_epoch(self: Any) -> int:
-        """Training batches (optimiser steps) per epoch of the running fit."""
         return self._batches_per_epoch
 
     def epoch_batches_done(self: Any) -> int:

@@ -2,20 +2,20 @@
 optimises on, so that Lightning's per-call work is paid once per chunk.
 
 A chunk is a plain dict, so Lightning's batch transfer passes it through: the resident uint8
-split, the chunk's positions in the epoch's order, and each batch's bounds within them. Batches are
-gathered as they are optimised (``batches_in``), and a CUDA graph reads the same gather from a
-static copy of the positions (``aelab.fast.graphs``).
+split, the chunk's positions in the epoch's order, and each batch's bounds within them, gathered
+as they are optimised (``batches_in``, or the captured gather of ``aelab.fast.graphs``).
 """
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from aelab.data.datamodule import DeviceBatchLoader, normalize
+from aelab.data.datamodule import DeviceBatchLoader, sliced_batches
 
 IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
 # batches of the epoch done once this chunk is (a resume's skipped ones included), and whether it ends the epoch
@@ -24,26 +24,22 @@ DONE, LAST = "epoch_batches_done", "last"
 
 def batches_in(chunk: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The (x, y) batches of a chunk, in order."""
-    images, labels, index = chunk[IMAGES], chunk[LABELS], chunk[INDEX]
-    for first, end in itertools.pairwise(chunk[BOUNDS]):
-        positions = index[first:end]
-        yield normalize(images[positions]), labels[positions]
+    return sliced_batches(chunk[IMAGES], chunk[LABELS], chunk[INDEX], chunk[BOUNDS])
 
 
 def steps_in(chunk: dict[str, Any]) -> int:
     return len(chunk[BOUNDS]) - 1
 
 
+@dataclass(eq=False)
 class Chunks:
     """The training loader of the fast path: the batches ``loader`` would give, ``steps`` of them
     per item (the last chunk of an epoch shorter). It is its own sampler, as ``DeviceBatchLoader``
     is, so Lightning's ``set_epoch`` reaches the shuffle."""
 
+    loader: DeviceBatchLoader
+    steps: int
     batch_sampler = None  # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``
-
-    def __init__(self, loader: DeviceBatchLoader, steps: int) -> None:
-        self.loader = loader
-        self.steps = steps
 
     @property
     def sampler(self) -> Chunks:
@@ -53,7 +49,7 @@ class Chunks:
         self.loader.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return -(-self.loader.batches_per_epoch // self.steps)
+        return math.ceil(len(self.loader) / self.steps)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         skipped = self.loader.skip_once

@@ -1,4 +1,4 @@
-"""Training steps replayed as CUDA graphs: a chunk of ``data.steps_per_call`` batches (by default
+"""Training steps replayed as CUDA graphs: a chunk of ``fast.steps_per_call`` batches (by default
 a whole epoch) is captured once and replayed every epoch, while the Trainer keeps validation,
 logging, checkpoints and callbacks.
 
@@ -7,21 +7,17 @@ At this model size an eager step costs several times its arithmetic in Python an
 issue that asked for this path). A graph holds fixed addresses, so a chunk is replayed by copying
 its positions in the epoch's order into a static buffer that the captured gather reads; the
 optimiser steps with a capturable state and learning rates held in device tensors, which the
-schedulers fill in place.
-
-Lightning has no CUDA-graph support of its own (lightning #10174); ``aelab.fast`` takes this path
-only where nothing needs a per-step hook.
+schedulers fill in place. Lightning has no CUDA-graph support of its own (lightning #10174).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,27 +39,15 @@ class CaptureError(AelabError):
     stream and random state mid-capture, so the run stops with the fix instead."""
 
 
-class Graph(Protocol):
-    def capture(self, body: Callable[[], None]) -> None: ...
-
-    def replay(self) -> None: ...
-
-
-class CudaGraph:
-    def __init__(self) -> None:
-        self._graph = torch.cuda.CUDAGraph()
-
+class CudaGraph(torch.cuda.CUDAGraph):
     def capture(self, body: Callable[[], None]) -> None:
         # a private memory pool per graph: a chunk's temporaries never share memory with another
         # graph's outputs, whatever order the graphs replay in
-        with torch.cuda.graph(self._graph):
+        with torch.cuda.graph(self):
             body()
 
-    def replay(self) -> None:
-        self._graph.replay()
 
-
-new_graph: Callable[[], Graph] = CudaGraph
+new_graph: Callable[[], CudaGraph] = CudaGraph
 
 
 def refusal(module: AutoEncoder) -> str | None:
@@ -140,10 +124,9 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class _Captured:
-    graph: Graph
+    graph: CudaGraph
     index: Tensor  # the chunk's positions in the epoch's order: the graph's input
     sums: dict[str, Tensor]  # the chunk's terms summed over its images (float64), filled by each replay
-    steps: int
 
 
 class StepGraphs:
@@ -158,9 +141,8 @@ class StepGraphs:
         self.optimizer = optimizer
         self.device = module.device
         self.was_capturable = [bool(group.get("capturable", False)) for group in optimizer.param_groups]
-        prepare_optimizer(optimizer, self.device)
         self._graphs: dict[tuple[Any, ...], _Captured] = {}
-        self._captured_settings = self._optimizer_settings()
+        self._captured_settings: list[tuple[Any, ...]] | None = None  # the first run prepares the optimiser
 
     def _optimizer_settings(self) -> list[tuple[Any, ...]]:
         """What a graph holds fixed of the optimiser: each group's settings but the lr's value
@@ -180,7 +162,7 @@ class StepGraphs:
         if settings != self._captured_settings:
             # a graph keeps every setting it was captured with but the lr tensor's value: a
             # scheduler that sets betas (OneCycleLR's cycle_momentum), a callback that swaps the
-            # lr for a float or freezes a layer, gets new graphs
+            # lr for a float or freezes a layer, gets new graphs (and the first run, a prepared optimiser)
             prepare_optimizer(self.optimizer, self.device)
             self._graphs.clear()
             self._captured_settings = self._optimizer_settings()
@@ -200,9 +182,6 @@ class StepGraphs:
         captured.graph.replay()
         return {name: total.clone() for name, total in captured.sums.items()}
 
-    def _step(self, x: Tensor) -> dict[str, Tensor]:
-        return step(self.module, self.optimizer, x)
-
     def _capture(self, chunk: dict[str, Any]) -> _Captured:
         images, bounds = chunk[IMAGES], chunk[BOUNDS]
         index = chunk[INDEX].clone()
@@ -211,7 +190,7 @@ class StepGraphs:
 
         def body() -> None:
             chunk_sums = chunk_sum(
-                (self._step(normalize(images[index[first:end]])), end - first)
+                (step(self.module, self.optimizer, normalize(images[index[first:end]])), end - first)
                 for first, end in itertools.pairwise(bounds)
             )
             # no gradient outlives the graph: its memory is the graph's, reused by the next replay
@@ -221,7 +200,7 @@ class StepGraphs:
 
         graph = new_graph()
         graph.capture(body)
-        return _Captured(graph, index, sums, steps=len(bounds) - 1)
+        return _Captured(graph, index, sums)
 
     def _warm_up(self, images: Tensor, index: Tensor, bounds: tuple[int, ...]) -> None:
         """One eager step per batch size of the chunk, on a side stream as capture wants (the
@@ -236,10 +215,10 @@ class StepGraphs:
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream())
         try:
-            with torch.random.fork_rng(devices=[self.device] if cuda else []):
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                    for size in sorted({end - first for first, end in itertools.pairwise(bounds)}):
-                        self._step(normalize(images[index[:size]]))
+            # (torch.cuda.stream(None) is a no-op, and initialises no CUDA for a CPU run)
+            with torch.random.fork_rng(devices=[self.device] if cuda else []), torch.cuda.stream(stream):
+                for size in sorted({end - first for first, end in itertools.pairwise(bounds)}):
+                    step(module, optimizer, normalize(images[index[:size]]))
         finally:
             if stream is not None:  # before the restore: the side stream's steps must be done
                 torch.cuda.current_stream().wait_stream(stream)

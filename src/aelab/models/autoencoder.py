@@ -83,12 +83,12 @@ class AutoEncoder(L.LightningModule):
             terms = list(self.loss_terms(images))
         # the optimised sum is logged as <split>/loss where there is more than one term to add
         self.terms = (*terms, LOSS) if len(terms) > 1 else tuple(terms)
-        # each split's epoch means of the terms, and the metrics only watched (aelab.models.metrics)
-        self.train_means = nn.ModuleDict({term: EpochMean() for term in self.terms})
-        self.val_means = nn.ModuleDict({term: EpochMean() for term in self.terms})
-        self.test_means = nn.ModuleDict({term: EpochMean() for term in self.terms})
-        self.val_watched = nn.ModuleDict(watched_metrics())
-        self.test_watched = nn.ModuleDict(watched_metrics())
+        # each split's epoch means of the terms, and val's and test's metrics only watched
+        # (aelab.models.metrics), by logged name: train/mse, val/psnr (a key cannot be a split: Module.train)
+        self.means = nn.ModuleDict(
+            {metric(s, term): EpochMean() for s in ("train", "val", "test") for term in self.terms}
+        )
+        self.watched = nn.ModuleDict({metric(s, n): m for s in ("val", "test") for n, m in watched_metrics().items()})
         self.best_val_mse = math.inf
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
@@ -102,7 +102,6 @@ class AutoEncoder(L.LightningModule):
 
     @property
     def backbone(self) -> str:
-        """A short label derived from the encoder's class: ``MLPEncoder`` -> ``mlp``."""
         return backbone_label(type(self.encoder).__name__)
 
     @contextlib.contextmanager
@@ -160,16 +159,16 @@ class AutoEncoder(L.LightningModule):
         return self.objective.loss_terms(self, x)
 
     def epoch_means(self, split: str) -> dict[str, EpochMean]:
-        means = {"train": self.train_means, "val": self.val_means, "test": self.test_means}[split]
-        return cast(dict[str, EpochMean], dict(means.items()))
+        return {term: cast(EpochMean, self.means[metric(split, term)]) for term in self.terms}
 
-    def watched(self, split: str) -> dict[str, Metric]:
-        return cast(dict[str, Metric], dict({"val": self.val_watched, "test": self.test_watched}[split].items()))
+    def watched_in(self, split: str) -> dict[str, Metric]:
+        """The split's watched metrics, by logged name."""
+        return {name: cast(Metric, watched) for name, watched in self.watched.items() if name.startswith(f"{split}/")}
 
     def logged_metrics(self) -> list[str]:
         """The per-epoch metrics a checkpoint callback may monitor."""
         logged = [metric(split, term) for split in ("val", "train") for term in self.terms]
-        return [*logged, *(metric("val", name) for name in self.val_watched), VAL_MSE_BEST]
+        return [*logged, *self.watched_in("val"), VAL_MSE_BEST]
 
     def setup(self, stage: str) -> None:
         # here, so that a DDP process spawned for the fit sets them too: it starts without the
@@ -183,8 +182,6 @@ class AutoEncoder(L.LightningModule):
             mode = None if mode is True or mode == "default" else mode
             self._run_encoder = torch.compile(self.encoder.forward, mode=mode)
             self._run_decoder = torch.compile(self.decoder.forward, mode=mode)
-
-    # --- training ---------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, _ = batch
@@ -223,8 +220,6 @@ class AutoEncoder(L.LightningModule):
     def on_train_end(self) -> None:
         self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
 
-    # --- validation and test ------------------------------------------------------------------
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
 
@@ -235,9 +230,9 @@ class AutoEncoder(L.LightningModule):
         x, _ = batch
         self.add_to_epoch_means(split, self.loss_terms(x), len(x))
         reconstructions = self(x).float()
-        for name, watched in self.watched(split).items():
+        for name, watched in self.watched_in(split).items():
             watched.update(reconstructions, x)
-            self.log(metric(split, name), watched, on_step=False, on_epoch=True)
+            self.log(name, watched, on_step=False, on_epoch=True)
 
     def on_validation_epoch_start(self) -> None:
         self._reset("val")
@@ -247,7 +242,7 @@ class AutoEncoder(L.LightningModule):
 
     def _reset(self, split: str) -> None:
         # the sanity check's batches are no epoch's
-        for metric_object in [*self.epoch_means(split).values(), *self.watched(split).values()]:
+        for metric_object in [*self.epoch_means(split).values(), *self.watched_in(split).values()]:
             metric_object.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -284,8 +279,6 @@ class AutoEncoder(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             schedule["monitor"] = VAL_MSE  # it steps on the epoch's val/mse, after validation
         return {"optimizer": optimizer, "lr_scheduler": schedule}
-
-    # --- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[VAL_MSE_BEST] = float(self.best_val_mse)

@@ -22,8 +22,7 @@ IMAGE_SIZE = 28 * 28
 def backbone_label(encoder_class_name: str) -> str:
     """The short name of a backbone, derived from its encoder class: ``ConvEncoder`` -> ``conv``
     (also the name of its ``configs/model`` option)."""
-    name = encoder_class_name
-    return (name[: -len("Encoder")] if name.endswith("Encoder") else name).lower()
+    return encoder_class_name.removesuffix("Encoder").lower()
 
 
 # What follows each hidden linear layer. Batch norm with SiLU is what lets a deep MLP beat the 2006
