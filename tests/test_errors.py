@@ -20,6 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aelab.data.datasets import SPLIT_FILES
 from aelab.data.idx import parse_idx, write_idx
 from aelab.errors import CheckpointError, ConfigError, DataError
 from aelab.runs import load_checkpoint, open_run
@@ -52,6 +53,10 @@ def corrupt(root: Path, kind: str) -> Path:
         (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bnot really gzip")
     elif kind == "missing":
         labels.unlink()
+    elif kind in ("no training images", "no test images"):
+        images_file, labels_file = SPLIT_FILES["train" if "training" in kind else "test"]
+        write_idx(raw / images_file, np.zeros((0, 28, 28), np.uint8))
+        write_idx(raw / labels_file, np.zeros(0, np.uint8))
     elif kind == "unlabelled":  # readable, but every image of both splits in class 0
         write_idx(labels, np.zeros(96, np.uint8))
         write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(40, np.uint8))
@@ -107,6 +112,15 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
         torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     elif kind == "trained":
         return trained
+    elif kind in ("a weight missing", "a weight of another shape"):
+        # a real checkpoint whose weights no longer fit the model it describes
+        checkpoint = torch.load(trained, weights_only=True)
+        name = sorted(checkpoint["state_dict"])[0]
+        if kind == "a weight missing":
+            del checkpoint["state_dict"][name]
+        else:
+            checkpoint["state_dict"][name] = torch.zeros(3, 3)
+        torch.save(checkpoint, path)
     elif kind.startswith("overrides:"):
         # a real checkpoint whose stored command-line overrides were rewritten
         checkpoint = torch.load(trained, weights_only=True)
@@ -117,10 +131,10 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
 
 
 # The single list of bad inputs: name -> (entry point, arguments, what the one line must say).
-# In the arguments "@kind" breaks the data (see ``corrupt``), "#kind" passes a bad checkpoint as
-# ckpt_path (see ``bad_checkpoint``), "{tmp}" is the test's own directory and {tmp}/a_file a file. Every row must end
-# with exit code 2, one "aelab: error:" line on stderr, no traceback, and nothing written outside
-# the log root.
+# In the arguments "$NAME=value" sets an environment variable, "@kind" breaks the data (see
+# ``corrupt``), "#kind" passes a bad checkpoint as ckpt_path (see ``bad_checkpoint``), "{tmp}" is
+# the test's own directory and {tmp}/a_file a file. Every row must end with exit code 2, one
+# "aelab: error:" line on stderr, no traceback, and nothing written outside the log root.
 POSITIVE = "it must be a positive integer"
 PRECISIONS = "it must be one of 32-true, 32, bf16-mixed, 16-mixed"
 CASES = {
@@ -403,6 +417,17 @@ CASES = {
     ),
     "data seed negative": ("train", ["data.seed=-1"], "data.seed=-1 is invalid"),
     "data_dir empty": ("train", ["data.data_dir=''"], "data.data_dir='' is invalid: it must be a non-empty string"),
+    # a value from the environment is blamed on the variable, not on a key the user did not type
+    "data variable empty": (
+        "train",
+        ["$AELAB_DATA_DIR="],
+        "AELAB_DATA_DIR='' (an environment variable, read as data.data_dir) is invalid: it must be a non-empty string",
+    ),
+    "data variable empty for eval": (
+        "eval",
+        ["$AELAB_DATA_DIR=", "#trained"],
+        "AELAB_DATA_DIR='' (an environment variable, read as paths.data_dir) is invalid",
+    ),
     "misspelt data key": (
         "train",
         ["data.batchsize=64"],
@@ -416,6 +441,23 @@ CASES = {
     "data dir is a file": ("train", ["data.data_dir={tmp}/a_file"], "cannot write to"),
     "missing label file, offline": ("train", ["@missing"], "train-labels-idx1-ubyte"),
     "truncated image file": ("train", ["@truncated"], "truncated"),
+    # empty data is named as such, not blamed on the number of processes
+    "training split empty": (
+        "train",
+        ["@no training images"],
+        "train-images-idx3-ubyte (plain or .gz) holds 0 images: the train split is empty",
+    ),
+    "test split empty": (
+        "eval",
+        ["@no test images", "#trained", "data.data_dir={tmp}/broken"],
+        "t10k-images-idx3-ubyte (plain or .gz) holds 0 images: the test split is empty",
+    ),
+    "keep_classes naming no image": (
+        "train",
+        ["@unlabelled", "data.keep_classes=[3]"],
+        "data.keep_classes=[3] keeps none of the 96 training images: they hold classes [0]; keep one of those, "
+        "e.g. data.keep_classes=[0]",
+    ),
     "wrong IDX magic": ("train", ["@magic"], "wrong IDX magic"),
     "wrong image size": ("train", ["@dims"], "images are 28x27, expected 28x28"),
     "image/label count mismatch": ("train", ["@count"], "holds 95 labels"),
@@ -556,7 +598,29 @@ CASES = {
         ["#trained", "map=sne"],
         "map='sne' is invalid: it must be one of tsne, umap, pca, all",
     ),
+    # one loader for every task: weights that do not fit are one line, on resume as in eval
+    "resume with a weight missing": (
+        "train",
+        ["#a weight missing"],
+        "holds weights that do not fit the model it describes (missing decoder.",
+    ),
+    "eval of a weight of another shape": (
+        "eval",
+        ["#a weight of another shape"],
+        "holds weights that do not fit the model it describes (of another shape decoder.",
+    ),
     "analyze knn_k zero": ("analyze", ["#trained", "knn_k=0"], "knn_k=0 is invalid: " + POSITIVE),
+    # settings checked against the data they meet, once it is known
+    "analyze knn_k above the split": (
+        "analyze",
+        ["#trained", "knn_k=100000"],
+        "knn_k=100000 is invalid for MNIST: its training split holds 96 images; e.g. knn_k=5",
+    ),
+    "audit knn_k above the split": (
+        "audit",
+        ["#trained", "knn_k=100000"],
+        "knn_k=100000 is invalid for MNIST: its 136 images have at most 135 neighbours each; e.g. knn_k=10",
+    ),
     "analyze too few trustworthiness points": (
         "analyze",
         ["#trained", "trustworthiness_points=5"],
@@ -698,16 +762,20 @@ def case_arguments(case: str, tmp_path: Path, trained: Path) -> tuple[str, list[
     make_tiny_dataset(tmp_path / "few", n_train=20, n_test=10)
     (tmp_path / "a_file").write_text("a file where a folder is expected\n")
     cli_args = [f"paths.log_dir={tmp_path / 'logs'}"]
+    variables = {}
     if script == "train":
         cli_args += ["trainer.max_epochs=5", QUIET]
     for arg in args:
-        if arg.startswith("@"):
+        if arg.startswith("$"):
+            name, _, value = arg[1:].partition("=")
+            variables[name] = value
+        elif arg.startswith("@"):
             data = corrupt(tmp_path / "broken", arg[1:])
         elif arg.startswith("#"):
             cli_args.append(f"ckpt_path={bad_checkpoint(tmp_path, arg[1:], trained)}")
         else:
             cli_args.append(arg.replace("{tmp}", str(tmp_path)))
-    return script, cli_args, {"AELAB_DATA_DIR": str(data)}
+    return script, cli_args, {"AELAB_DATA_DIR": str(data), **variables}
 
 
 @pytest.mark.parametrize(
@@ -1232,3 +1300,24 @@ def test_an_argument_of_a_users_own_class_is_checked_by_that_class_not_refused(t
         r"lightning.pytorch.loggers.CSVLogger; remove it$",
     ):
         validate(cfg)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (the held-open ``.lock`` aside) by its relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("override", ["model.latent_dim=5", "seed=7"])
+def test_a_refused_run_leaves_the_finished_run_it_protects_byte_for_byte(tmp_path, trained, capfd, override):
+    """Training into a finished run's folder with other settings is refused before anything is
+    written there: its config copies, its log, its summary and checkpoints stay as they were."""
+    run_dir = trained.parent.parent
+    before = folder_bytes(run_dir)
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log"} <= set(before)
+    data = json.loads((run_dir / "run_summary.json").read_text())["data_dir"]
+    args = [f"hydra.run.dir={run_dir}", f"paths.log_dir={run_dir.parent.parent.parent}", override, QUIET]
+    code, stderr, _ = run_in_process("train", args, capfd, {"AELAB_DATA_DIR": data})
+    assert code == 2, stderr[-3000:]
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"aelab: error: {run_dir} holds a finished run with other settings (")
+    assert folder_bytes(run_dir) == before

@@ -61,6 +61,11 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
     try:
         task = task_function(name)
         log_lightning_through_the_root_logger()
+        from aelab.runs import RECORD_DIR, write_record
+
+        if not (Path(cfg.paths.output_dir) / RECORD_DIR).exists():
+            # a new folder: how it was made, even if the task fails (train rewrites it once checked)
+            write_record(Path(cfg.paths.output_dir), cfg)
         result = task(cfg)
     except SystemExit as exit_request:
         # Lightning turns SIGTERM into a bare SystemExit, which would exit 0 as if all went well.

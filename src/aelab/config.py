@@ -207,6 +207,11 @@ def validate(cfg: DictConfig, task_rules: dict[str, Rule] | None = None) -> None
         if from_checkpoint and key.startswith("data."):
             rule = replace(rule, null=True)
         if not rule.accepts(value):
+            if variable := _environment_variable(cfg, key):
+                raise ConfigError(
+                    f"{variable}={hydra_value(value)} (an environment variable, read as {key}) is invalid: it must be "
+                    f"{rule.allowed}; set it to one, or unset it"
+                )
             raise ConfigError(message(key, value, rule))
         declared = argument_rule(target, key.rpartition(".")[2]) if copied_from and target else None
         if declared is not None and not declared.accepts(value):
@@ -327,17 +332,31 @@ def _check_required_arguments(cfg: DictConfig, path: str) -> None:
             raise ConfigError(f"{path}.{name} is missing: {target} needs it; add it, e.g. +{path}.{name}={example}")
 
 
-def _copied_from(cfg: DictConfig, key: str) -> str | None:
-    """Where ``key``'s value comes from if it is an interpolation: the key it copies (``${a.b}``),
-    ``""`` for any other interpolation (a resolver's result), ``None`` if it was typed here."""
+def _interpolation(cfg: DictConfig, key: str) -> str | None:
+    """``key``'s text as written if it is an interpolation (``${a.b}``, ``${oc.env:NAME,...}``),
+    ``None`` if its value was typed here."""
     parent, _, name = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, name):
         return None
     raw = OmegaConf.to_container(node, resolve=False)
-    text = str(raw.get(name, "")) if isinstance(raw, dict) else ""
-    copied = re.fullmatch(r"\$\{([A-Za-z0-9_.]+)\}", text)
-    return copied.group(1) if copied else ""
+    return str(raw.get(name, "")) if isinstance(raw, dict) else ""
+
+
+def _copied_from(cfg: DictConfig, key: str) -> str | None:
+    """Where ``key``'s value comes from if it is an interpolation: the key it copies (``${a.b}``),
+    ``""`` for any other interpolation (a resolver's result), ``None`` if it was typed here."""
+    text = _interpolation(cfg, key)
+    copied = re.fullmatch(r"\$\{([A-Za-z0-9_.]+)\}", text or "")
+    return None if text is None else copied.group(1) if copied else ""
+
+
+def _environment_variable(cfg: DictConfig, key: str) -> str | None:
+    """The environment variable ``key``'s value was read from (``${oc.env:NAME,...}``, through copies)."""
+    while copied := _copied_from(cfg, key):
+        key = copied
+    variable = re.match(r"\$\{oc\.env:(\w+)", _interpolation(cfg, key) or "")
+    return variable.group(1) if variable else None
 
 
 def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:

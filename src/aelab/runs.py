@@ -38,7 +38,7 @@ import aelab.data  # noqa: F401 - registers the datamodules that checkpoints nam
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
 from aelab.data.datasets import dataset_spec, missing_files
 from aelab.errors import CheckpointError, ConfigError, hydra_value
-from aelab.files import atomic_path, remove_temporaries, write_json
+from aelab.files import atomic_path, remove_temporaries, write_atomic, write_json
 from aelab.models.backbones import backbone_label
 from aelab.models.inference import as_model_input, in_batches
 from aelab.models.objectives import objective_spec
@@ -141,6 +141,26 @@ def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wa
         )
 
 
+RECORD_DIR = ".hydra"
+
+
+def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) -> None:
+    """``.hydra/`` as Hydra writes it (the composed config, Hydra's settings, the overrides; by
+    default the command's own), inside a Hydra command. Hydra's own writing is off
+    (``hydra.output_subdir: null``): it writes before the task has checked that the folder holds no
+    other run, and a refused command would overwrite the record of the run it protects."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    record = Path(run_dir) / RECORD_DIR
+    record.mkdir(parents=True, exist_ok=True)
+    write_atomic(record / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_atomic(record / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra}))
+    write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(list(overrides or hydra.overrides.task)))
+
+
 class RunDirectoryBusy(ConfigError):
     """Another process holds the run directory: nothing may be written there, not even a failure."""
 
@@ -171,7 +191,7 @@ def discard_unstarted(run_dir: Path, log_root: Path) -> bool:
     if not run_dir.is_dir() or not run_dir.resolve().is_relative_to(Path(log_root).resolve()):
         return False
     for entry in run_dir.iterdir():
-        kept = entry.name in {".hydra", ".lock"} or (entry.is_file() and entry.suffix == ".log")
+        kept = entry.name in {RECORD_DIR, ".lock"} or (entry.is_file() and entry.suffix == ".log")
         if not kept and not (entry.is_dir() and not any(entry.rglob("*"))):
             return False
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -220,7 +240,7 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/config.yaml"))
+    return sorted(p.parent.parent for p in Path(sweep_dir).glob(f"*/{RECORD_DIR}/config.yaml"))
 
 
 def is_debug_run(run_dir: Path) -> bool:
@@ -315,6 +335,32 @@ def stored_config(checkpoint: dict[str, Any], part: str, path: str | Path) -> di
         )
     check_registered(values, f"checkpoint {path}", values_key)
     return {key: value for key, value in values.items() if key not in SPECIAL_KEYS} | {"_target_": target}
+
+
+def load_weights(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """The checkpoint's weights into ``model``, for every task (train checks a resume with it before
+    Lightning loads them again): tensors that do not fit are one line naming them."""
+    state, own = checkpoint.get("state_dict"), model.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds no weights (no state_dict); use a checkpoint aelab wrote")
+    mismatches = {
+        "missing": sorted(own.keys() - state.keys()),
+        "unexpected": sorted(state.keys() - own.keys()),
+        "of another shape": sorted(
+            k for k in own.keys() & state.keys() if getattr(state[k], "shape", None) != own[k].shape
+        ),
+    }
+    found = [
+        f"{what} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+        for what, names in mismatches.items()
+        if names
+    ]
+    if found:
+        raise CheckpointError(
+            f"checkpoint {path} holds weights that do not fit the model it describes ({'; '.join(found)}): it was "
+            "edited, or saved by other code than this; use another checkpoint of the run"
+        )
+    model.load_state_dict(state)
 
 
 @dataclass
@@ -425,9 +471,9 @@ def open_run(
             data_config["data_dir"] = str(fallback)
     try:
         model = build(model_config, f"checkpoint {path}", key="model")
-        model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
+    load_weights(model, checkpoint, path)
     try:
         datamodule = build(data_config, f"checkpoint {path}", key="data")
     except (TypeError, ValueError) as err:
@@ -533,12 +579,12 @@ def require_finite(path: Path, what: str, *values: Any) -> None:
         )
 
 
-def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | None) -> None:
-    """Refuse to resume a checkpoint into a different network than the config describes, or, given
-    ``max_epochs``, one that has already trained that many epochs (Lightning would stop at once,
-    silently)."""
+def check_resumable(path: str | Path, model: torch.nn.Module, max_epochs: int | None) -> None:
+    """Refuse to resume a checkpoint into a different network than ``model`` (whose weights it
+    loads), or, given ``max_epochs``, one that has already trained that many epochs (Lightning would
+    stop at once, silently)."""
     checkpoint = load_checkpoint(path)
-    saved = stored_config(checkpoint, "model", path)
+    saved, wanted = stored_config(checkpoint, "model", path), dict(getattr(model, "hparams", {}))
     saved_objective, wanted_objective = (objective_spec(config.get("objective")) for config in (saved, wanted))
     if saved_objective != wanted_objective:
         # the objective's configs/objective option, read off its registered class without building it
@@ -557,6 +603,7 @@ def check_resumable(path: str | Path, wanted: dict[str, Any], max_epochs: int | 
                 f"Pass the model overrides it was trained with (e.g. model={backbone} "
                 f"model.latent_dim={hydra_value(saved.get('latent_dim'))})"
             )
+    load_weights(model, checkpoint, path)
     if max_epochs is None:
         return
     try:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from aelab.constraints import NonNegativeInt, PositiveInt
-from aelab.data.datasets import dataset_spec, download, missing_data_message, missing_files
+from aelab.data.datasets import SPLIT_FILES, dataset_spec, download, missing_data_message, missing_files
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError, DataError, is_int
 from aelab.registry import register
@@ -236,6 +236,12 @@ class MNISTLikeDataModule(L.LightningDataModule):
         self.prepare_data()
         n_classes = len(self.spec.classes)
         self._official = {name: _as_tensors(*read_split(self.raw_dir, name, n_classes)) for name in ("train", "test")}
+        for name, (images, _) in self._official.items():
+            if not len(images):
+                raise DataError(
+                    f"{self.raw_dir / SPLIT_FILES[name][0]} (plain or .gz) holds 0 images: the {name} split is empty; "
+                    "put the dataset's own file back, or point at a complete copy: data.data_dir=/path"
+                )
         train_images, train_labels = self._official["train"]
         hp = self.settings
         if hp.val_size is not None:
@@ -253,6 +259,12 @@ class MNISTLikeDataModule(L.LightningDataModule):
             val = self._official["test"]
         if hp.keep_classes is not None:
             keep = torch.isin(train_labels, torch.tensor(hp.keep_classes))
+            if not keep.any():
+                held = sorted(set(train_labels.tolist()))
+                raise ConfigError(
+                    f"data.keep_classes={list(hp.keep_classes)} keeps none of the {len(train_labels)} training images: "
+                    f"they hold classes {held}; keep one of those, e.g. data.keep_classes=[{held[0]}]"
+                )
             train_images, train_labels = train_images[keep], train_labels[keep]
         self.splits = {"train": (train_images, train_labels), "val": val, "test": self._official["test"]}
 

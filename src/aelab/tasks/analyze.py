@@ -82,10 +82,15 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     device = device_of(cfg)
     loaded = runs.open_for(cfg, ckpt_path)
     model, datamodule = loaded.model, loaded.datamodule
-    out = loaded.folder("analysis")
     keep = datamodule.settings.keep_classes
     train_images, train_labels = datamodule.with_all_classes().split("train")
     test_images, test_labels = datamodule.split("test")
+    if cfg.knn_k > len(train_images):
+        raise ConfigError(
+            f"knn_k={cfg.knn_k} is invalid for {datamodule.name}: its training split holds {len(train_images)} "
+            f"images; e.g. knn_k={min(5, len(train_images))}"
+        )
+    out = loaded.folder("analysis")
     train_y, test_y = train_labels.numpy(), test_labels.numpy()
     classes = datamodule.classes
     seed = int(cfg.seed)

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from aelab import fast, runs
 from aelab.config import check_monitor, validate
 from aelab.errors import ConfigError
-from aelab.files import write_atomic
 from aelab.launch import cluster_plugins, launched_rank
 from aelab.names import (
     ANOMALY_AUROC,
@@ -106,6 +105,9 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         runs.require_same_run(output_dir, f"an unfinished run ({unfinished.name})", stored, identity)
         log.info("resuming the interrupted job from %s", unfinished)
         ckpt_path = str(unfinished)
+    if writer:
+        # checked: the folder holds no other run, so its record says what trains in it now
+        runs.write_record(output_dir, cfg, model.run_overrides)
     model.run_identity = identity
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -119,7 +121,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
             runs.remove_leftovers(resumed_run)
         # a sweep job found unfinished may have done all its epochs: it only lacks its summary
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
-        runs.check_resumable(ckpt_path, dict(model.hparams), asked)
+        runs.check_resumable(ckpt_path, model, asked)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
@@ -229,12 +231,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     with open_dict(composed):
         del composed["hydra"]
         composed.ckpt_path = str(path)
-    # what the run directory says it holds is what trains in it
-    subdir = HydraConfig.get().output_subdir
-    hydra_dir = Path(cfg.paths.output_dir) / subdir if subdir else None
-    if hydra_dir is not None and hydra_dir.is_dir() and launched_rank() == 0:
-        write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(composed))
-        write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(overrides))
     return composed, overrides
 
 
