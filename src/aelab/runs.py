@@ -158,7 +158,9 @@ def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) ->
     record.mkdir(parents=True, exist_ok=True)
     write_atomic(record / "config.yaml", OmegaConf.to_yaml(cfg))
     write_atomic(record / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra}))
-    write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(list(overrides or hydra.overrides.task)))
+    # as typed: an override holding "${...}" is text, resolved only in the config it makes
+    typed = overrides if overrides is not None else OmegaConf.to_container(hydra.overrides.task, resolve=False)
+    write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(typed))
 
 
 class RunDirectoryBusy(ConfigError):
