@@ -61,10 +61,12 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
     try:
         task = task_function(name)
         log_lightning_through_the_root_logger()
+        from aelab.launch import launched_rank
         from aelab.runs import RECORD_DIR, write_record
 
-        if not (Path(cfg.paths.output_dir) / RECORD_DIR).exists():
-            # a new folder: how it was made, even if the task fails (train rewrites it once checked)
+        if launched_rank() == 0 and not (Path(cfg.paths.output_dir) / RECORD_DIR).exists():
+            # a new folder: how it was made, even if the task fails (train rewrites it once checked);
+            # of the processes torchrun or srun start for one run, the first one writes
             write_record(Path(cfg.paths.output_dir), cfg)
         result = task(cfg)
     except SystemExit as exit_request:

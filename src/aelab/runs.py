@@ -473,7 +473,7 @@ def open_run(
             data_config["data_dir"] = str(fallback)
     try:
         model = build(model_config, f"checkpoint {path}", key="model")
-    except (TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {err}") from None
     load_weights(model, checkpoint, path)
     try:

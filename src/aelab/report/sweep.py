@@ -66,7 +66,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": "failed",
             "error": "the job stopped before writing its summary (crash or kill)",
         }
-        # the summary's own record first: Hydra rewrites .hydra/ whenever the job is launched again
+        # the summary's own record first: .hydra/ is rewritten whenever the job is launched again
         model_cfg = job_cfg.get("model") if isinstance(job_cfg, DictConfig) else None
         latent_dim = summary.get("latent_dim", model_cfg.get("latent_dim") if model_cfg else None)
         rows.append(

@@ -93,6 +93,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         # A sweep re-run into the same directory: this job already finished, if it is this job.
         runs.require_same_run(output_dir, "a finished run", previous.get(IDENTITY_KEY), identity)
         if writer:
+            runs.write_record(output_dir, cfg, model.run_overrides)  # the command that found it, as for any job
             log.info("%s already finished; not training it again", output_dir)
             runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
             log.info(closing_line(previous))
