@@ -581,12 +581,12 @@ def require_finite(path: Path, what: str, *values: Any) -> None:
         )
 
 
-def check_resumable(path: str | Path, model: torch.nn.Module, max_epochs: int | None) -> None:
+def check_resumable(path: str | Path, model: L.LightningModule, max_epochs: int | None) -> None:
     """Refuse to resume a checkpoint into a different network than ``model`` (whose weights it
     loads), or, given ``max_epochs``, one that has already trained that many epochs (Lightning would
     stop at once, silently)."""
     checkpoint = load_checkpoint(path)
-    saved, wanted = stored_config(checkpoint, "model", path), dict(getattr(model, "hparams", {}))
+    saved, wanted = stored_config(checkpoint, "model", path), dict(model.hparams)
     saved_objective, wanted_objective = (objective_spec(config.get("objective")) for config in (saved, wanted))
     if saved_objective != wanted_objective:
         # the objective's configs/objective option, read off its registered class without building it
