@@ -135,6 +135,27 @@ def compose_config(name: str, tmp_path: Path, overrides: list[str] = ()) -> Dict
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mounted at ``tmp_path/disk``: ``mount(size, *options)`` (re)mounts it, e.g. when
+    a test frees space by growing it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = []
+
+    def mount(size: str, *options: str) -> Path:
+        how = ["-o", ",".join([*(["remount"] if mounted else []), f"size={size}", *options])]
+        result = subprocess.run(["mount", "-t", "tmpfs", *how, "tmpfs", str(disk)], capture_output=True, text=True)
+        if result.returncode != 0:
+            missing(f"these tests mount a small tmpfs and need root: {result.stderr.strip()}")
+        mounted.append(size)
+        return disk
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A temporary folder with a short path (pytest's are long), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="ae"))

@@ -1,5 +1,6 @@
 """Callbacks that inject real faults at a chosen step, for the tests of what survives them."""
 
+import contextlib
 import os
 import signal
 
@@ -118,3 +119,28 @@ class GradientNorms(L.Callback):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         GradientNorms.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
         GradientNorms.largest.append(max(float(g.abs().max()) for g in grads))
+
+
+class FillDiskAfterFit(L.Callback):
+    """Once the fit has ended (every checkpoint saved), writes what it measured to ``record``, then
+    fills the disk that holds ``filler`` to its last byte: a disk that fills up just as the run
+    writes its summary."""
+
+    def __init__(self, filler: str, record: str) -> None:
+        self.filler = filler
+        self.record = record
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        import json
+
+        measured = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        with open(self.record, "w") as out:
+            json.dump(measured, out)
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            for size in (1 << 20, 1 << 12, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, b"\0" * size)
+        finally:
+            os.close(fd)

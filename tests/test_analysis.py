@@ -188,19 +188,29 @@ def test_analyze_a_sweep_writes_one_table_and_a_figure(tmp_path, tiny_mnist):
         env={"AELAB_DATA_DIR": str(tiny_mnist)},
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
+    before = sorted(str(p.relative_to(sweep_dir)) for p in sweep_dir.rglob("*"))
+    # written elsewhere (results_dir): each job's analysis in its own folder, the table beside them
+    results = tmp_path / "results"
     result = run_cli(
-        "analyze.py", f"sweep_dir={sweep_dir}", "map=pca", "umap_gmm=false", f"paths.log_dir={tmp_path / 'logs'}"
+        "analyze.py",
+        f"sweep_dir={sweep_dir}",
+        f"results_dir={results}",
+        "map=pca",
+        "umap_gmm=false",
+        f"paths.log_dir={tmp_path / 'logs'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     import csv
 
-    with open(sweep_dir / "analysis_summary.csv") as handle:
+    with open(results / "analysis_summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["latent_size"] for r in rows] == ["2", "4"]
     assert rows[0]["job"] == "model.latent_dim=2,trainer.max_epochs=1"
     assert all(0 <= float(r["latent/knn_accuracy"]) <= 1 and float(r["test/mse"]) > 0 for r in rows)
-    assert (sweep_dir / "analysis_vs_latent_size.png").is_file()
-    assert "| mlp | plain | 2 |" in (sweep_dir / "analysis_summary.md").read_text()
+    assert (results / "analysis_vs_latent_size.png").is_file()
+    assert "| mlp | plain | 2 |" in (results / "analysis_summary.md").read_text()
+    assert (results / rows[0]["job"] / "analysis" / "analysis.json").is_file()
+    assert sorted(str(p.relative_to(sweep_dir)) for p in sweep_dir.rglob("*")) == before  # the sweep untouched
 
 
 @pytest.mark.slow

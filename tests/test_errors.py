@@ -8,6 +8,7 @@ import pickle
 import re
 import runpy
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,14 @@ def corrupt(root: Path, kind: str) -> Path:
         (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bnot really gzip")
     elif kind == "missing":
         labels.unlink()
+    elif kind == "directory":
+        images.unlink()
+        images.mkdir()
+    elif kind == "loop":
+        labels.unlink()
+        labels.symlink_to(labels.name)
+    elif kind == "empty":
+        images.write_bytes(b"")
     elif kind in ("no training images", "no test images"):
         images_file, labels_file = SPLIT_FILES["train" if "training" in kind else "test"]
         write_idx(raw / images_file, np.zeros((0, 28, 28), np.uint8))
@@ -112,6 +121,10 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
         torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     elif kind == "trained":
         return trained
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "loop":
+        path.symlink_to(path.name)
     elif kind in ("a weight missing", "a weight of another shape"):
         # a real checkpoint whose weights no longer fit the model it describes
         checkpoint = torch.load(trained, weights_only=True)
@@ -438,7 +451,28 @@ CASES = {
         ["data.data_dir=/nonexistent/mnist", "data.download=false"],
         "MNIST not found in /nonexistent/mnist/MNIST/raw",
     ),
-    "data dir is a file": ("train", ["data.data_dir={tmp}/a_file"], "cannot write to"),
+    "data dir is a file": (
+        "train",
+        ["data.data_dir={tmp}/a_file"],
+        "a_file is a file, not a folder; move that file away, or put MNIST's own train-images-idx3-ubyte",
+    ),
+    # what is there but cannot be read is named for what it is, and never sends aelab to the network
+    "image file is a directory": (
+        "train",
+        ["@directory"],
+        "train-images-idx3-ubyte is a directory, not a file; move it away, then put MNIST's own "
+        "train-images-idx3-ubyte (plain or .gz) there, or point at a complete copy: data.data_dir=/path",
+    ),
+    "label file is a loop of links": (
+        "train",
+        ["@loop"],
+        "train-labels-idx1-ubyte cannot be read (Too many levels of symbolic links); make it readable, or put",
+    ),
+    "image file of 0 bytes": (
+        "train",
+        ["@empty"],
+        "train-images-idx3-ubyte is empty (0 bytes: cut short, e.g. by a full disk); replace it: put MNIST's own",
+    ),
     "missing label file, offline": ("train", ["@missing"], "train-labels-idx1-ubyte"),
     "truncated image file": ("train", ["@truncated"], "truncated"),
     # empty data is named as such, not blamed on the number of processes
@@ -555,7 +589,26 @@ CASES = {
     ),
     # checkpoints
     "checkpoint missing": ("train", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),
-    "checkpoint is a directory": ("train", ["ckpt_path={tmp}"], "is a directory; pass a .ckpt file, e.g. ckpt_path="),
+    "checkpoint is a directory": (
+        "train",
+        ["ckpt_path={tmp}"],
+        "is a directory, not a file; pass a .ckpt file, e.g. ckpt_path=",
+    ),
+    "checkpoint of 0 bytes": (
+        "eval",
+        ["#empty"],
+        "empty.ckpt is empty (0 bytes: cut short, e.g. by a full disk); pass a .ckpt file, e.g. ckpt_path=",
+    ),
+    "checkpoint is a loop of links": (
+        "analyze",
+        ["#loop"],
+        "loop.ckpt cannot be read (Too many levels of symbolic links); make it readable, or pass a .ckpt file",
+    ),
+    "run folder whose last.ckpt is a directory": (
+        "eval",
+        ["ckpt_path={tmp}/run"],
+        "run/checkpoints/last.ckpt is a directory, not a file; use another checkpoint of the run",
+    ),
     "ckpt_path=last with no runs": ("train", ["ckpt_path=last"], "ckpt_path=last found no checkpoints/last.ckpt"),
     "malicious checkpoint": ("train", ["#malicious"], "could run code"),
     "garbage checkpoint": ("train", ["#garbage"], "is not a readable PyTorch checkpoint"),
@@ -699,6 +752,16 @@ CASES = {
         "latents=/no/such.npz does not exist; pass a .npz or .csv written by src/encode.py",
     ),
     "decode a text file as latents": ("decode", ["#trained", "latents={tmp}/a_file"], "cannot be read as latents"),
+    "decode a folder as latents": (
+        "decode",
+        ["#trained", "latents={tmp}"],
+        "is a directory, not a file; pass a .npz or .csv written by src/encode.py",
+    ),
+    "decode an empty latents file": (
+        "decode",
+        ["#trained", "latents={tmp}/empty.npz"],
+        "empty.npz is empty (0 bytes: cut short, e.g. by a full disk); pass a .npz or .csv written by src/encode.py",
+    ),
     "decode the same axis twice": (
         "decode",
         ["#trained", "axes=[1,1]"],
@@ -732,6 +795,58 @@ CASES = {
 # rows whose error comes after training began
 TRAINING_STARTED = {"loss diverges"}
 
+# The rows above about what is read from disk, and about settings that depend on the data, by fault
+# class (docs/errors.md, Fault classes; aelab.faults decides the first four): every class is proved
+# on at least two readers. A new reader (a dataset format, a file a task takes) adds its rows under
+# the classes it can meet. Where a task cannot write is tested on a read-only disk (test_storage.py).
+FAULT_CLASSES = {
+    "missing": [
+        "data dir missing, download off",
+        "missing label file, offline",
+        "eval of a missing checkpoint",
+        "decode a missing latents file",
+    ],
+    "not a file": [
+        "image file is a directory",
+        "checkpoint is a directory",
+        "run folder whose last.ckpt is a directory",
+        "decode a folder as latents",
+    ],
+    "unreadable": ["label file is a loop of links", "checkpoint is a loop of links", "data dir is a file"],
+    "empty": ["image file of 0 bytes", "checkpoint of 0 bytes", "decode an empty latents file"],
+    "corrupt": [
+        "truncated image file",
+        "wrong IDX magic",
+        "corrupt gzip",
+        "garbage checkpoint",
+        "text file as checkpoint",
+        "decode a text file as latents",
+    ],
+    "wrong shape or keys": [
+        "wrong image size",
+        "image/label count mismatch",
+        "training split empty",
+        "foreign checkpoint",
+        "resume with a weight missing",
+        "eval of a weight of another shape",
+    ],
+    "out of range for the data": [
+        "analyze knn_k above the split",
+        "audit knn_k above the split",
+        "audit more neighbours shown than training images",
+        "audit queries beyond the test split",
+        "keep_classes naming no image",
+    ],
+    "from an environment variable": ["data variable empty", "data variable empty for eval"],
+}
+
+
+def test_every_fault_class_is_proved_on_at_least_two_readers():
+    assert all(len(rows) >= 2 for rows in FAULT_CLASSES.values())
+    named = [row for rows in FAULT_CLASSES.values() for row in rows]
+    assert set(named) <= CASES.keys(), set(named) - CASES.keys()
+    assert len(named) == len(set(named)), "a row belongs to one class"
+
 
 def run_in_process(script: str, args: list[str], capfd, env: dict[str, str]) -> tuple[int, str]:
     """``python src/<script>.py <args>`` in this interpreter (as ``python`` runs it: ``__main__``),
@@ -761,6 +876,8 @@ def case_arguments(case: str, tmp_path: Path, trained: Path) -> tuple[str, list[
     data = make_tiny_dataset(tmp_path / "data")
     make_tiny_dataset(tmp_path / "few", n_train=20, n_test=10)
     (tmp_path / "a_file").write_text("a file where a folder is expected\n")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").mkdir(parents=True)
     cli_args = [f"paths.log_dir={tmp_path / 'logs'}"]
     variables = {}
     if script == "train":
@@ -1321,3 +1438,25 @@ def test_a_refused_run_leaves_the_finished_run_it_protects_byte_for_byte(tmp_pat
     (line,) = stderr.strip().splitlines()
     assert line.startswith(f"aelab: error: {run_dir} holds a finished run with other settings (")
     assert folder_bytes(run_dir) == before
+
+
+def test_a_read_only_run_folder_is_named_and_results_dir_is_the_way_out(small_disk, tmp_path, trained, capfd):
+    """eval and the other tasks that open a run write into its folder: where that is read-only
+    (another user's runs, a mounted archive), the line names that folder and the key that works."""
+    disk = small_disk("32m")
+    run = disk / "run"
+    shutil.copytree(trained.parent.parent, run)
+    small_disk("32m", "ro")
+    results = tmp_path / "results"
+    for script, written in (("eval", "eval.json"), ("encode", "exports/latents-test.npz")):
+        args = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path / 'logs'}"]
+        code, stderr, _ = run_in_process(script, args, capfd, {})
+        assert code == 2, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == (
+            f"aelab: error: {run} (the checkpoint's run folder) cannot be written to (Read-only file system); "
+            "the task writes what it finds there: write it elsewhere with results_dir=/path, "
+            "e.g. results_dir=/tmp/aelab-results"
+        )
+        code, stderr, _ = run_in_process(script, [*args, f"results_dir={results}"], capfd, {})
+        assert code == 0, stderr[-3000:]
+        assert (results / written).is_file()

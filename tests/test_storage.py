@@ -1,10 +1,10 @@
 """Storage faults: a kill mid-write, a full disk, a read-only disk. Nothing saved before is lost,
 every message is one line, and the command it prints works once the disk is fixed."""
 
+import json
 import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,32 +12,11 @@ import pytest
 from aelab.files import TEMPORARY_SUFFIX, atomic_path, remove_temporaries, write_atomic
 from aelab.runs import load_checkpoint
 
-from conftest import QUIET, missing, run_cli
+from conftest import QUIET, run_cli
 from test_errors import TESTS, newest_summary, run_printed
 
 # One tiny-MLP checkpoint (weights + AdamW state) is about 2.6 MB.
 CHECKPOINT_MB = 2.6
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs mounted at ``tmp_path/disk``: ``mount(size, *options)`` (re)mounts it, e.g. when
-    a test frees space by growing it."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = []
-
-    def mount(size: str, *options: str) -> Path:
-        how = ["-o", ",".join([*(["remount"] if mounted else []), f"size={size}", *options])]
-        result = subprocess.run(["mount", "-t", "tmpfs", *how, "tmpfs", str(disk)], capture_output=True, text=True)
-        if result.returncode != 0:
-            missing(f"these tests mount a small tmpfs and need root: {result.stderr.strip()}")
-        mounted.append(size)
-        return disk
-
-    yield mount
-    if mounted:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def all_checkpoints_load(run: Path) -> list[str]:
@@ -67,7 +46,7 @@ def test_a_full_disk_stops_with_one_line_keeps_every_saved_checkpoint_and_the_pr
     (run,) = (disk / "logs" / "train" / "runs").iterdir()
     assert re.search(
         rf"{run}/checkpoints/best-epoch001.ckpt: No space left on device; free some space, "
-        r"then resume with: python src/train.py .*ckpt_path=",
+        r"then finish the run with: python src/train.py .*hydra.run.dir=",
         line,
     ), line
     # what had been saved is whole; the torn temporary is gone
@@ -76,13 +55,54 @@ def test_a_full_disk_stops_with_one_line_keeps_every_saved_checkpoint_and_the_pr
     assert not list(run.rglob(f"*{TEMPORARY_SUFFIX}"))
 
     small_disk("64m")  # space freed
-    command = line.split("resume with: ", 1)[1]
+    command = line.split("finish the run with: ", 1)[1]
     resumed = run_printed(command, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = newest_summary(disk / "logs")
     assert summary["status"] == "ok" and summary["epochs"] == 3
+    assert summary["output_dir"] == str(run)  # the same run, in its own folder
     evaluated = run_cli("eval.py", f"ckpt_path={summary['best_checkpoint']}", f"paths.log_dir={disk / 'logs'}", env=env)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_disk_full_as_the_summary_is_written_names_it_and_the_printed_command_finishes_the_run(
+    small_disk, tmp_path, tiny_mnist
+):
+    disk = small_disk("16m")
+    env = {"AELAB_DATA_DIR": str(tiny_mnist), "PYTHONPATH": str(TESTS)}
+    measured = tmp_path / "measured.json"
+    full = run_cli(
+        "train.py",
+        "trainer.max_epochs=2",
+        f"paths.log_dir={disk / 'logs'}",
+        "~logger",
+        QUIET,
+        "+callbacks.fill._target_=fault_callbacks.FillDiskAfterFit",
+        f"+callbacks.fill.filler={disk / 'filler'}",
+        f"+callbacks.fill.record={measured}",
+        env=env,
+    )
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    (line,) = [line for line in full.stderr.splitlines() if line.startswith("aelab: error: ")]
+    (run,) = (disk / "logs" / "train" / "runs").iterdir()
+    assert line.startswith(
+        f"aelab: error: {run / 'run_summary.json'}: No space left on device; free some space, "
+        "then finish the run with: python src/train.py "
+    ), line
+    last_mtime = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+
+    (disk / "filler").unlink()  # space freed
+    finished = run_printed(line.split("finish the run with: ", 1)[1], env)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "has trained its 2 epochs; measuring" in finished.stdout + finished.stderr
+    summary, fit = json.loads((run / "run_summary.json").read_text()), json.loads(measured.read_text())
+    assert summary["status"] == "ok" and summary["epochs"] == 2
+    for key in ("val/mse", "val/mse_best", "train/mse"):
+        assert summary[key] == pytest.approx(fit[key], rel=1e-6), key
+    assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == last_mtime  # nothing trained again
+    assert [p.name for p in (disk / "logs" / "train" / "runs").iterdir()] == [run.name]  # no second folder
 
 
 def test_a_read_only_log_disk_is_one_line_naming_the_path_and_the_fix(small_disk, tiny_mnist):

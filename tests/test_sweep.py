@@ -86,14 +86,23 @@ def test_rerunning_a_sweep_trains_nothing_new_and_rewrites_the_same_summary(tmp_
 
 
 @pytest.mark.slow
-def test_an_interrupted_job_resumes_from_its_last_checkpoint(tmp_path, tiny_mnist):
+def test_a_job_that_trained_every_epoch_but_lost_its_summary_gets_it_back_whole(tmp_path, tiny_mnist):
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
-    (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
+    written = json.loads((job / "run_summary.json").read_text())
+    (job / "run_summary.json").unlink()  # as if killed (or the disk full) after its last checkpoint
+    checkpoint_mtime = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     result = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
     assert result.returncode == 0
-    assert "resuming the interrupted job" in result.stdout + result.stderr
-    assert json.loads((job / "run_summary.json").read_text())["epochs"] == 1
+    assert "has trained its 1 epochs; measuring" in result.stdout + result.stderr
+    rebuilt = json.loads((job / "run_summary.json").read_text())
+    # the validation metrics measured again with the same weights, train's from the checkpoint's sums
+    for key in ("val/mse", "val/mse_best", "train/mse"):
+        assert rebuilt[key] == pytest.approx(written[key], rel=1e-6), key
+    assert rebuilt["epochs"] == 1 and rebuilt["best_checkpoint"] == written["best_checkpoint"]
+    assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == checkpoint_mtime  # nothing trained
+    (row,) = read_rows(tmp_path / "sweep")
+    assert float(row["val/mse"]) == pytest.approx(written["val/mse"], rel=1e-6)
 
 
 @pytest.mark.slow

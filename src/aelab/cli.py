@@ -184,14 +184,14 @@ def os_error_line(err: OSError, output_dir: Path | None) -> str:
     line = f"{err.filename or 'a file'}: {err.strerror or err}; {fix}"
     # a training run (it has checkpoints) can go on from its last one; eval and analyze just rerun
     if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None and (output_dir / "checkpoints").is_dir():
-        from aelab.callbacks import resume_command, resume_sweep_command
-        from aelab.runs import last_checkpoint
+        from aelab.callbacks import finish_command, resume_sweep_command
+        from aelab.runs import RECORD_DIR, last_checkpoint
 
-        sweep, kept = resume_sweep_command(), last_checkpoint(output_dir)
+        sweep = resume_sweep_command()
         if sweep:
             line += f", then resume the sweep with: {sweep}"
-        elif kept:
-            line += f", then resume with: {resume_command(str(kept))}"
+        elif last_checkpoint(output_dir) and (output_dir / RECORD_DIR / "overrides.yaml").is_file():
+            line += f", then finish the run with: {finish_command(output_dir)}"
     return line
 
 

@@ -74,6 +74,7 @@ SCHEMA: dict[str, Rule] = {
     "seed": Int(min=0, max=2**32 - 1),
     "ckpt_path": Text(null=True),
     "sweep_dir": Text(null=True),
+    "results_dir": Text(null=True),
     # train (its sweep and search reports), analyze, audit
     "figure_format": OneOf(values=FIGURE_FORMATS),
     "figure_dpi": Int(min=50, max=1200),

@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ from omegaconf import OmegaConf
 
 import aelab.data  # noqa: F401 - registers the datamodules that checkpoints name
 import aelab.models  # noqa: F401 - registers the models and backbones that checkpoints name
-from aelab.data.datasets import dataset_spec, missing_files
+from aelab.data.datasets import dataset_spec, file_faults
 from aelab.errors import CheckpointError, ConfigError, hydra_value
+from aelab.faults import MISSING, fault_of
 from aelab.files import atomic_path, remove_temporaries, write_atomic, write_json
 from aelab.models.backbones import backbone_label
 from aelab.models.inference import as_model_input, in_batches
@@ -270,12 +272,12 @@ def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None
             )
         return candidates[-1]
     path = Path(ckpt_path)
-    if path.is_dir():
+    fault = fault_of(path)
+    if fault is not None:
+        example = path / CHECKPOINT_DIR / LAST if path.is_dir() else f"logs/train/runs/<run>/{CHECKPOINT_DIR}/{LAST}"
         raise CheckpointError(
-            f"ckpt_path={ckpt_path} is a directory; pass a .ckpt file, e.g. ckpt_path={path / CHECKPOINT_DIR / LAST}"
+            fault.line(f"ckpt_path={ckpt_path}", f"pass a .ckpt file, e.g. ckpt_path={example}", typed=True)
         )
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path} does not exist; pass an existing .ckpt file")
     return path
 
 
@@ -300,8 +302,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    fault = fault_of(path)
+    if fault is not None:
+        raise CheckpointError(fault.line(f"checkpoint {path}", "use another checkpoint of the run", typed=True))
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -379,18 +382,23 @@ class LoadedRun:
     checkpoint: dict[str, Any]
     path: Path
     batch_size: int = 1024
+    results_dir: Path | None = None  # where tasks write what they find: by default ``run_dir``
 
     @property
     def run_dir(self) -> Path:
         return run_dir_of(self.path)
 
     @property
+    def results(self) -> Path:
+        return self.results_dir or self.run_dir
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def folder(self, name: str) -> Path:
-        """``<run>/<name>/``, made if missing: where a task writes what it found."""
-        out = self.run_dir / name
+        """``<results>/<name>/``, made if missing: where a task writes what it found."""
+        out = self.results / name
         out.mkdir(parents=True, exist_ok=True)
         return out
 
@@ -453,9 +461,11 @@ def open_run(
             "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
         )
     root = project_root()
+    path: Path | None
     if str(source) != "last" and Path(source).is_dir():
-        path = last_checkpoint(Path(source))
-        if path is None:
+        path = checkpoint_dir(Path(source)) / LAST
+        found = fault_of(path)
+        if found is not None and found.kind == MISSING:  # other faults: load_checkpoint names them
             raise CheckpointError(f"{source} holds no {CHECKPOINT_DIR}/{LAST}; pass a run directory or a .ckpt file")
     else:
         path = resolve_ckpt_path(str(source), Path(log_dir if log_dir is not None else root / "logs") / "train")
@@ -469,7 +479,7 @@ def open_run(
     check_registered(data_config, "the data overrides")
     if "data_dir" not in overrides:
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
-        if missing_files(spec.raw_dir(data_config["data_dir"])) and not missing_files(spec.raw_dir(fallback)):
+        if file_faults(spec.raw_dir(data_config["data_dir"])) and not file_faults(spec.raw_dir(fallback)):
             data_config["data_dir"] = str(fallback)
     try:
         model = build(model_config, f"checkpoint {path}", key="model")
@@ -483,10 +493,16 @@ def open_run(
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
 
 
-def open_for(cfg: Any, source: str | Path | None = None, device: str | torch.device | None = None) -> LoadedRun:
+def open_for(
+    cfg: Any,
+    source: str | Path | None = None,
+    device: str | torch.device | None = None,
+    results_dir: Path | None = None,
+) -> LoadedRun:
     """``open_run`` as a task's config says: the run of ``ckpt_path=`` (or ``source``), with its
     ``data.*`` and ``paths``, on ``device`` (by default the one ``trainer=`` names), batched as
-    ``data.batch_size``."""
+    ``data.batch_size``, its results going to ``results_dir=`` (or ``results_dir``; by default the
+    run's own folder), checked writable."""
     from aelab.config import device_of
 
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
@@ -496,7 +512,25 @@ def open_for(cfg: Any, source: str | Path | None = None, device: str | torch.dev
         source or cfg.ckpt_path, device or device_of(cfg), data={str(k): v for k, v in data.items()}, **paths
     )
     loaded.batch_size = loaded.datamodule.settings.batch_size
+    if results_dir is not None or cfg.get("results_dir"):
+        loaded.results_dir = Path(results_dir or str(cfg.results_dir))
+    check_writable(loaded.results, chosen=loaded.results_dir is not None)
     return loaded
+
+
+def check_writable(folder: Path, *, chosen: bool) -> None:
+    """Refuse, before any work, a results folder the task could not write to: by default the run's
+    own folder, which may be on a read-only disk or someone else's (``results_dir`` is the way out)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        where = f"results_dir={folder}" if chosen else f"{folder} (the checkpoint's run folder)"
+        raise ConfigError(
+            f"{where} cannot be written to ({err.strerror}); the task writes what it finds there: "
+            "write it elsewhere with results_dir=/path, e.g. results_dir=/tmp/aelab-results"
+        ) from None
 
 
 # Overrides that say where things are or how they are shown, not what the run is: a resumed run
@@ -606,19 +640,22 @@ def check_resumable(path: str | Path, model: L.LightningModule, max_epochs: int 
                 f"model.latent_dim={hydra_value(saved.get('latent_dim'))})"
             )
     load_weights(model, checkpoint, path)
-    if max_epochs is None:
-        return
-    try:
-        # "processed": a checkpoint saved at the end of an epoch counts it, one saved mid-epoch does not
-        done = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError, ValueError):
-        return
-    if done >= max_epochs:
+    done = epochs_done(checkpoint)
+    if max_epochs is not None and done is not None and done >= max_epochs:
         raise ConfigError(
             f"checkpoint {path} has already trained {done} epoch{'s' * (done != 1)} and "
             f"trainer.max_epochs={max_epochs} asks "
             f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
         )
+
+
+def epochs_done(checkpoint: dict[str, Any]) -> int | None:
+    """The epochs a checkpoint has trained to their end (one saved mid-epoch does not count that
+    epoch); ``None`` where Lightning's loop state is not there to say."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _describe(part: dict[str, Any]) -> str:

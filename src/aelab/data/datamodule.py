@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from aelab.constraints import NonNegativeInt, PositiveInt
-from aelab.data.datasets import SPLIT_FILES, dataset_spec, download, missing_data_message, missing_files
+from aelab.data.datasets import SPLIT_FILES, check_files, dataset_spec, download, missing_data_message
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError, DataError, is_int
 from aelab.registry import register
@@ -221,7 +221,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         return type(self)(**{**self.hparams, "keep_classes": None})
 
     def prepare_data(self) -> None:
-        missing = missing_files(self.raw_dir)
+        missing = check_files(self.spec, self.data_dir)
         if not missing:
             return
         if not self.settings.download:

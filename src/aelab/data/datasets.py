@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aelab.errors import ConfigError, DataError
+from aelab.faults import MISSING, Fault, fault_of
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -54,9 +55,31 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def missing_files(raw_dir: Path) -> list[str]:
-    """The IDX files (plain or ``.gz``) that ``raw_dir`` lacks."""
-    return [n for n in IDX_FILES if not (raw_dir / n).is_file() and not (raw_dir / f"{n}.gz").is_file()]
+def file_faults(raw_dir: Path) -> dict[str, tuple[Path, Fault]]:
+    """Each IDX file that ``raw_dir`` holds no readable copy of (plain or ``.gz``): the copy that is
+    there and what is wrong with it (``aelab.faults``), else the plain name, ``MISSING``."""
+    faults = {}
+    for name in IDX_FILES:
+        found = [(path, fault) for path in (raw_dir / name, raw_dir / f"{name}.gz") if (fault := fault_of(path))]
+        if len(found) == 2:
+            faults[name] = next(((p, f) for p, f in found if f.kind != MISSING), found[0])
+    return faults
+
+
+def check_files(spec: DatasetSpec, data_dir: Path) -> list[str]:
+    """The IDX files ``spec`` lacks in ``data_dir``, to download; a ``DataError`` for one that is
+    there but cannot be read as it stands (a directory, unreadable, empty): the network cannot fix those."""
+    faults = file_faults(spec.raw_dir(data_dir))
+    for name, (path, fault) in faults.items():
+        if fault.kind != MISSING:
+            raise DataError(
+                fault.line(
+                    path,
+                    f"put {spec.title}'s own {name} (plain or .gz) there, or point at a complete copy: "
+                    "data.data_dir=/path (or AELAB_DATA_DIR=/path)",
+                )
+            )
+    return list(faults)
 
 
 def missing_data_message(spec: DatasetSpec, data_dir: Path, reason: str) -> str:

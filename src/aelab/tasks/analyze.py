@@ -78,9 +78,11 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     return analyze_checkpoint(cfg)
 
 
-def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[str, Any]:
+def analyze_checkpoint(
+    cfg: DictConfig, ckpt_path: Path | None = None, results_dir: Path | None = None
+) -> dict[str, Any]:
     device = device_of(cfg)
-    loaded = runs.open_for(cfg, ckpt_path)
+    loaded = runs.open_for(cfg, ckpt_path, results_dir=results_dir)
     model, datamodule = loaded.model, loaded.datamodule
     keep = datamodule.settings.keep_classes
     train_images, train_labels = datamodule.with_all_classes().split("train")
@@ -158,7 +160,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt_path: Path | None = None) -> dict[s
     with stage("TensorBoard: figures, scalars and projector"):
         rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
         write_tensorboard(
-            loaded.run_dir / "tensorboard",
+            loaded.results / "tensorboard",
             figures,
             (
                 "test_latents",
@@ -228,10 +230,12 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     jobs = [(job, ckpt) for job, ckpt in jobs if ckpt is not None]
     if not jobs:
         raise ConfigError(f"sweep_dir={sweep_dir} holds no sweep jobs with checkpoints")
+    # each job's analysis in its own folder, or in <results_dir>/<job> with the summary beside them
+    out = Path(str(cfg.results_dir)) if cfg.get("results_dir") else sweep_dir
     rows = []
     for i, (job, ckpt) in enumerate(jobs, 1):
         log.info("job %d of %d: %s", i, len(jobs), job.name)
-        result = analyze_checkpoint(cfg, ckpt)
+        result = analyze_checkpoint(cfg, ckpt, out / job.name if out != sweep_dir else None)
         trust = [v for k, v in result.items() if k.startswith(TRUSTWORTHINESS)]
         described = {key: result[key] for key in ("dataset", "data", "backbone", "objective", "latent_size")}
         rows.append({**numbers(result), "job": job.name, **described, TRUSTWORTHINESS: trust[0] if trust else None})
@@ -239,11 +243,11 @@ def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     write_table(
         rows,
         SUMMARY_COLUMNS,
-        sweep_dir / "analysis_summary",
+        out / "analysis_summary",
         f"# Latent-space analysis of {sweep_dir.name}\n\nkNN: k={cfg.knn_k}, train latents -> test "
         "latents. Clustering of test latents into as many clusters as classes, scored against the "
         "classes (ACC with Hungarian matching). Trustworthiness of the first 2-D map.",
     )
     if len({row["latent_size"] for row in rows}) > 1:  # one size would be one point per line
-        plots.FigureFiles.of(cfg).save(plots.metrics_vs_latent_size(rows), sweep_dir / "analysis_vs_latent_size")
+        plots.FigureFiles.of(cfg).save(plots.metrics_vs_latent_size(rows), out / "analysis_vs_latent_size")
     return {"jobs": rows}

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from aelab import runs
 from aelab.config import validate
 from aelab.errors import ConfigError
+from aelab.faults import fault_of
 from aelab.files import write_atomic
 from aelab.models.inference import encode_images
 from aelab.report import plots
@@ -96,8 +97,9 @@ def read_latents(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """(N, numbers) float32 from a file ``encode`` wrote (.npz or .csv) or one like it (a .npy
     array, a .npz with an array named ``latents``); and what the file says about itself
     (``latent_shape``, ``checkpoint``) when it says it."""
-    if not path.is_file():
-        raise ConfigError(f"latents={path} does not exist; pass a .npz or .csv written by src/encode.py")
+    fault = fault_of(path)
+    if fault is not None:
+        raise ConfigError(fault.line(f"latents={path}", "pass a .npz or .csv written by src/encode.py", typed=True))
     about: dict[str, Any] = {}
     try:
         if path.suffix == ".csv":

@@ -53,12 +53,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         TEST_MSE: float(metrics[TEST_MSE]),
         TEST_MSE_PER_CLASS: per_class_mean(errors, labels.numpy(), datamodule.classes),
     }
-    out = loaded.run_dir / EVAL_FILE
+    out = loaded.results / EVAL_FILE
     write_json(out, result)
     # the first test images over their reconstructions, as the training run's grids show val images
     shown = as_model_input(images[:EVAL_GRID_IMAGES])
     grid = torch.cat([shown, loaded.reconstruct(shown)])
-    save_image_grid(grid, loaded.run_dir / EVAL_GRID_FILE, nrow=len(shown))
+    save_image_grid(grid, loaded.results / EVAL_GRID_FILE, nrow=len(shown))
     write_tensorboard(loaded, result, image_grid(grid, nrow=len(shown)))
     worst = max(result[TEST_MSE_PER_CLASS].items(), key=lambda item: item[1])
     print(
@@ -77,6 +77,6 @@ def write_tensorboard(loaded, result: dict[str, Any], grid: torch.Tensor) -> Non
     epochs = int(loaded.checkpoint.get("epoch", 0)) + 1
     rows = [("all", result[TEST_MSE]), *result[TEST_MSE_PER_CLASS].items()]
     table = "\n".join(f"| {name} | {value:.5f} |" for name, value in rows)
-    with SummaryWriter(str(loaded.run_dir / "tensorboard")) as writer:
+    with SummaryWriter(str(loaded.results / "tensorboard")) as writer:
         writer.add_text(TEST_MSE, f"| class | {TEST_MSE} |\n| --- | --- |\n{table}", epochs)
         writer.add_image(f"{FIGURES}/test_reconstructions", grid, epochs)

@@ -27,6 +27,7 @@ from aelab.names import (
     TRAIN_MSE,
     VAL_MSE,
     VAL_MSE_BEST,
+    metric,
 )
 from aelab.quiet import quiet_known_warnings
 
@@ -100,16 +101,30 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         return previous
     ckpt_path = cfg.get("ckpt_path")
     unfinished = runs.resume_point(output_dir)
+    trained = False
     if ckpt_path is None and unfinished is not None:
-        # the same directory holds a job that stopped before its summary: a re-run sweep
-        stored = runs.load_checkpoint(unfinished).get(IDENTITY_KEY)
-        runs.require_same_run(output_dir, f"an unfinished run ({unfinished.name})", stored, identity)
-        log.info("resuming the interrupted job from %s", unfinished)
+        # the same directory holds a run that stopped before its summary: a re-run sweep, or the
+        # command a full disk printed
+        checkpoint = runs.load_checkpoint(unfinished)
+        runs.require_same_run(
+            output_dir, f"an unfinished run ({unfinished.name})", checkpoint.get(IDENTITY_KEY), identity
+        )
         ckpt_path = str(unfinished)
+        done, wanted = runs.epochs_done(checkpoint), cfg.trainer.get("max_epochs")
+        # every epoch trained (the disk filled up as the summary was written): only the summary is missing
+        trained = done is not None and wanted is not None and 0 <= wanted <= done
+        if trained:
+            log.info(
+                "%s has trained its %d epochs; measuring %s for the summary it lacks", output_dir, done, unfinished
+            )
+        else:
+            log.info("resuming the interrupted job from %s", unfinished)
     if writer:
         # checked: the folder holds no other run, so its record says what trains in it now
         runs.write_record(output_dir, cfg, model.run_overrides)
     model.run_identity = identity
+    if trained:
+        return _finish(cfg, model, datamodule, Path(ckpt_path), output_dir, started, writer=writer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
@@ -120,7 +135,6 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         resumed_run = runs.run_dir_of(ckpt_path)
         if writer and ckpt_path.parent.name == runs.CHECKPOINT_DIR and resumed_run.resolve() != output_dir.resolve():
             runs.remove_leftovers(resumed_run)
-        # a sweep job found unfinished may have done all its epochs: it only lacks its summary
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
         runs.check_resumable(ckpt_path, model, asked)
 
@@ -133,7 +147,78 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     epoch_times = reported.get(EPOCH_TIMES)
     saved = trainer.checkpoint_callback
     last = runs.last_checkpoint(output_dir)
-    summary = {
+    summary = run_summary(
+        model,
+        datamodule,
+        metrics,
+        epochs=int(metrics.get(EPOCHS, trainer.current_epoch)),
+        epoch_times=epoch_times.tolist() if epoch_times is not None else None,
+        best=getattr(saved, "best_model_path", None) or None,
+        last=getattr(saved, "last_model_path", None) or (str(last) if last is not None else None),
+        output_dir=output_dir,
+        started=started,
+    )
+    return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
+
+
+def _finish(cfg: DictConfig, model, datamodule, path: Path, output_dir: Path, started: float, *, writer: bool):
+    """The summary of a run whose epochs are all trained but whose summary was never written, from
+    its checkpoint: the validation metrics measured again with the weights the fit ended with (a
+    bare Trainer: nothing is logged or saved twice), the training means from the last epoch's sums
+    the checkpoint kept (``AutoEncoder.on_save_checkpoint``)."""
+    checkpoint = runs.load_checkpoint(path)
+    runs.check_resumable(path, model, None)  # the same network; loads its weights
+    model.on_load_checkpoint(checkpoint)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.get("accelerator") or "auto",
+        devices=1,
+        precision=cfg.trainer.get("precision"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (measured,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    train = {metric("train", t): float(mean.compute()) for t, mean in model.epoch_means("train").items() if mean.count}
+    best, last = runs.best_checkpoint(output_dir), runs.last_checkpoint(output_dir)
+    summary = run_summary(
+        model,
+        datamodule,
+        {**measured, **train},
+        epochs=runs.epochs_done(checkpoint) or 0,
+        epoch_times=None,  # not kept in checkpoints
+        best=str(best) if best is not None else None,
+        last=str(last) if last is not None else None,
+        output_dir=output_dir,
+        started=started,
+    )
+    return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
+
+
+def _written(summary: dict[str, Any], model, datamodule, device: torch.device, *, writer: bool) -> dict[str, Any]:
+    """``summary`` with a one-class run's scores, written by the ``writer`` process."""
+    if writer and datamodule.settings.keep_classes is not None:
+        summary.update(one_class_scores(model, datamodule, device))
+    if writer:
+        runs.write_summary(Path(summary["output_dir"]), summary)
+        log.info(closing_line(summary))
+    return summary
+
+
+def run_summary(
+    model,
+    datamodule,
+    metrics: dict[str, float],
+    *,
+    epochs: int,
+    epoch_times: list[float] | None,
+    best: str | None,
+    last: str | None,
+    output_dir: Path,
+    started: float,
+) -> dict[str, Any]:
+    """What ``run_summary.json`` says of a trained run (``aelab.names`` for the metrics' keys)."""
+    return {
         "status": "ok",
         "dataset": datamodule.spec.name,
         "data": datamodule.name,
@@ -144,23 +229,17 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
         "compression": model.compression,
-        "epochs": int(metrics.get(EPOCHS, trainer.current_epoch)),
+        "epochs": epochs,
         VAL_MSE_BEST: metrics.get(VAL_MSE_BEST, model.best_val_mse),
         VAL_MSE: metrics.get(VAL_MSE),
         TRAIN_MSE: metrics.get(TRAIN_MSE),
         "wall_time_s": time.perf_counter() - started,
-        "epoch_times_s": epoch_times.tolist() if epoch_times is not None else None,
+        "epoch_times_s": epoch_times,
         "output_dir": str(output_dir),
-        "best_checkpoint": getattr(saved, "best_model_path", None) or None,
-        "last_checkpoint": getattr(saved, "last_model_path", None) or (str(last) if last is not None else None),
-        IDENTITY_KEY: identity,
+        "best_checkpoint": best,
+        "last_checkpoint": last,
+        IDENTITY_KEY: model.run_identity,
     }
-    if writer and datamodule.settings.keep_classes is not None:
-        summary.update(one_class_scores(model, datamodule, trainer.strategy.root_device))
-    if writer:
-        runs.write_summary(output_dir, summary)
-        log.info(closing_line(summary))
-    return summary
 
 
 def one_class_scores(model, datamodule, device: torch.device) -> dict[str, Any]:
