@@ -674,10 +674,22 @@ CASES = {
         ["#trained", "knn_k=100000"],
         "knn_k=100000 is invalid for MNIST: its 136 images have at most 135 neighbours each; e.g. knn_k=10",
     ),
+    "analyze a test split too small for umap_gmm": (
+        "analyze",
+        ["#trained", "data.data_dir={tmp}/few"],
+        "MNIST (few)'s test split holds 10 images, and umap_gmm=true (UMAP to 10-D) needs at least 12: analyze a "
+        "run of data with a larger test split; or leave it out: umap_gmm=false",
+    ),
+    "analyze a test split too small for trustworthiness": (
+        "analyze",
+        ["#trained", "data.data_dir={tmp}/few", "umap_gmm=false"],
+        "MNIST (few)'s test split holds 10 images, and the 2-D maps' trustworthiness (10 neighbours) needs at "
+        "least 21",
+    ),
     "analyze too few trustworthiness points": (
         "analyze",
         ["#trained", "trustworthiness_points=5"],
-        "trustworthiness_points=5 is invalid: it must be an integer >= 10",
+        "trustworthiness_points=5 is invalid: it must be an integer >= 21",
     ),
     "analyze umap_gmm maybe": (
         "analyze",
@@ -836,6 +848,8 @@ FAULT_CLASSES = {
         "audit more neighbours shown than training images",
         "audit queries beyond the test split",
         "keep_classes naming no image",
+        "analyze a test split too small for umap_gmm",
+        "analyze a test split too small for trustworthiness",
     ],
     "from an environment variable": ["data variable empty", "data variable empty for eval"],
 }

@@ -30,6 +30,7 @@ from aelab.loggers import EXTRAS
 from aelab.paths import SAFE_NAME_RULE, checkout, is_safe_name
 from aelab.registry import check_importable, import_targets
 from aelab.report.audit import OUTLIER_METHODS, SUSPECT_METHODS
+from aelab.report.metrics import FEWEST_TRUSTWORTHINESS_POINTS
 from aelab.report.plots import FIGURE_FORMATS
 from aelab.rules import (
     Either,
@@ -82,7 +83,7 @@ SCHEMA: dict[str, Rule] = {
     "map": OneOf(values=MAPS),
     "knn_k": POSITIVE,
     "umap_gmm": Flag(),
-    "trustworthiness_points": Int(min=10),
+    "trustworthiness_points": Int(min=FEWEST_TRUSTWORTHINESS_POINTS),
     # audit
     "suspect_method": OneOf(values=SUSPECT_METHODS),
     "outlier_method": OneOf(values=OUTLIER_METHODS),

@@ -119,7 +119,18 @@ def embed_2d(z: np.ndarray, method: str, seed: int = 0, n_jobs: int = -1) -> np.
     raise ValueError(f"unknown map method {method!r}; use one of {', '.join(MAP_METHODS)}")
 
 
-def trustworthiness(z: np.ndarray, embedded: np.ndarray, n_neighbors: int = 10) -> float:
+# The neighbourhood trustworthiness compares: scikit-learn defines it for more than twice as many points.
+TRUSTWORTHINESS_NEIGHBOURS = 10
+FEWEST_TRUSTWORTHINESS_POINTS = 2 * TRUSTWORTHINESS_NEIGHBOURS + 1
+
+
+def fewest_clustered_points(n_clusters: int, method: str) -> int:
+    """The smallest set of latents a clustering into ``n_clusters`` is defined for: k-means needs a
+    point per cluster; UMAP's spectral start needs more points than its ``n_clusters`` dimensions + 1."""
+    return n_clusters + 2 if method == "umap_gmm" else n_clusters
+
+
+def trustworthiness(z: np.ndarray, embedded: np.ndarray, n_neighbors: int = TRUSTWORTHINESS_NEIGHBOURS) -> float:
     """How far the 2-D map's neighbourhoods are true neighbourhoods of the latents (1 = all)."""
     from sklearn.manifold import trustworthiness as sk_trustworthiness
 

@@ -92,6 +92,7 @@ def analyze_checkpoint(
             f"knn_k={cfg.knn_k} is invalid for {datamodule.name}: its training split holds {len(train_images)} "
             f"images; e.g. knn_k={min(5, len(train_images))}"
         )
+    check_split_sizes(cfg, datamodule.name, len(test_images), len(datamodule.classes), model.latent_size)
     out = loaded.folder("analysis")
     train_y, test_y = train_labels.numpy(), test_labels.numpy()
     classes = datamodule.classes
@@ -223,6 +224,24 @@ def write_tensorboard(log_dir: Path, figures: dict[str, Any], embedding: tuple, 
             writer.add_figure(f"{FIGURES}/{name}", fig)
     tag, name, codes, images, columns = embedding
     projector.add_embedding(log_dir, tag, name, torch.from_numpy(codes), images, columns)
+
+
+def check_split_sizes(cfg: DictConfig, data: str, n_test: int, n_classes: int, latent_size: int) -> None:
+    """Measures of the test latents that need more of them than a small split holds, refused before
+    any work with the smallest split each is defined for (the libraries' own errors are tracebacks)."""
+    needs = [(f"k-means into its {n_classes} classes", analysis.fewest_clustered_points(n_classes, "kmeans"), "")]
+    if cfg.umap_gmm:
+        fewest = analysis.fewest_clustered_points(n_classes, "umap_gmm")
+        needs.append((f"umap_gmm=true (UMAP to {n_classes}-D)", fewest, "; or leave it out: umap_gmm=false"))
+    if latent_size > 2:  # maps of latents of more than 2 numbers are scored by trustworthiness
+        fewest = analysis.FEWEST_TRUSTWORTHINESS_POINTS
+        needs.append((f"the 2-D maps' trustworthiness ({analysis.TRUSTWORTHINESS_NEIGHBOURS} neighbours)", fewest, ""))
+    for what, fewest, way_out in needs:
+        if n_test < fewest:
+            raise ConfigError(
+                f"{data}'s test split holds {n_test} images, and {what} needs at least {fewest}: "
+                f"analyze a run of data with a larger test split{way_out}"
+            )
 
 
 def analyze_sweep(sweep_dir: Path, cfg: DictConfig) -> dict[str, Any]:
