@@ -176,22 +176,22 @@ def test_pca_column_is_the_pca_baseline_on_the_jobs_own_splits(tmp_path, tiny_mn
 
 @pytest.mark.slow
 def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
-    """Re-running a sweep directory on other data stops that job, naming what differs, and keeps
-    the finished run it found there."""
+    """Re-running a sweep directory on other data stops the sweep at that job, naming what differs,
+    and touches nothing of the finished run it found there, byte for byte, nor the sweep's report."""
+    from test_errors import folder_bytes
 
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
-    summary_before = (job / "run_summary.json").read_text()
-    checkpoint_before = (job / "checkpoints" / "last.ckpt").read_bytes()
+    before, report = folder_bytes(job), (tmp_path / "sweep" / "summary.csv").read_text()
 
     other = run_sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
-    assert other.returncode == 1
-    (row,) = read_rows(tmp_path / "sweep")
-    assert row["status"] == "failed"
-    assert row["error"].startswith(f"ConfigError: {job} holds a finished run with other settings (data.content: ")
-    assert "its results and checkpoints were left as they were" in row["error"]
-    assert (job / "run_summary.json").read_text() == summary_before
-    assert (job / "checkpoints" / "last.ckpt").read_bytes() == checkpoint_before
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert other.stderr.strip().splitlines()[-1].startswith(
+        f"aelab: error: {job} holds a finished run with other settings (data.content: "
+    )
+    assert "its results and checkpoints were left as they were" in other.stderr
+    assert folder_bytes(job) == before
+    assert (tmp_path / "sweep" / "summary.csv").read_text() == report
 
     # back on the data it was trained on, the job is found finished again
     again = run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2")
@@ -201,16 +201,18 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
 
 @pytest.mark.slow
 def test_an_unfinished_job_is_not_resumed_into_a_different_one(tmp_path, tiny_mnist):
+    from test_errors import folder_bytes
 
     assert run_sweep(tmp_path, tiny_mnist, "model.latent_dim=2").returncode == 0
     job = tmp_path / "sweep" / "model.latent_dim=2,trainer.max_epochs=1"
     (job / "run_summary.json").unlink()  # as if killed after its last checkpoint
+    before = folder_bytes(job)
     other = run_sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
-    assert other.returncode == 1
-    assert (
-        "holds an unfinished run (last.ckpt) with other settings (data.content: "
-        in read_rows(tmp_path / "sweep")[0]["error"]
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert f"aelab: error: {job} holds an unfinished run (last.ckpt) with other settings (data.content: " in (
+        other.stderr
     )
+    assert folder_bytes(job) == before
 
 
 @pytest.mark.slow

@@ -88,15 +88,15 @@ def run_task(name: str, cfg: DictConfig) -> float | None:
     except Exception as raised:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        from aelab.runs import RunDirectoryBusy, record_failure
+        from aelab.runs import NotOurFolder, record_failure
 
         err = user_error(raised, Path(cfg.paths.output_dir)) or raised
-        if multirun and not isinstance(err, RunDirectoryBusy):
+        if multirun and not isinstance(err, NotOurFolder):
             log.error("job failed: %s", err, exc_info=not isinstance(err, AelabError))  # a bug with its traceback
             record_failure(Path(cfg.paths.output_dir), error_line(err))
             return None
         if isinstance(err, AelabError):
-            if not isinstance(err, RunDirectoryBusy):  # a busy folder is another process's
+            if not isinstance(err, NotOurFolder):
                 _discard_unstarted(cfg)
             print(f"aelab: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

@@ -126,6 +126,11 @@ def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
     return {key: value for key, value in sorted(flat.items()) if not is_place_override(key)}
 
 
+class NotOurFolder(ConfigError):
+    """The run folder belongs to another run or another process: nothing may be written there, not
+    even this failure (a sweep stops at it instead of noting a failed job in that folder)."""
+
+
 def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
     """Refuse to reuse a run directory (skip it as finished, or resume it) for a different run:
     ``key: stored -> wanted`` for every key that differs; everything if nothing was stored."""
@@ -136,7 +141,7 @@ def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wa
         differences = [f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in keys if stored.get(k) != wanted.get(k)]
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
-        raise ConfigError(
+        raise NotOurFolder(
             f"{run_dir} holds {what} with other settings ({shown}); its results and checkpoints were left "
             "as they were. Train into "
             "a new directory (leave hydra.run.dir / hydra.sweep.dir unset) or remove that one"
@@ -165,8 +170,8 @@ def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) ->
     write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(typed))
 
 
-class RunDirectoryBusy(ConfigError):
-    """Another process holds the run directory: nothing may be written there, not even a failure."""
+class RunDirectoryBusy(NotOurFolder):
+    """Another process holds the run directory."""
 
 
 @contextlib.contextmanager
