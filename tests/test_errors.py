@@ -683,8 +683,7 @@ CASES = {
     "analyze a test split too small for trustworthiness": (
         "analyze",
         ["#trained", "data.data_dir={tmp}/few", "umap_gmm=false"],
-        "MNIST (few)'s test split holds 10 images, and the 2-D maps' trustworthiness (10 neighbours) needs at "
-        "least 21",
+        "MNIST (few)'s test split holds 10 images, and the 2-D maps' trustworthiness (10 neighbours) needs at least 21",
     ),
     "analyze too few trustworthiness points": (
         "analyze",
@@ -932,6 +931,41 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
     # a command that failed before producing anything leaves no run folder to clutter logs/; a run
     # that trained keeps what it wrote
     assert bool(list((tmp_path / "logs").glob("*/runs/*"))) == (case in TRAINING_STARTED)
+
+
+def suggested(line: str, args: list[str], tmp_path: Path) -> list[str]:
+    """The arguments with the override the line suggests (its ``e.g. key=value``) in place of the
+    one it blames."""
+    override = re.search(r"e\.g\. ([\w.]+=[^\s);]+)", line).group(1)
+    key = override.split("=", 1)[0]
+    return [arg for arg in args if arg.split("=", 1)[0] != key] + [override]
+
+
+def file_put_back(line: str, args: list[str], tmp_path: Path) -> list[str]:
+    """As the line says: move away what stands there, then put the dataset's own file there."""
+    (blocking,) = re.findall(r"error: (\S+) is a directory, not a file; move it away, then put", line)
+    shutil.rmtree(blocking)
+    make_tiny_dataset(Path(blocking).parents[2])  # the same tiny MNIST, every file in place
+    return args
+
+
+# Rows whose fix is followed: the command is run again as the line says, and succeeds.
+FOLLOWED = {
+    "analyze knn_k above the split": lambda line, args, tmp: [*suggested(line, args, tmp), "map=pca", "umap_gmm=false"],
+    "audit knn_k above the split": suggested,
+    "checkpoint of another objective": suggested,
+    "image file is a directory": file_put_back,
+}
+
+
+@pytest.mark.parametrize("case", FOLLOWED)
+def test_the_fix_a_line_gives_works_when_followed(case, tmp_path, trained, capfd):
+    script, args, env = case_arguments(case, tmp_path, trained)
+    code, stderr, _ = run_in_process(script, args, capfd, env)
+    (line,) = [line for line in stderr.splitlines() if line.startswith("aelab: error: ")]
+    assert code == 2 and CASES[case][2] in line
+    code, stderr, _ = run_in_process(script, FOLLOWED[case](line, args, tmp_path), capfd, env)
+    assert code == 0, stderr[-3000:]
 
 
 SAMPLE = [

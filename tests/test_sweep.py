@@ -186,8 +186,10 @@ def test_a_finished_job_is_not_taken_for_a_different_one(tmp_path, tiny_mnist):
 
     other = run_sweep(tmp_path, make_tiny_dataset(tmp_path / "other-data", seed=1), "model.latent_dim=2")
     assert other.returncode == 2, other.stderr[-3000:]
-    assert other.stderr.strip().splitlines()[-1].startswith(
-        f"aelab: error: {job} holds a finished run with other settings (data.content: "
+    assert (
+        other.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"aelab: error: {job} holds a finished run with other settings (data.content: ")
     )
     assert "its results and checkpoints were left as they were" in other.stderr
     assert folder_bytes(job) == before
