@@ -125,15 +125,12 @@ def mse_of(run_dir, images):
     return float(((reconstructions - targets) ** 2).mean())
 
 
-def check_one_ddp_run(run_dir, data_dir, epochs):
+def check_one_ddp_run(run_dir, data_dir, epochs, kept=("best-epoch{last:03d}.ckpt", "last.ckpt")):
     """One output directory written by one process, whose val/mse is the single-process value."""
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["status"] == "ok" and summary["epochs"] == epochs and len(summary["epoch_times_s"]) == epochs
     assert summary["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        f"best-epoch{epochs - 1:03d}.ckpt",
-        "last.ckpt",
-    ]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [k.format(last=epochs - 1) for k in kept]
     assert len(list(run_dir.glob("tensorboard/**/events.out.tfevents.*"))) == 1
     test_images, _ = read_split(dataset_spec("mnist").raw_dir(data_dir), "test", 10)
     single_process = mse_of(run_dir, test_images)
@@ -160,19 +157,22 @@ def ddp_sim_run(tmp_path, data, run_name, *overrides):
 @pytest.mark.slow
 def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_path, tiny_mnist):
     run_dir = tmp_path / "logs" / "run"
-    result = ddp_sim_run(tmp_path, tiny_mnist, "run", "trainer.max_epochs=2")
+    # every epoch's checkpoint kept: the first one is where a run stopped after one epoch would resume
+    result = ddp_sim_run(
+        tmp_path, tiny_mnist, "run", "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["run"]
-    check_one_ddp_run(run_dir, tiny_mnist, epochs=2)
+    check_one_ddp_run(run_dir, tiny_mnist, epochs=2, kept=("best-epoch000.ckpt", "best-epoch001.ckpt", "last.ckpt"))
     # each process took its half of an epoch: 48 images, 3 optimiser steps of 16 (one process: 6)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2 * 3
     assert "sync_dist" not in result.stderr
 
-    # stopped after one epoch and resumed: the same weights as the uninterrupted run (each
+    # resumed from the end of the first epoch: the same weights as the uninterrupted run (each
     # process's shard is a function of seed, epoch and rank)
-    assert ddp_sim_run(tmp_path, tiny_mnist, "half", "trainer.max_epochs=1").returncode == 0
-    half = tmp_path / "logs" / "half" / "checkpoints" / "last.ckpt"
+    half = run_dir / "checkpoints" / "best-epoch000.ckpt"
+    assert torch.load(half, weights_only=True)["global_step"] == 3
     resumed = ddp_sim_run(tmp_path, tiny_mnist, "resumed", f"ckpt_path={half}", "trainer.max_epochs=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     weights = torch.load(tmp_path / "logs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

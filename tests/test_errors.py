@@ -1185,18 +1185,19 @@ def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, tiny_mnist):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum):
+def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, tiny_mnist, signum):
     process = subprocess.Popen(
         [
             sys.executable,
             str(REPO / "src/train.py"),
             "model=conv",
-            "trainer.max_epochs=50",
+            "trainer.max_epochs=500",  # far more than run before the signal: 12 batches an epoch
+            "data.batch_size=8",
             f"paths.log_dir={tmp_path}",
             QUIET,
         ],
         cwd=REPO,
-        env={**os.environ, "AELAB_DATA_DIR": str(mnist)},
+        env={**os.environ, "AELAB_DATA_DIR": str(tiny_mnist)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -1212,12 +1213,13 @@ def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, mnist, signum)
     assert f"saved {interrupted}. Resume with: " in stderr
     assert torch.load(interrupted, weights_only=True)["hyper_parameters"]["encoder"]["_target_"].endswith("ConvEncoder")
     # the follow-up the message promises, run as printed (the conv run's own overrides included),
-    # with a smaller max_epochs appended so that it finishes quickly
+    # with a max_epochs appended that ends it one epoch after the interrupted one
     (printed,) = re.findall(r"Resume with: (.+)", stderr)
-    assert printed.startswith("python src/train.py model=conv trainer.max_epochs=50 ")
-    resumed = run_printed(f"{printed} trainer.max_epochs=2", {"AELAB_DATA_DIR": str(mnist)})
+    assert printed.startswith("python src/train.py model=conv trainer.max_epochs=500 data.batch_size=8 ")
+    stopped_in = torch.load(interrupted, weights_only=True)["epoch"]
+    resumed = run_printed(f"{printed} trainer.max_epochs={stopped_in + 2}", {"AELAB_DATA_DIR": str(tiny_mnist)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert newest_summary(tmp_path)["epochs"] == 2
+    assert newest_summary(tmp_path)["epochs"] == stopped_in + 2
 
 
 @pytest.mark.slow
