@@ -125,12 +125,14 @@ def bad_checkpoint(tmp: Path, kind: str, trained: Path) -> Path:
         path.write_bytes(b"")
     elif kind == "loop":
         path.symlink_to(path.name)
-    elif kind in ("a weight missing", "a weight of another shape"):
+    elif kind in ("a weight missing", "a weight of another shape", "a weight of another dtype"):
         # a real checkpoint whose weights no longer fit the model it describes
         checkpoint = torch.load(trained, weights_only=True)
         name = sorted(checkpoint["state_dict"])[0]
         if kind == "a weight missing":
             del checkpoint["state_dict"][name]
+        elif kind == "a weight of another dtype":
+            checkpoint["state_dict"][name] = checkpoint["state_dict"][name].double()
         else:
             checkpoint["state_dict"][name] = torch.zeros(3, 3)
         torch.save(checkpoint, path)
@@ -657,6 +659,11 @@ CASES = {
         ["#a weight missing"],
         "holds weights that do not fit the model it describes (missing decoder.",
     ),
+    "resume with a weight of another dtype": (
+        "train",
+        ["#a weight of another dtype"],
+        "holds weights that do not fit the model it describes (of another dtype decoder.",
+    ),
     "eval of a weight of another shape": (
         "eval",
         ["#a weight of another shape"],
@@ -839,6 +846,7 @@ FAULT_CLASSES = {
         "training split empty",
         "foreign checkpoint",
         "resume with a weight missing",
+        "resume with a weight of another dtype",
         "eval of a weight of another shape",
     ],
     "out of range for the data": [
@@ -1035,7 +1043,10 @@ def test_a_diverged_checkpoint_fails_with_one_line_instead_of_reporting_nan(tmp_
         env={"AELAB_DATA_DIR": str(trained.parents[5] / "data")},
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert f"aelab: error: checkpoint {path} reconstructs to non-finite values (test/mse nan)" in result.stderr
+    assert (
+        f"aelab: error: checkpoint {path} holds NaN or infinite weights (decoder.0.bias and 11 more): they come "
+        "from a diverged run; use an earlier checkpoint of it"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "eval.json").exists() and not (tmp_path / "analysis" / "analysis.json").exists()
 
