@@ -71,8 +71,9 @@ gpu-check: $(STAMP)
 	$(PY) scripts/benchmark.py --device cuda --variants a b g c p --epochs 5 --json gpu-bench.json
 
 # every run under logs/ (train, sweeps, analysis), at http://localhost:6006; ARGS="--port 6007 --bind_all" etc.
+# the training runs (their eval/analyze figures included), not the debug= checks in logs/debug/
 tensorboard: $(STAMP)
-	$(VENV)/bin/tensorboard --logdir logs $(ARGS)
+	$(VENV)/bin/tensorboard --logdir logs/train $(ARGS)
 
 clean-logs:
 	rm -rf logs/train logs/analyze logs/eval logs/encode logs/decode logs/export logs/mlflow

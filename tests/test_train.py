@@ -167,7 +167,9 @@ def test_ckpt_path_last_never_means_a_debug_run(tmp_path, tiny_mnist):
     env = {"AELAB_DATA_DIR": str(tiny_mnist)}
     debug = run_cli("train.py", "debug=limit", f"paths.log_dir={tmp_path}", QUIET, env=env)
     assert debug.returncode == 0, debug.stderr[-3000:]
-    assert list((tmp_path / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+    # in a folder of their own, apart from the training runs that TensorBoard and ckpt_path=last read
+    assert not (tmp_path / "train").exists()
+    assert list((tmp_path / "debug" / "runs").glob("*/checkpoints/last.ckpt"))
     result = run_cli("eval.py", "ckpt_path=last", f"paths.log_dir={tmp_path}", env=env)
     assert result.returncode == 2
     assert "ckpt_path=last found no checkpoints/last.ckpt under" in result.stderr
