@@ -456,7 +456,7 @@ CASES = {
     "data dir is a file": (
         "train",
         ["data.data_dir={tmp}/a_file"],
-        "a_file is a file, not a folder; move that file away, or put MNIST's own train-images-idx3-ubyte",
+        "a_file is not a folder; move that file away, or put MNIST's own train-images-idx3-ubyte",
     ),
     # what is there but cannot be read is named for what it is, and never sends aelab to the network
     "image file is a directory": (
@@ -605,6 +605,22 @@ CASES = {
         "analyze",
         ["#loop"],
         "loop.ckpt cannot be read (Too many levels of symbolic links); make it readable, or pass a .ckpt file",
+    ),
+    "training into a run folder whose last.ckpt is a directory": (
+        "train",
+        ["hydra.run.dir={tmp}/run"],
+        "run/checkpoints/last.ckpt is a directory, not a file; move it away, then train the run again from its "
+        "start, or leave hydra.run.dir unset",
+    ),
+    "results_dir is a file": (
+        "eval",
+        ["#trained", "results_dir={tmp}/a_file"],
+        "a_file is not a folder; write it elsewhere with results_dir=/path",
+    ),
+    "results_dir under a file": (
+        "encode",
+        ["#trained", "results_dir={tmp}/a_file/latents"],
+        "a_file is not a folder; write it elsewhere with results_dir=/path",
     ),
     "run folder whose last.ckpt is a directory": (
         "eval",
@@ -816,7 +832,7 @@ TRAINING_STARTED = {"loss diverges"}
 # The rows above about what is read from disk, and about settings that depend on the data, by fault
 # class (docs/errors.md, Fault classes; aelab.faults decides the first four): every class is proved
 # on at least two readers. A new reader (a dataset format, a file a task takes) adds its rows under
-# the classes it can meet. Where a task cannot write is tested on a read-only disk (test_storage.py).
+# the classes it can meet. A read-only run folder is tested on a read-only disk (below).
 FAULT_CLASSES = {
     "missing": [
         "data dir missing, download off",
@@ -828,6 +844,7 @@ FAULT_CLASSES = {
         "image file is a directory",
         "checkpoint is a directory",
         "run folder whose last.ckpt is a directory",
+        "training into a run folder whose last.ckpt is a directory",
         "decode a folder as latents",
     ],
     "unreadable": ["label file is a loop of links", "checkpoint is a loop of links", "data dir is a file"],
@@ -859,6 +876,7 @@ FAULT_CLASSES = {
         "analyze a test split too small for trustworthiness",
     ],
     "from an environment variable": ["data variable empty", "data variable empty for eval"],
+    "nowhere to write": ["results_dir is a file", "results_dir under a file"],
 }
 
 

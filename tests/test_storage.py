@@ -94,9 +94,20 @@ def test_a_disk_full_as_the_summary_is_written_names_it_and_the_printed_command_
     last_mtime = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
 
     (disk / "filler").unlink()  # space freed
-    finished = run_printed(line.split("finish the run with: ", 1)[1], env)
+    command = line.split("finish the run with: ", 1)[1]
+    # resuming its checkpoint instead is refused (it has trained every epoch), pointing at the same command
+    resumed = run_cli(
+        "train.py",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_epochs=2",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        env=env,
+    )
+    assert resumed.returncode == 2
+    assert f"; or, to write the summary its run lacks: {command}" in resumed.stderr
+    finished = run_printed(command, env)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "has trained its 2 epochs; measuring" in finished.stdout + finished.stderr
+    assert "has trained all it was asked to; measuring" in finished.stdout + finished.stderr
     summary, fit = json.loads((run / "run_summary.json").read_text()), json.loads(measured.read_text())
     assert summary["status"] == "ok" and summary["epochs"] == 2
     for key in ("val/mse", "val/mse_best", "train/mse"):

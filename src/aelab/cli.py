@@ -175,6 +175,8 @@ OS_ERROR_FIXES = {
     errno.EPERM: "make it writable, or point paths.log_dir (or data.data_dir) elsewhere",
     errno.EROFS: "point paths.log_dir at a writable disk, e.g. paths.log_dir=/tmp/aelab-logs",
     errno.ENOTDIR: "a file stands where a folder is needed; move it or choose another path",
+    errno.EEXIST: "a file stands where a folder is needed; move it or choose another path",
+    errno.EISDIR: "a folder stands where a file is written; move it or choose another path",
     errno.ENAMETOOLONG: "shorten it: fewer or shorter overrides in a sweep, or a shorter paths.log_dir",
 }
 

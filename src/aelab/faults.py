@@ -53,7 +53,7 @@ def fault_of(path: Path | str) -> Fault | None:
         return Fault(MISSING, "does not exist", "")
     except NotADirectoryError:
         blocking = next(p for p in Path(path).parents if p.exists())  # the first that exists is a file
-        return Fault(UNREADABLE, f"cannot be read: {blocking} is a file, not a folder", "move that file away, or ")
+        return Fault(UNREADABLE, f"cannot be read: {blocking} is not a folder", "move that file away, or ")
     except OSError as err:  # a loop of links, a parent that is a file, no permission on a parent
         return Fault(UNREADABLE, f"cannot be read ({err.strerror})", "make it readable, or ")
     if stat.S_ISDIR(found.st_mode):

@@ -232,7 +232,15 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 def resume_point(run_dir: Path) -> Path | None:
     """Where an unfinished run goes on from: ``interrupted.ckpt`` (Ctrl-C or SIGTERM, mid-epoch)
     when it is newer than ``last.ckpt`` (the end of the last finished epoch)."""
-    saved = [p for p in (checkpoint_dir(run_dir) / INTERRUPTED, checkpoint_dir(run_dir) / LAST) if p.is_file()]
+    saved = []
+    for path in (checkpoint_dir(run_dir) / INTERRUPTED, checkpoint_dir(run_dir) / LAST):
+        fault = fault_of(path)
+        if fault is None:
+            saved.append(path)
+        elif fault.kind != MISSING:  # not to be taken for "nothing saved": the run would start over
+            raise CheckpointError(
+                fault.line(f"checkpoint {path}", "train the run again from its start, or leave hydra.run.dir unset")
+            )
     return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
 
 
@@ -279,7 +287,8 @@ def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None
     path = Path(ckpt_path)
     fault = fault_of(path)
     if fault is not None:
-        example = path / CHECKPOINT_DIR / LAST if path.is_dir() else f"logs/train/runs/<run>/{CHECKPOINT_DIR}/{LAST}"
+        inside = path / CHECKPOINT_DIR / LAST
+        example = inside if inside.is_file() else f"logs/train/runs/<run>/{CHECKPOINT_DIR}/{LAST}"
         raise CheckpointError(
             fault.line(f"ckpt_path={ckpt_path}", f"pass a .ckpt file, e.g. ckpt_path={example}", typed=True)
         )
@@ -321,10 +330,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"checkpoint {path} is refused: it holds objects other than tensors and plain values "
                 f"and could run code when loaded ({culprit})"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint; use another checkpoint of the run"
+        ) from None
     except Exception as err:  # noqa: BLE001 - random bytes fail in many ways (IndexError, ValueError, ...)
         raise CheckpointError(
-            f"checkpoint {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
+            "use another checkpoint of the run"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint (not a dict)")
@@ -493,7 +505,9 @@ def open_run(
     check_registered(data_config, "the data overrides")
     if "data_dir" not in overrides:
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
-        if file_faults(spec.raw_dir(data_config["data_dir"])) and not file_faults(spec.raw_dir(fallback)):
+        # only where the files are missing: a broken file is named by the datamodule, not swapped for other data
+        stored_faults = file_faults(spec.raw_dir(data_config["data_dir"])).values()
+        if any(f.kind == MISSING for _, f in stored_faults) and not file_faults(spec.raw_dir(fallback)):
             data_config["data_dir"] = str(fallback)
     try:
         model = build(model_config, f"checkpoint {path}", key="model")
@@ -535,15 +549,18 @@ def open_for(
 def check_writable(folder: Path, *, chosen: bool) -> None:
     """Refuse, before any work, a results folder the task could not write to: by default the run's
     own folder, which may be on a read-only disk or someone else's (``results_dir`` is the way out)."""
+    where = f"results_dir={folder}" if chosen else f"{folder} (the checkpoint's run folder)"
+    way_out = "write it elsewhere with results_dir=/path, e.g. results_dir=/tmp/aelab-results"
+    # probed without making it: a task refused later (a bad setting) leaves no empty folder behind
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{where} cannot be made: {existing} is not a folder; {way_out}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryDirectory(dir=existing):
             pass
     except OSError as err:
-        where = f"results_dir={folder}" if chosen else f"{folder} (the checkpoint's run folder)"
         raise ConfigError(
-            f"{where} cannot be written to ({err.strerror}); the task writes what it finds there: "
-            "write it elsewhere with results_dir=/path, e.g. results_dir=/tmp/aelab-results"
+            f"{where} cannot be written to ({err.strerror}); the task writes what it finds there: {way_out}"
         ) from None
 
 
@@ -656,10 +673,17 @@ def check_resumable(path: str | Path, model: L.LightningModule, max_epochs: int 
     load_weights(model, checkpoint, path)
     done = epochs_done(checkpoint)
     if max_epochs is not None and done is not None and done >= max_epochs:
+        run = run_dir_of(Path(path))
+        finish = ""
+        if read_summary(run).get("status") != "ok" and (run / RECORD_DIR / "overrides.yaml").is_file():
+            from aelab.callbacks import finish_command
+
+            finish = f"; or, to write the summary its run lacks: {finish_command(run)}"
         raise ConfigError(
             f"checkpoint {path} has already trained {done} epoch{'s' * (done != 1)} and "
             f"trainer.max_epochs={max_epochs} asks "
             f"for no more; to train it further, raise it: ckpt_path={path} trainer.max_epochs={done + max_epochs}"
+            + finish
         )
 
 

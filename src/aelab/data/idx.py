@@ -10,6 +10,7 @@ import numpy as np
 
 from aelab.data.datasets import SPLIT_FILES
 from aelab.errors import DataError
+from aelab.faults import fault_of
 
 # IDX magic: two zero bytes, a dtype code, and the number of dimensions.
 _UBYTE = 0x08
@@ -70,8 +71,10 @@ def read_split(raw_dir: Path, split: str, num_classes: int = 10) -> tuple[np.nda
 
 
 def find_idx(raw_dir: Path, stem: str) -> Path:
+    """The copy of ``stem`` to read, plain or ``.gz``: the first one that can be read as a file
+    (``aelab.data.datasets.check_files`` has refused a dataset without one)."""
     for candidate in (raw_dir / stem, raw_dir / f"{stem}.gz"):
-        if candidate.is_file():
+        if fault_of(candidate) is None:
             return candidate
     raise FileNotFoundError(raw_dir / stem)
 

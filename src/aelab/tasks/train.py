@@ -111,11 +111,14 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         )
         ckpt_path = str(unfinished)
         done, wanted = runs.epochs_done(checkpoint), cfg.trainer.get("max_epochs")
-        # every epoch trained (the disk filled up as the summary was written): only the summary is missing
-        trained = done is not None and wanted is not None and 0 <= wanted <= done
+        steps, step_limit = checkpoint.get("global_step"), cfg.trainer.get("max_steps")
+        # every epoch (or step) trained (the disk filled up as the summary was written): only the summary is missing
+        trained = (done is not None and wanted is not None and 0 <= wanted <= done) or (
+            isinstance(steps, int) and isinstance(step_limit, int) and 0 <= step_limit <= steps
+        )
         if trained:
             log.info(
-                "%s has trained its %d epochs; measuring %s for the summary it lacks", output_dir, done, unfinished
+                "%s has trained all it was asked to; measuring %s for the summary it lacks", output_dir, unfinished
             )
         else:
             log.info("resuming the interrupted job from %s", unfinished)
