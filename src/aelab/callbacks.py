@@ -313,17 +313,3 @@ def resume_command(ckpt_path: str) -> str:
     if HydraConfig.initialized():
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
     return " ".join([command_line(), *map(shlex.quote, overrides), f"\"ckpt_path='{ckpt_path}'\""])
-
-
-def finish_command(run_dir: Path) -> str:
-    """The command that goes on with the run in ``run_dir``, in that folder: the overrides its
-    ``.hydra/overrides.yaml`` records (those a resume restored included), without ``ckpt_path=``, so
-    that it resumes from the folder's own checkpoints, or, every epoch trained, writes the summary
-    the run lacks (``aelab.tasks.train``)."""
-    from omegaconf import OmegaConf
-
-    from aelab.runs import RECORD_DIR
-
-    recorded = OmegaConf.load(Path(run_dir) / RECORD_DIR / "overrides.yaml")
-    kept = [str(o) for o in recorded if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
-    return " ".join([command_line(), *map(shlex.quote, kept), f"\"hydra.run.dir='{run_dir}'\""])

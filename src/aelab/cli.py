@@ -186,8 +186,8 @@ def os_error_line(err: OSError, output_dir: Path | None) -> str:
     line = f"{err.filename or 'a file'}: {err.strerror or err}; {fix}"
     # a training run (it has checkpoints) can go on from its last one; eval and analyze just rerun
     if err.errno in (errno.ENOSPC, errno.EDQUOT) and output_dir is not None and (output_dir / "checkpoints").is_dir():
-        from aelab.callbacks import finish_command, resume_sweep_command
-        from aelab.runs import RECORD_DIR, last_checkpoint
+        from aelab.callbacks import resume_sweep_command
+        from aelab.runs import RECORD_DIR, finish_command, last_checkpoint
 
         sweep = resume_sweep_command()
         if sweep:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -168,6 +169,18 @@ def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) ->
     # as typed: an override holding "${...}" is text, resolved only in the config it makes
     typed = overrides if overrides is not None else OmegaConf.to_container(hydra.overrides.task, resolve=False)
     write_atomic(record / "overrides.yaml", OmegaConf.to_yaml(typed))
+
+
+def finish_command(run_dir: Path) -> str:
+    """The command that goes on with the run in ``run_dir``, in that folder: the overrides its
+    ``.hydra/overrides.yaml`` records (those a resume restored included), without ``ckpt_path=``, so
+    that it resumes from the folder's own checkpoints, or, every epoch trained, writes the summary
+    the run lacks (``aelab.tasks.train``)."""
+    from aelab.paths import command_line
+
+    recorded = OmegaConf.load(Path(run_dir) / RECORD_DIR / "overrides.yaml")
+    kept = [str(o) for o in recorded if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
+    return " ".join([command_line(), *map(shlex.quote, kept), f"\"hydra.run.dir='{run_dir}'\""])
 
 
 class RunDirectoryBusy(NotOurFolder):
@@ -676,8 +689,6 @@ def check_resumable(path: str | Path, model: L.LightningModule, max_epochs: int 
         run = run_dir_of(Path(path))
         finish = ""
         if read_summary(run).get("status") != "ok" and (run / RECORD_DIR / "overrides.yaml").is_file():
-            from aelab.callbacks import finish_command
-
             finish = f"; or, to write the summary its run lacks: {finish_command(run)}"
         raise ConfigError(
             f"checkpoint {path} has already trained {done} epoch{'s' * (done != 1)} and "
