@@ -959,7 +959,7 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, trained, capfd):
     assert bool(list((tmp_path / "logs").glob("*/runs/*"))) == (case in TRAINING_STARTED)
 
 
-def suggested(line: str, args: list[str], tmp_path: Path) -> list[str]:
+def suggested(line: str, args: list[str], trained: Path) -> list[str]:
     """The arguments with the override the line suggests (its ``e.g. key=value``) in place of the
     one it blames."""
     override = re.search(r"e\.g\. ([\w.]+=[^\s);]+)", line).group(1)
@@ -967,20 +967,27 @@ def suggested(line: str, args: list[str], tmp_path: Path) -> list[str]:
     return [arg for arg in args if arg.split("=", 1)[0] != key] + [override]
 
 
-def file_put_back(line: str, args: list[str], tmp_path: Path) -> list[str]:
-    """As the line says: move away what stands there, then put the dataset's own file there."""
-    (blocking,) = re.findall(r"error: (\S+) is a directory, not a file; move it away, then put", line)
-    shutil.rmtree(blocking)
-    make_tiny_dataset(Path(blocking).parents[2])  # the same tiny MNIST, every file in place
+def file_put_back(line: str, args: list[str], trained: Path) -> list[str]:
+    """As the line says: move away what stands there (if anything), then put the dataset's own file there."""
+    (path,) = re.findall(r"error: (\S+?)(?: \(plain or \.gz\))? (?:is a directory|holds 0 images)", line)
+    shutil.rmtree(path, ignore_errors=True)
+    make_tiny_dataset(Path(path).parents[2])  # the same tiny MNIST, every file in place
     return args
+
+
+def another_checkpoint_of_the_run(line: str, args: list[str], trained: Path) -> list[str]:
+    """As the line says: the run's own checkpoint instead of the one that does not fit."""
+    return [arg for arg in args if not arg.startswith("ckpt_path=")] + [f"ckpt_path={trained}"]
 
 
 # Rows whose fix is followed: the command is run again as the line says, and succeeds.
 FOLLOWED = {
-    "analyze knn_k above the split": lambda line, args, tmp: [*suggested(line, args, tmp), "map=pca", "umap_gmm=false"],
+    "analyze knn_k above the split": lambda line, args, run: [*suggested(line, args, run), "map=pca", "umap_gmm=false"],
     "audit knn_k above the split": suggested,
     "checkpoint of another objective": suggested,
     "image file is a directory": file_put_back,
+    "training split empty": file_put_back,
+    "resume with a weight missing": another_checkpoint_of_the_run,
 }
 
 
@@ -990,7 +997,7 @@ def test_the_fix_a_line_gives_works_when_followed(case, tmp_path, trained, capfd
     code, stderr, _ = run_in_process(script, args, capfd, env)
     (line,) = [line for line in stderr.splitlines() if line.startswith("aelab: error: ")]
     assert code == 2 and CASES[case][2] in line
-    code, stderr, _ = run_in_process(script, FOLLOWED[case](line, args, tmp_path), capfd, env)
+    code, stderr, _ = run_in_process(script, FOLLOWED[case](line, args, trained), capfd, env)
     assert code == 0, stderr[-3000:]
 
 
