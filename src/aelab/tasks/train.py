@@ -127,7 +127,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         runs.write_record(output_dir, cfg, model.run_overrides)
     model.run_identity = identity
     if trained:
-        return _finish(cfg, model, datamodule, Path(ckpt_path), output_dir, started, writer=writer)
+        return _finish(cfg, model, datamodule, Path(ckpt_path), checkpoint, output_dir, started, writer=writer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
@@ -164,13 +164,14 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
 
 
-def _finish(cfg: DictConfig, model, datamodule, path: Path, output_dir: Path, started: float, *, writer: bool):
+def _finish(
+    cfg: DictConfig, model, datamodule, path: Path, checkpoint: dict, output_dir: Path, started: float, *, writer: bool
+):
     """The summary of a run whose epochs are all trained but whose summary was never written, from
-    its checkpoint: the validation metrics measured again with the weights the fit ended with (a
-    bare Trainer: nothing is logged or saved twice), the training means from the last epoch's sums
-    the checkpoint kept (``AutoEncoder.on_save_checkpoint``)."""
-    checkpoint = runs.load_checkpoint(path)
-    runs.check_resumable(path, model, None)  # the same network; loads its weights
+    its checkpoint (checked to be this run's): the validation metrics measured again with the weights
+    the fit ended with (a bare Trainer: nothing is logged or saved twice), the training means from
+    the last epoch's sums the checkpoint kept (``AutoEncoder.on_save_checkpoint``)."""
+    runs.load_weights(model, checkpoint, path)
     model.on_load_checkpoint(checkpoint)
     trainer = L.Trainer(
         accelerator=cfg.trainer.get("accelerator") or "auto",
