@@ -388,7 +388,7 @@ def load_weights(model: torch.nn.Module, checkpoint: dict[str, Any], path: str |
             k for k in own.keys() & state.keys() if getattr(state[k], "dtype", None) not in (own[k].dtype, None)
         ),
     }
-    found = [_named(what, names) for what, names in mismatches.items() if names]
+    found = [f"{what} {_named(names)}" for what, names in mismatches.items() if names]
     if found:
         raise CheckpointError(
             f"checkpoint {path} holds weights that do not fit the model it describes ({'; '.join(found)}): it was "
@@ -397,14 +397,15 @@ def load_weights(model: torch.nn.Module, checkpoint: dict[str, Any], path: str |
     diverged = sorted(name for name, _ in model.named_parameters() if not torch.isfinite(state[name]).all())
     if diverged:
         raise CheckpointError(
-            f"checkpoint {path} holds NaN or infinite weights ({_named('', diverged).lstrip()}): they come from "
+            f"checkpoint {path} holds NaN or infinite weights ({_named(diverged)}): they come from "
             "a diverged run; use an earlier checkpoint of it"
         )
     model.load_state_dict(state)
 
 
-def _named(what: str, names: list[str]) -> str:
-    return f"{what} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+def _named(names: list[str]) -> str:
+    """``names`` shortened for a line: the first, and how many more."""
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 @dataclass
