@@ -43,6 +43,8 @@ from aelab.data import normalize
 from aelab.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aelab.names import VAL_MSE
 
+MNIST = (1, 28, 28)
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = 42
 BATCH = 256
@@ -51,8 +53,8 @@ BATCH = 256
 def build(model: str) -> nn.Module:
     torch.manual_seed(SEED)
     if model == "mlp":
-        return nn.Sequential(MLPEncoder(3), MLPDecoder(3))
-    return nn.Sequential(ConvEncoder(None), ConvDecoder(None))
+        return nn.Sequential(MLPEncoder(MNIST, 3), MLPDecoder(MNIST, 3))
+    return nn.Sequential(ConvEncoder(MNIST), ConvDecoder(MNIST))
 
 
 def sync(device: str) -> None:

@@ -152,8 +152,8 @@ MUTATIONS = [
     Mutation(
         name="normalize-0-1",
         file="src/aelab/data/datamodule.py",
-        old="return images.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)",
-        new="return images.unsqueeze(1).float().div_(255)",
+        old="return images.float().div_(255).sub_(0.5).div_(0.5)",
+        new="return images.float().div_(255)",
         bug="images are scaled to [0, 1] instead of the [-1, 1] the tanh decoder and the article use",
         tests=("tests/test_data.py::test_normalize_maps_0_to_minus_1_and_255_to_plus_1",),
     ),

@@ -8,10 +8,12 @@ from aelab.models import AutoEncoder, ConvDecoder, ConvEncoder, MLPDecoder, MLPE
 from conftest import compose_config
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+MNIST = [1, 28, 28]
 
 
 def mlp(latent_dim):
     return AutoEncoder(
+        image_shape=MNIST,
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": latent_dim},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": latent_dim},
         optimizer=ADAMW,
@@ -21,6 +23,7 @@ def mlp(latent_dim):
 
 def conv(latent_dim=None):
     return AutoEncoder(
+        image_shape=MNIST,
         encoder={"_target_": "aelab.models.backbones.ConvEncoder", "latent_dim": latent_dim},
         decoder={"_target_": "aelab.models.backbones.ConvDecoder", "latent_dim": latent_dim},
         optimizer=ADAMW,
@@ -51,16 +54,16 @@ def test_conv_projection_adds_two_linear_layers_around_the_256_map():
 
 def test_conv_latent_is_the_64x2x2_map_and_output_is_28x28():
     x = torch.rand(4, 1, 28, 28) * 2 - 1
-    z = ConvEncoder()(x)
+    z = ConvEncoder(MNIST)(x)
     assert z.shape == (4, 64, 2, 2)
-    assert ConvDecoder()(z).shape == (4, 1, 28, 28)
+    assert ConvDecoder(MNIST)(z).shape == (4, 1, 28, 28)
 
 
 @pytest.mark.parametrize("latent_dim", [2, 3, 5, 10, 50])
 def test_mlp_latent_has_latent_dim_numbers_and_output_is_in_tanh_range(latent_dim):
     x = torch.rand(8, 1, 28, 28) * 2 - 1
-    z = MLPEncoder(latent_dim)(x)
-    y = MLPDecoder(latent_dim)(z * 100)
+    z = MLPEncoder(MNIST, latent_dim)(x)
+    y = MLPDecoder(MNIST, latent_dim)(z * 100)
     assert z.shape == (8, latent_dim)
     assert y.shape == (8, 1, 28, 28)
     assert y.min() >= -1 and y.max() <= 1
@@ -84,8 +87,10 @@ def test_a_stored_mlp_latent_dim_must_be_a_positive_integer_and_a_conv_one_may_b
     from aelab.registry import build
 
     with pytest.raises(ConfigError, match=r"model.encoder.latent_dim=.* is invalid: it must be a positive integer$"):
-        build({"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": bad}, "model.encoder")
-    build({"_target_": "aelab.models.backbones.ConvEncoder", "latent_dim": None}, "model.encoder")
+        build(
+            {"_target_": "aelab.models.backbones.MLPEncoder", "image_shape": MNIST, "latent_dim": bad}, "model.encoder"
+        )
+    build({"_target_": "aelab.models.backbones.ConvEncoder", "image_shape": MNIST, "latent_dim": None}, "model.encoder")
 
 
 def test_module_rebuilds_from_plain_hparams():
@@ -104,6 +109,7 @@ def test_optimizer_is_the_configured_partial_adamw():
 
 def test_scheduler_config_returns_an_epoch_scheduler():
     model = AutoEncoder(
+        image_shape=MNIST,
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 2},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": 2},
         optimizer=ADAMW,
@@ -115,7 +121,7 @@ def test_scheduler_config_returns_an_epoch_scheduler():
 
 
 def test_instantiate_builds_encoders_from_config():
-    encoder = instantiate({"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 4})
+    encoder = instantiate({"_target_": "aelab.models.backbones.MLPEncoder", "image_shape": MNIST, "latent_dim": 4})
     assert encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 4)
 
 
@@ -133,20 +139,20 @@ def test_loss_terms_are_the_named_mse_of_the_reconstruction():
 
 
 def test_mlp_norm_and_activation_follow_each_hidden_layer_only():
-    encoder = MLPEncoder(5, hidden_dims=(40, 20), norm="batch", activation="silu")
+    encoder = MLPEncoder(MNIST, 5, hidden_dims=(40, 20), norm="batch", activation="silu")
     kinds = [type(m).__name__ for m in encoder]
     assert kinds == ["Flatten", "Linear", "BatchNorm1d", "SiLU", "Linear", "BatchNorm1d", "SiLU", "Linear"]
-    decoder = MLPDecoder(5, hidden_dims=(20, 40), norm="layer", activation="gelu")
+    decoder = MLPDecoder(MNIST, 5, hidden_dims=(20, 40), norm="layer", activation="gelu")
     assert [type(m).__name__ for m in decoder][:4] == ["Linear", "LayerNorm", "GELU", "Linear"]
     # a batch norm adds a scale and a shift per unit: 2 * (40 + 20) on top of the plain network
-    assert n_params(encoder) == n_params(MLPEncoder(5, hidden_dims=(40, 20))) + 2 * (40 + 20)
+    assert n_params(encoder) == n_params(MLPEncoder(MNIST, 5, hidden_dims=(40, 20))) + 2 * (40 + 20)
     # the article's network is what null and relu build: its checkpoints load as they were
-    assert [type(m).__name__ for m in MLPEncoder(3)] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in MLPEncoder(MNIST, 3)] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
 
 
 def test_the_mlp_config_gives_the_decoder_the_encoders_norm_and_activation(tmp_path):
     cfg = compose_config("train", tmp_path, ["model.encoder.norm=batch", "model.encoder.activation=silu"])
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, image_shape=MNIST)
     kinds = [type(m).__name__ for m in model.decoder]
     assert kinds[:3] == ["Linear", "BatchNorm1d", "SiLU"] and model.hparams["decoder"]["norm"] == "batch"
 
@@ -168,13 +174,17 @@ def test_a_stored_encoder_config_is_checked_by_the_types_its_class_declares(argu
     from aelab.registry import build
 
     with pytest.raises(ConfigError) as caught:
-        build({"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 3, **arguments}, "model.encoder")
+        build(
+            {"_target_": "aelab.models.backbones.MLPEncoder", "image_shape": MNIST, "latent_dim": 3, **arguments},
+            "model.encoder",
+        )
     assert str(caught.value) == message
 
 
 def test_probing_the_latent_shape_leaves_batch_norm_statistics_and_the_mode_alone():
     spec = {"latent_dim": 4, "hidden_dims": [8], "norm": "batch"}
     model = AutoEncoder(
+        image_shape=MNIST,
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", **spec},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", **spec},
         optimizer=ADAMW,

@@ -88,7 +88,7 @@ def test_a_plain_instantiate_of_each_model_config_returns_the_module(tmp_path, t
     from aelab.models import AutoEncoder
 
     cfg = compose_train(tmp_path, tiny_mnist, [f"model={model}"])
-    module = instantiate(cfg.model)
+    module = instantiate(cfg.model, image_shape=[1, 28, 28])
     assert isinstance(module, AutoEncoder)
     assert type(module.hparams.encoder) is dict and type(module.hparams.optimizer) is dict
     assert module.backbone == model
@@ -157,7 +157,7 @@ def test_a_bad_latent_dim_is_refused_when_the_model_is_built(tmp_path):
 
     cfg = compose_train(tmp_path, tmp_path, ["model.latent_dim=0"])
     with pytest.raises(Exception) as raised:
-        instantiate(cfg.model)
+        instantiate(cfg.model, image_shape=[1, 28, 28])
     # Hydra wraps what constructors raise; the entry points print the ConfigError inside
     assert str(user_error(raised.value)) == "model.encoder.latent_dim=0 is invalid: it must be a positive integer"
 

@@ -22,14 +22,14 @@ def test_normalize_is_bit_identical_to_totensor_then_normalize():
     from PIL import Image
     from torchvision import transforms
 
-    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     article = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-    expected = torch.stack([article(Image.fromarray(im.numpy(), mode="L")) for im in images])
+    expected = torch.stack([article(Image.fromarray(im[0].numpy(), mode="L")) for im in images])
     assert torch.equal(normalize(images), expected)
 
 
 def test_normalize_maps_0_to_minus_1_and_255_to_plus_1():
-    out = normalize(torch.tensor([[[0, 255]]], dtype=torch.uint8))
+    out = normalize(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
     assert out.dtype == torch.float32
     assert out.shape == (1, 1, 1, 2)
     assert out.flatten().tolist() == [-1.0, 1.0]
@@ -38,8 +38,9 @@ def test_normalize_maps_0_to_minus_1_and_255_to_plus_1():
 def test_datamodule_reads_both_splits_with_their_sizes(tiny_mnist):
     dm = MNISTLikeDataModule(str(tiny_mnist), batch_size=32)
     dm.setup()
-    assert dm.splits["train"][0].shape == (96, 28, 28)
-    assert dm.splits["test"][0].shape == (40, 28, 28)
+    assert dm.splits["train"][0].shape == (96, 1, 28, 28)
+    assert dm.splits["test"][0].shape == (40, 1, 28, 28)
+    assert dm.image_shape == (1, 28, 28)
     assert dm.splits["train"][0].dtype == torch.uint8
 
 
@@ -48,7 +49,7 @@ def test_validation_is_the_official_test_split_and_never_in_training(tiny_mnist)
     dm.setup()
     test_images, _ = read_split(tiny_mnist / "MNIST" / "raw", "test")
     val = torch.cat([x for x, _ in dm.val_dataloader()])
-    assert torch.equal(val, normalize(torch.from_numpy(np.array(test_images))))
+    assert torch.equal(val, normalize(torch.from_numpy(np.array(test_images))).unsqueeze(1))
     train = torch.cat([x for x, _ in dm.train_dataloader()])
     assert len(train) == 96
     train_rows = {row.numpy().tobytes() for row in train}
@@ -147,7 +148,7 @@ def test_val_size_carves_a_seeded_validation_set_out_of_training(tiny_mnist):
     rows = {image.tobytes() for image in all_train}
     # train and val partition the official training split; the test split is untouched
     assert {im.numpy().tobytes() for im in torch.cat([train, val])} == rows
-    assert torch.equal(test, torch.from_numpy(np.array(read_split(tiny_mnist / "MNIST" / "raw", "test")[0])))
+    assert torch.equal(test[:, 0], torch.from_numpy(np.array(read_split(tiny_mnist / "MNIST" / "raw", "test")[0])))
     again = MNISTLikeDataModule(str(tiny_mnist), val_size=16, seed=3)
     again.setup()
     assert torch.equal(again.splits["val"][0], val)

@@ -14,6 +14,8 @@ from aelab.tasks.train import train
 from conftest import compose_train, run_cli
 
 EXTRA = '''
+import math
+
 import torch
 from torch import nn
 
@@ -23,9 +25,9 @@ from aelab.registry import register
 
 @register
 class TinyEncoder(nn.Module):
-    def __init__(self, latent_dim: int) -> None:
+    def __init__(self, image_shape: list[int], latent_dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, latent_dim))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(image_shape), latent_dim))
 
     def forward(self, x):
         return self.net(x)
@@ -33,9 +35,9 @@ class TinyEncoder(nn.Module):
 
 @register
 class TinyDecoder(nn.Module):
-    def __init__(self, latent_dim: int) -> None:
+    def __init__(self, image_shape: list[int], latent_dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, 784), nn.Tanh(), nn.Unflatten(1, (1, 28, 28)))
+        self.net = nn.Sequential(nn.Linear(latent_dim, math.prod(image_shape)), nn.Tanh(), nn.Unflatten(1, image_shape))
 
     def forward(self, z):
         return self.net(z)

@@ -15,6 +15,7 @@ def known_model(objective, latent_dim=2, code_bias=(0.5, -1.0), output_bias=0.25
     """An MLP autoencoder with every weight zero: the code is the encoder's last bias and the
     reconstruction is tanh(output_bias) everywhere, so each term has a value known by hand."""
     model = AutoEncoder(
+        image_shape=[1, 28, 28],
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": latent_dim},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": latent_dim},
         optimizer=ADAMW,
@@ -65,6 +66,7 @@ def test_vae_kl_is_beta_times_the_gaussians_kl_per_pixel(training):
 def test_denoising_corrupts_in_training_only():
     torch.manual_seed(0)
     model = AutoEncoder(  # randomly initialised: the reconstruction depends on the input
+        image_shape=[1, 28, 28],
         encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 2},
         decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": 2},
         optimizer=ADAMW,

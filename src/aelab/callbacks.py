@@ -83,7 +83,7 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
     datamodule: Any = getattr(trainer, "datamodule", None)
     latent_size = pl_module.latent_size
     return {
-        "dataset": datamodule.spec.name if datamodule is not None else "",
+        "dataset": datamodule.dataset if datamodule is not None else "",
         "backbone": pl_module.backbone,
         "objective": pl_module.objective.label,
         "latent_size": latent_size,

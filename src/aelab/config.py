@@ -321,6 +321,11 @@ def _arguments(target: str) -> tuple[str, ...] | None:
 EXAMPLES: dict[Any, str] = {int: "10", float: "0.1", str: "name", bool: "true"}
 
 
+# Arguments no config holds: the train task hands the datamodule's to the model, which hands them
+# to its encoder and decoder (Lightning's ``Model(width=datamodule.width)``).
+FROM_THE_DATA = ("image_shape",)
+
+
 def _check_required_arguments(cfg: DictConfig, path: str) -> None:
     """The class ``path`` builds gets the arguments it cannot do without (a ``_partial_``'s first
     one, e.g. a scheduler's optimizer, comes when it is called)."""
@@ -329,7 +334,7 @@ def _check_required_arguments(cfg: DictConfig, path: str) -> None:
     parameters = (_parameters(target) or {}).values()
     required = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is p.empty]
     for name in required[1:] if node.get("_partial_") else required:
-        if name not in node:
+        if name not in node and name not in FROM_THE_DATA:
             example = EXAMPLES.get(type_hints(target).get(name), "1")
             raise ConfigError(f"{path}.{name} is missing: {target} needs it; add it, e.g. +{path}.{name}={example}")
 

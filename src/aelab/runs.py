@@ -449,16 +449,18 @@ class LoadedRun:
 
     def encode(self, images: Any) -> torch.Tensor:
         """Latents, (N, *latent_shape)."""
-        return in_batches(self.model.encode, as_model_input(images), self.device, self.batch_size)
+        x = as_model_input(images, self.model.image_shape)
+        return in_batches(self.model.encode, x, self.device, self.batch_size)
 
     def decode(self, latents: Any) -> torch.Tensor:
-        """Images in [-1, 1], (N, 1, 28, 28), from latents (N, *latent_shape) or flat (N, latent_size)."""
+        """Images in [-1, 1], (N, C, H, W), from latents (N, *latent_shape) or flat (N, latent_size)."""
         z = torch.as_tensor(latents, dtype=torch.float32).reshape(-1, *self.latent_shape)
         return in_batches(self.model.decode, z, self.device, self.batch_size)
 
     def reconstruct(self, images: Any) -> torch.Tensor:
-        """decode(encode(images)) in one pass, (N, 1, 28, 28) in [-1, 1]."""
-        return in_batches(self.model.reconstruct, as_model_input(images), self.device, self.batch_size)
+        """decode(encode(images)) in one pass, (N, C, H, W) in [-1, 1]."""
+        x = as_model_input(images, self.model.image_shape)
+        return in_batches(self.model.reconstruct, x, self.device, self.batch_size)
 
     def neighbours(self, images: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` training images nearest to each of ``images`` by code, nearest first: indices

@@ -1,7 +1,10 @@
-"""The MNIST family as a LightningDataModule that keeps each split as one uint8 tensor on the device.
+"""Image datasets as LightningDataModules that keep each split as one uint8 tensor on the device.
 
 At this model size the article's per-image PIL -> ToTensor -> Normalize -> .to(device) path costs
-more than the arithmetic, so batches are sliced from resident tensors instead.
+more than the arithmetic, so batches are sliced from resident tensors instead. ``ImageDataModule``
+does that for any images, (N, channels, height, width); a dataset is a subclass that reads its
+train and test splits: the MNIST family here, a folder of images and an array file in
+``aelab.data.own``.
 """
 
 from __future__ import annotations
@@ -27,16 +30,16 @@ from aelab.registry import register
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [-1, 1].
+    """uint8 (N, C, H, W) -> float32 (N, C, H, W) in [-1, 1], each channel alike.
 
     The same float32 operations as ``ToTensor()`` then ``Normalize([0.5], [0.5])``, so the
     values are bit-identical to the article's pipeline.
     """
-    return images.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)
+    return images.float().div_(255).sub_(0.5).div_(0.5)
 
 
 def normalized_rows(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, 28, 28) -> float32 (N, 784) in [-1, 1]: the flat form linear baselines take."""
+    """uint8 (N, C, H, W) -> float32 (N, C*H*W) in [-1, 1]: the flat form linear baselines take."""
     return normalize(images).flatten(1).numpy()
 
 
@@ -147,42 +150,24 @@ def normalized_batch(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
     return normalize(images), labels
 
 
-@register
-class MNISTLikeDataModule(L.LightningDataModule):
-    """Any dataset of the MNIST family (``dataset=mnist|fashion_mnist|kmnist``) as resident tensors.
+class ImageDataModule(L.LightningDataModule):
+    """Images (uint8, (N, C, H, W)) and integer labels, split into ``train``, ``val`` and ``test``,
+    held as tensors; a subclass reads the dataset's own ``train`` and ``test`` splits (``read``)
+    and names its classes.
 
-    Splits: ``train``; ``val``, which is the official test split (as in the article, so val MSE is
-    comparable with it) unless ``val_size`` carves a seeded validation set out of the training split;
-    and ``test``, the official test split, which never enters training.
+    ``val`` is the test split (as in the article, so val MSE is comparable with it) unless
+    ``val_size`` carves a seeded validation set out of the training split; ``test`` never enters
+    training. ``keep_classes`` keeps those classes of the training split only.
+
+    A subclass lists these settings in its own signature (and its own after them), then calls
+    ``save_hyperparameters``: they are its ``hparams``, what a checkpoint rebuilds it from.
     """
 
-    def __init__(
-        self,
-        data_dir: str,
-        dataset: str = "mnist",
-        batch_size: PositiveInt = 256,
-        loader: Literal["device", "dataloader"] = "device",
-        num_workers: NonNegativeInt = 0,
-        keep_classes: Sequence[int] | None = None,
-        val_size: PositiveInt | None = None,
-        seed: NonNegativeInt = 0,
-        download: bool = True,
-        mirrors: Sequence[str] | None = None,
-    ) -> None:
+    # what the summary and the run's tables call the dataset: its configs/data option
+    dataset = ""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.spec = dataset_spec(dataset)
-        if keep_classes is not None:
-            n = len(self.spec.classes)
-            if not keep_classes or not all(is_int(c) and 0 <= c < n for c in keep_classes):
-                raise ConfigError(
-                    f"data.keep_classes={list(keep_classes)} is invalid: list class indices 0-{n - 1} "
-                    f"of {self.spec.title}, e.g. data.keep_classes=[3]"
-                )
-            keep_classes = [int(c) for c in keep_classes]
-        # Absolute, so a checkpoint says where its data was whatever directory reads it later.
-        data_dir = str(Path(data_dir).resolve())
-        self.save_hyperparameters(logger=False)
-        self.data_dir = Path(data_dir)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._official: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -200,48 +185,45 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.spec.classes
+        raise NotImplementedError
+
+    @property
+    def title(self) -> str:
+        """The dataset's name in prose: ``Fashion-MNIST``."""
+        raise NotImplementedError
+
+    @property
+    def source(self) -> Path:
+        """The folder or file the data is read from."""
+        raise NotImplementedError
 
     @property
     def name(self) -> str:  # type: ignore[override]  # Lightning's optional attribute, here always known
         """What the data is, for titles and tables: e.g. ``Fashion-MNIST`` or ``MNIST (mnist-10k)``."""
-        folder = self.data_dir.name
-        plain = {self.spec.name, self.spec.torchvision_class.lower(), self.spec.name.replace("_", "-"), "data"}
-        return self.spec.title if folder.lower() in plain else f"{self.spec.title} ({folder})"
+        return self.title
 
     @property
-    def raw_dir(self) -> Path:
-        return self.spec.raw_dir(self.data_dir)
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image, what the model is built for."""
+        images, _ = self.official_split("train")
+        return tuple(images.shape[1:])  # type: ignore[return-value]  # four dimensions, by read()
 
-    def with_all_classes(self) -> MNISTLikeDataModule:
+    def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The dataset's own ``train`` and ``test`` splits: images uint8 (N, C, H, W), labels (N,)
+        in 0 .. len(classes) - 1."""
+        raise NotImplementedError
+
+    def with_all_classes(self) -> ImageDataModule:
         """The same data without ``keep_classes``: a one-class run's latent space is measured
         against every class."""
         if self.settings.keep_classes is None:
             return self
         return type(self)(**{**self.hparams, "keep_classes": None})
 
-    def prepare_data(self) -> None:
-        missing = check_files(self.spec, self.data_dir)
-        if not missing:
-            return
-        if not self.settings.download:
-            raise DataError(
-                missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false")
-            )
-        download(self.spec, self.data_dir, self.settings.mirrors)
-
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.prepare_data()
-        n_classes = len(self.spec.classes)
-        self._official = {name: _as_tensors(*read_split(self.raw_dir, name, n_classes)) for name in ("train", "test")}
-        for name, (images, _) in self._official.items():
-            if not len(images):
-                raise DataError(
-                    f"{self.raw_dir / SPLIT_FILES[name][0]} (plain or .gz) holds 0 images: the {name} split is empty; "
-                    "put the dataset's own file back, or point at a complete copy: data.data_dir=/path"
-                )
+        self._official = {name: _as_tensors(*split) for name, split in self.read().items()}
         train_images, train_labels = self._official["train"]
         hp = self.settings
         if hp.val_size is not None:
@@ -258,15 +240,30 @@ class MNISTLikeDataModule(L.LightningDataModule):
         else:
             val = self._official["test"]
         if hp.keep_classes is not None:
-            keep = torch.isin(train_labels, torch.tensor(hp.keep_classes))
-            if not keep.any():
-                held = sorted(set(train_labels.tolist()))
-                raise ConfigError(
-                    f"data.keep_classes={list(hp.keep_classes)} keeps none of the {len(train_labels)} training images: "
-                    f"they hold classes {held}; keep one of those, e.g. data.keep_classes=[{held[0]}]"
-                )
-            train_images, train_labels = train_images[keep], train_labels[keep]
+            train_images, train_labels = self._kept(train_images, train_labels, hp.keep_classes)
         self.splits = {"train": (train_images, train_labels), "val": val, "test": self._official["test"]}
+
+    def check_keep_classes(self) -> None:
+        """``keep_classes`` names classes of this dataset (known once ``classes`` is)."""
+        keep_classes, n = self.settings.keep_classes, len(self.classes)
+        if keep_classes is not None and not (keep_classes and all(is_int(c) and 0 <= c < n for c in keep_classes)):
+            raise ConfigError(
+                f"data.keep_classes={list(keep_classes)} is invalid: list class indices 0-{n - 1} "
+                f"of {self.title}, e.g. data.keep_classes=[{min(3, n - 1)}]"
+            )
+
+    def _kept(
+        self, images: torch.Tensor, labels: torch.Tensor, keep_classes: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_keep_classes()
+        keep = torch.isin(labels, torch.tensor([int(c) for c in keep_classes]))
+        if not keep.any():
+            held = sorted(set(labels.tolist()))
+            raise ConfigError(
+                f"data.keep_classes={list(keep_classes)} keeps none of the {len(labels)} training images: "
+                f"they hold classes {held}; keep one of those, e.g. data.keep_classes=[{held[0]}]"
+            )
+        return images[keep], labels[keep]
 
     def content_hash(self) -> str:
         """A digest of the images and labels of every split: the data's identity, whatever folder
@@ -288,7 +285,7 @@ class MNISTLikeDataModule(L.LightningDataModule):
         return self._on_device[key]
 
     def official_split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (uint8) and labels of the dataset's own ``train`` or ``test`` file, in file order,
+        """Images (uint8) and labels of the dataset's own ``train`` or ``test`` split, in its order,
         whatever ``val_size`` and ``keep_classes`` take from them: what an audit's indices count."""
         self.setup()
         return self._official[name]
@@ -345,6 +342,83 @@ class MNISTLikeDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", shuffle=False)
+
+
+@register
+class MNISTLikeDataModule(ImageDataModule):
+    """Any dataset of the MNIST family (``dataset=mnist|fashion_mnist|kmnist``): 1x28x28 grey
+    images in four IDX files, downloaded through torchvision where missing."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        dataset: str = "mnist",
+        batch_size: PositiveInt = 256,
+        loader: Literal["device", "dataloader"] = "device",
+        num_workers: NonNegativeInt = 0,
+        keep_classes: Sequence[int] | None = None,
+        val_size: PositiveInt | None = None,
+        seed: NonNegativeInt = 0,
+        download: bool = True,
+        mirrors: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = dataset_spec(dataset)
+        self.dataset = self.spec.name
+        # Absolute, so a checkpoint says where its data was whatever directory reads it later.
+        data_dir = str(Path(data_dir).resolve())
+        self.save_hyperparameters(logger=False)
+        self.data_dir = Path(data_dir)
+        self.check_keep_classes()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
+
+    @property
+    def source(self) -> Path:
+        return self.data_dir
+
+    @property
+    def name(self) -> str:  # type: ignore[override]  # Lightning's optional attribute, here always known
+        folder = self.data_dir.name
+        plain = {self.spec.name, self.spec.torchvision_class.lower(), self.spec.name.replace("_", "-"), "data"}
+        return self.spec.title if folder.lower() in plain else f"{self.spec.title} ({folder})"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.spec.shape  # known without reading the files
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.spec.raw_dir(self.data_dir)
+
+    def prepare_data(self) -> None:
+        missing = check_files(self.spec, self.data_dir)
+        if not missing:
+            return
+        if not self.settings.download:
+            raise DataError(
+                missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false")
+            )
+        download(self.spec, self.data_dir, self.settings.mirrors)
+
+    def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        self.prepare_data()
+        official = {}
+        for name in ("train", "test"):
+            images, labels = read_split(self.raw_dir, name, self.spec)
+            if not len(images):
+                raise DataError(
+                    f"{self.raw_dir / SPLIT_FILES[name][0]} (plain or .gz) holds 0 images: the {name} split is empty; "
+                    "put the dataset's own file back, or point at a complete copy: data.data_dir=/path"
+                )
+            official[name] = images.reshape(-1, *self.spec.shape), labels
+        return official
 
 
 def _as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ class DatasetSpec:
     torchvision_class: str  # also the folder name under data_dir
     classes: tuple[str, ...]
     title: str
+    shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width) of every image
 
     def raw_dir(self, data_dir: str | Path) -> Path:
         return Path(data_dir) / self.torchvision_class / "raw"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aelab.data.datasets import SPLIT_FILES
+from aelab.data.datasets import DATASETS, SPLIT_FILES, DatasetSpec
 from aelab.errors import DataError
 from aelab.faults import fault_of
 
@@ -56,13 +56,18 @@ def _decoded(path: Path, ndim: int, *file_key: object) -> np.ndarray:
     return parse_idx(data, name=str(path), ndim=ndim)
 
 
-def read_split(raw_dir: Path, split: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) and labels (N,) of the ``train`` or ``test`` split in ``raw_dir``."""
+def read_split(raw_dir: Path, split: str, spec: DatasetSpec = DATASETS["mnist"]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, height, width) and labels (N,) of the ``train`` or ``test`` split of ``spec`` in
+    ``raw_dir`` (IDX holds one channel)."""
     images_path, labels_path = (find_idx(raw_dir, stem) for stem in SPLIT_FILES[split])
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
-    if images.shape[1:] != (28, 28):
-        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+    num_classes = len(spec.classes)
+    _, height, width = spec.shape
+    if images.shape[1:] != (height, width):
+        raise DataError(
+            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected {height}x{width} ({spec.title})"
+        )
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if len(labels) and labels.max() >= num_classes:

@@ -20,7 +20,7 @@ import functools
 import logging
 import math
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import lightning as L
@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from aelab.constraints import PositiveInt
 from aelab.errors import AelabError
-from aelab.models.backbones import IMAGE_SHAPE, IMAGE_SIZE, backbone_label
+from aelab.models.backbones import ImageShape, backbone_label
 from aelab.models.metrics import EpochMean, watched_metrics
 from aelab.models.objectives import Objective, objective_spec
 from aelab.names import (
@@ -57,10 +58,16 @@ class NonFiniteLossError(AelabError):
 @register
 class AutoEncoder(L.LightningModule):
     """``latent_dim`` is the knob the backbone configs interpolate (``${model.latent_dim}``); it is
-    kept for the record and for sweeps. ``latent_size`` is what the encoder really outputs."""
+    kept for the record and for sweeps. ``latent_size`` is what the encoder really outputs.
+
+    ``image_shape``, (channels, height, width), comes from the data, as in Lightning's
+    ``Model(width=datamodule.width)``: the train task passes the datamodule's, a checkpoint keeps
+    it among the hyperparameters, and the encoder and decoder are built with it.
+    """
 
     def __init__(
         self,
+        image_shape: Sequence[PositiveInt],
         encoder: Mapping[str, Any],
         decoder: Mapping[str, Any],
         optimizer: Mapping[str, Any],
@@ -72,10 +79,12 @@ class AutoEncoder(L.LightningModule):
         super().__init__()
         # logger=False: the HyperparameterSummary callback logs a curated, flat set instead.
         self.save_hyperparameters(logger=False)
+        self.image_shape: ImageShape = tuple(image_shape)  # type: ignore[assignment]  # three, by the caller
         self.objective: Objective = build(objective_spec(objective), "model.objective")
-        self.encoder = build(self.objective.encoder_spec(encoder), "model.encoder")
-        self.decoder = build(decoder, "model.decoder")
-        self.example_input_array = torch.zeros(2, *IMAGE_SHAPE)
+        given = {"image_shape": list(image_shape)}
+        self.encoder = build({**self.objective.encoder_spec(encoder), **given}, "model.encoder")
+        self.decoder = build({**decoder, **given}, "model.decoder")
+        self.example_input_array = torch.zeros(2, *self.image_shape)
         # the encoder's and decoder's forward, compiled in setup when model.compile asks
         self._run_encoder = self.encoder.__call__
         self._run_decoder = self.decoder.__call__
@@ -115,7 +124,7 @@ class AutoEncoder(L.LightningModule):
             device = next(self.parameters()).device
             # only this device's generator: forking every GPU's would initialise CUDA for a CPU model
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                yield torch.zeros(2, *IMAGE_SHAPE, device=device)
+                yield torch.zeros(2, *self.image_shape, device=device)
         finally:
             self.train(training)
 
@@ -132,7 +141,7 @@ class AutoEncoder(L.LightningModule):
 
     @property
     def compression(self) -> float:
-        return 1 - self.latent_size / IMAGE_SIZE
+        return 1 - self.latent_size / math.prod(self.image_shape)
 
     def encoded(self, x: Tensor) -> Tensor:
         """What the encoder outputs (for a VAE: mean and log-variance side by side)."""

@@ -1,31 +1,35 @@
 """Running a trained model over many images in batches: latents, reconstructions, per-image errors.
 
-Images may be given as the datasets hold them (uint8 pixels, (N, 28, 28)) or as the model takes
-them (float in [-1, 1], (N, 1, 28, 28)); ``as_model_input`` turns either into the second.
+Images may be given as the datasets hold them (uint8 pixels, (N, C, H, W), or (N, H, W) for one
+channel) or as the model takes them (float in [-1, 1], (N, C, H, W)); ``as_model_input`` turns
+either into the second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from aelab.data import normalize
-from aelab.models.backbones import IMAGE_SHAPE
 
 
-def as_model_input(images: Tensor | np.ndarray) -> Tensor:
-    """uint8 pixels (N, 28, 28) or (N, 1, 28, 28) -> float32 in [-1, 1] (N, 1, 28, 28); float
-    images (any float dtype) are taken as already on the model's scale."""
+def as_model_input(images: Tensor | np.ndarray, image_shape: Sequence[int]) -> Tensor:
+    """uint8 pixels (N, C, H, W) -> float32 in [-1, 1] (N, C, H, W), for the model's
+    ``image_shape`` (C, H, W); one channel may also come as (N, H, W). Float images (any float
+    dtype) are taken as already on the model's scale."""
     x = torch.as_tensor(images)
     if not (x.dtype == torch.uint8 or x.is_floating_point()):
         raise TypeError(f"images must be uint8 pixels or floats in [-1, 1], not {x.dtype}")
-    if x.ndim not in (3, 4) or tuple(x.shape[-2:]) != IMAGE_SHAPE[1:] or (x.ndim == 4 and x.shape[1] != 1):
-        raise ValueError(f"images must be (N, 28, 28) or (N, 1, 28, 28), not {tuple(x.shape)}")
-    x = x.reshape(-1, *IMAGE_SHAPE[1:])
-    return normalize(x) if x.dtype == torch.uint8 else x.unsqueeze(1).float()
+    channels, height, width = image_shape
+    shapes = [(channels, height, width)] + ([(height, width)] if channels == 1 else [])
+    if tuple(x.shape[1:]) not in shapes:
+        allowed = " or ".join(str(("N", *shape)).replace("'", "") for shape in shapes)
+        raise ValueError(f"images must be {allowed}, not {tuple(x.shape)}")
+    x = x.reshape(-1, *image_shape)
+    return normalize(x) if x.dtype == torch.uint8 else x.float()
 
 
 @torch.no_grad()
@@ -38,7 +42,7 @@ def in_batches(function: Callable[[Tensor], Tensor], inputs: Tensor, device: tor
 
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Latents (N, latent_size) and per-image reconstruction MSE of uint8 ``images`` (N, 28, 28)."""
+    """Latents (N, latent_size) and per-image reconstruction MSE of uint8 ``images`` (N, C, H, W)."""
     latents, errors = [], []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size].to(device))
@@ -51,7 +55,7 @@ def encode_images(model, images: torch.Tensor, device: torch.device, batch_size:
 
 @torch.no_grad()
 def decode_random_codes(model, count: int, seed: int, device: torch.device) -> np.ndarray:
-    """``count`` codes drawn from N(0, I), the VAE's prior, decoded: (count, 1, 28, 28). For the
+    """``count`` codes drawn from N(0, I), the VAE's prior, decoded: (count, C, H, W). For the
     other objectives the same draw shows what an autoencoder makes of codes it was never given;
     one seed, one draw, whatever the model, so figures of several models compare."""
     generator = torch.Generator().manual_seed(seed)

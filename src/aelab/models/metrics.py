@@ -2,7 +2,7 @@
 
 A metric to watch (logged as ``val/<name>`` and ``test/<name>``, never optimised) is one line in
 ``watched_metrics``: any torchmetrics ``Metric`` whose ``update`` takes (reconstructions, images),
-both (N, 1, 28, 28) in [-1, 1].
+both (N, C, H, W) in [-1, 1].
 """
 
 from __future__ import annotations

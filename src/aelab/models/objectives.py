@@ -22,7 +22,6 @@ from torch import Tensor
 
 from aelab.constraints import Fraction, NonNegativeFloat
 from aelab.errors import ConfigError
-from aelab.models.backbones import IMAGE_SIZE
 from aelab.registry import qualified_name, register
 
 
@@ -109,9 +108,9 @@ class Variational(Objective):
     """A variational autoencoder (Kingma & Welling, 2014): the encoder outputs the mean and the
     log-variance of a Gaussian code, training decodes a reparameterised sample of it, and the
     term ``kl`` is ``beta`` times its KL divergence from N(0, I) in nats per image, divided by the
-    784 pixels so that it shares the per-pixel scale of ``mse``. At ``beta`` 1 the loss is the
-    negative ELBO, per pixel, of a Gaussian decoder of variance 1/2. ``encode`` returns the mean,
-    and outside training ``mse`` is the reconstruction of the mean.
+    image's numbers (784 for MNIST's 1x28x28) so that it shares the per-pixel scale of ``mse``. At
+    ``beta`` 1 the loss is the negative ELBO, per pixel, of a Gaussian decoder of variance 1/2.
+    ``encode`` returns the mean, and outside training ``mse`` is the reconstruction of the mean.
     """
 
     label = "vae"
@@ -136,7 +135,7 @@ class Variational(Objective):
         mean, log_var = model.encoded(x).float().chunk(2, dim=1)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if model.training else mean
         kl = -0.5 * (1 + log_var - mean.square() - log_var.exp()).sum(dim=1).mean()
-        return {"mse": F.mse_loss(model.decode(z).float(), x), "kl": self.beta * kl / IMAGE_SIZE}
+        return {"mse": F.mse_loss(model.decode(z).float(), x), "kl": self.beta * kl / x[0].numel()}
 
 
 def objective_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -37,10 +37,18 @@ def _titled(fig, title: str, ax=None):
 
 
 def _image(ax, image) -> None:
-    """A 28x28 image in [-1, 1] on ``ax``, without ticks."""
+    """An image (C, H, W) in [-1, 1] on ``ax``, grey for one channel, colour for three; no ticks."""
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.imshow(np.asarray(image).reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+    _show(ax, np.asarray(image))
+
+
+def _show(ax, image: np.ndarray) -> None:
+    """``image`` (C, H, W) in [-1, 1] as matplotlib draws it: grey (H, W), or colour (H, W, 3) in [0, 1]."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=-1, vmax=1)
+    else:
+        ax.imshow((image.transpose(1, 2, 0).clip(-1, 1) + 1) / 2)
 
 
 @dataclass(frozen=True)
@@ -97,14 +105,14 @@ def per_class_errors(errors: np.ndarray, labels: np.ndarray, classes: Sequence[s
 
 
 def image_rows(rows: Sequence[np.ndarray], row_titles: Sequence[str], title: str):
-    """Rows of 28x28 images in [-1, 1]."""
+    """Rows of images (C, H, W) in [-1, 1]."""
     n_cols = max(len(r) for r in rows)
     layout = [(heading, row, None) for heading, row in zip(row_titles, rows, strict=True)]
     return _image_table(layout, n_cols, (n_cols * 0.9, len(rows) * 1.0 + 0.4), title)
 
 
 def captioned_images(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str, n_cols: int = 8):
-    """Sections of 28x28 images in [-1, 1], each image over its caption (e.g. ``7 -> 1``); a
+    """Sections of images (C, H, W) in [-1, 1], each image over its caption (e.g. ``7 -> 1``); a
     section, ``(heading, images, captions)``, starts on a new row with its heading on the left."""
     layout = [
         (heading if start == 0 else "", images[start : start + n_cols], captions[start : start + n_cols])
@@ -158,14 +166,17 @@ def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, n
 
 
 def decoded_sweep(images: np.ndarray, across: np.ndarray, down: np.ndarray, axes: Sequence[int], title: str):
-    """A decoded sweep over two code axes, ``len(down)`` rows of ``len(across)`` 28x28 images in
-    [-1, 1], with the code values each column and row was decoded from as its ticks."""
+    """A decoded sweep over two code axes, ``len(down)`` rows of ``len(across)`` images (C, H, W)
+    in [-1, 1], with the code values each column and row was decoded from as its ticks."""
     steps_x, steps_y = len(across), len(down)
-    mosaic = np.asarray(images).reshape(steps_y, steps_x, 28, 28).transpose(0, 2, 1, 3).reshape(steps_y * 28, -1)
+    images = np.asarray(images)
+    channels, height, width = images.shape[1:]
+    # (rows, columns, C, H, W) -> one (C, rows * H, columns * W) image
+    grid = images.reshape(steps_y, steps_x, channels, height, width).transpose(2, 0, 3, 1, 4)
     fig, ax = _pyplot().subplots(figsize=(1.5 + 0.5 * steps_x, 1.2 + 0.5 * steps_y))
-    ax.imshow(mosaic, cmap="gray", vmin=-1, vmax=1)
-    ax.set_xticks(14 + 28 * np.arange(steps_x), [f"{v:.3g}" for v in across], rotation=90, fontsize=7)
-    ax.set_yticks(14 + 28 * np.arange(steps_y), [f"{v:.3g}" for v in down], fontsize=7)
+    _show(ax, grid.reshape(channels, steps_y * height, steps_x * width))
+    ax.set_xticks(width / 2 + width * np.arange(steps_x), [f"{v:.3g}" for v in across], rotation=90, fontsize=7)
+    ax.set_yticks(height / 2 + height * np.arange(steps_y), [f"{v:.3g}" for v in down], fontsize=7)
     ax.set_xlabel(f"z{axes[0]}")
     ax.set_ylabel(f"z{axes[1]}")
     return _titled(fig, title, ax)
@@ -228,7 +239,7 @@ def metrics_vs_latent_size(rows: list[dict]):
 
 
 def image_grid(images, nrow: int):
-    """(N, 1, 28, 28) images in [-1, 1] -> one (3, H, W) tensor in [0, 1], ``nrow`` images a row."""
+    """(N, C, H, W) images in [-1, 1] -> one (3, H', W') tensor in [0, 1], ``nrow`` images a row."""
     import torch
     from torchvision.utils import make_grid
 
@@ -238,7 +249,7 @@ def image_grid(images, nrow: int):
 
 
 def save_image_grid(images, path, nrow: int) -> None:
-    """(N, 1, 28, 28) images in [-1, 1] as one PNG, pixel for pixel (no axes, no resampling)."""
+    """(N, C, H, W) images in [-1, 1] as one PNG, pixel for pixel (no axes, no resampling)."""
     from torchvision.utils import save_image
 
     with atomic_path(path) as tmp:

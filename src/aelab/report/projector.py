@@ -30,7 +30,7 @@ def add_embedding(
     images: Tensor,
     columns: dict[str, Sequence[object]],
 ) -> None:
-    """``latents`` (N, D) shown as ``name``, each point with its image (uint8, (N, 28, 28)) and the
+    """``latents`` (N, D) shown as ``name``, each point with its image (uint8, (N, C, H, W)) and the
     metadata ``columns`` (a single column is written without a header, as TensorBoard expects).
     ``tag`` names the embedding's folder, ``<log_dir>/00000/<tag>``."""
     from google.protobuf import text_format
@@ -55,7 +55,7 @@ def add_embedding(
         metadata, header = [list(row) for row in zip(*columns.values(), strict=True)], list(columns)
     with SummaryWriter(str(log_dir)) as writer:
         writer.add_embedding(
-            latents, metadata=metadata, metadata_header=header, label_img=images.unsqueeze(1).float() / 255, tag=tag
+            latents, metadata=metadata, metadata_header=header, label_img=images.float() / 255, tag=tag
         )
     written = ProjectorConfig()
     text_format.Parse(path.read_text(), written)

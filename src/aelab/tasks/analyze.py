@@ -106,9 +106,9 @@ def analyze_checkpoint(
 
     result: dict[str, Any] = {
         "checkpoint": str(loaded.path),
-        "dataset": datamodule.spec.name,
+        "dataset": datamodule.dataset,
         "data": datamodule.name,
-        "data_dir": str(datamodule.data_dir),
+        "data_dir": str(datamodule.source),
         "backbone": model.backbone,
         "objective": model.objective.label,
         "latent_size": int(test_z.shape[1]),

@@ -112,7 +112,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     train_positions, test_positions = np.flatnonzero(train), np.flatnonzero(~train)
 
     def pixels_of(positions: np.ndarray) -> np.ndarray:
-        """The images at these pool positions in [-1, 1], shaped as the positions, (..., 1, 28, 28):
+        """The images at these pool positions in [-1, 1], shaped as the positions, (..., C, H, W):
         only the few a figure shows (all 70,000 as floats would be 220 MB)."""
         shown = normalize(images[torch.as_tensor(positions.reshape(-1))]).numpy()
         return shown.reshape(*positions.shape, *shown.shape[1:])

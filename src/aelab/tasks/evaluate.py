@@ -46,9 +46,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         _, errors = encode_images(model.to(device), images, device, datamodule.settings.batch_size)
     result = {
         "checkpoint": str(loaded.path),
-        "dataset": datamodule.spec.name,
+        "dataset": datamodule.dataset,
         "data": datamodule.name,
-        "data_dir": str(datamodule.data_dir),
+        "data_dir": str(datamodule.source),
         "n_test": len(images),
         TEST_MSE: float(metrics[TEST_MSE]),
         TEST_MSE_PER_CLASS: per_class_mean(errors, labels.numpy(), datamodule.classes),
@@ -56,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = loaded.results / EVAL_FILE
     write_json(out, result)
     # the first test images over their reconstructions, as the training run's grids show val images
-    shown = as_model_input(images[:EVAL_GRID_IMAGES])
+    shown = as_model_input(images[:EVAL_GRID_IMAGES], model.image_shape)
     grid = torch.cat([shown, loaded.reconstruct(shown)])
     save_image_grid(grid, loaded.results / EVAL_GRID_FILE, nrow=len(shown))
     write_tensorboard(loaded, result, image_grid(grid, nrow=len(shown)))

@@ -4,8 +4,8 @@
 ``decoder.onnx`` (latents -> images) and ``autoencoder.onnx`` (images -> reconstructions), each with
 a free batch size, through ``torch.onnx.export`` (the ``torch.export`` based exporter); then runs
 them in onnxruntime on test images and records how far they are from PyTorch in ``export.json``.
-Images are float32 (N, 1, 28, 28) in [-1, 1], i.e. ``pixels / 127.5 - 1``; the files say so in
-their metadata.
+Images are float32 (N, C, H, W) in [-1, 1] ((N, 1, 28, 28) for MNIST), i.e. ``pixels / 127.5 - 1``;
+the files say so in their metadata.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from aelab.models.inference import as_model_input
 from aelab.tasks.encode import EXPORT_DIR, checkpoint_tag
 
 EXPORT_EXTRA = "export"
-INPUT_NOTE = "float32 images (N, 1, 28, 28) in [-1, 1]: pixels / 127.5 - 1"
 # an exported file whose outputs are further than this from PyTorch's is refused (observed: ~3e-6)
 TOLERANCE = 1e-4
 # (file stem, the model's method, input name, output name)
@@ -36,6 +35,11 @@ GRAPHS = (
     ("decoder", "decode", "latents", "images"),
     ("autoencoder", "reconstruct", "images", "reconstructions"),
 )
+
+
+def input_note(image_shape: tuple[int, int, int]) -> str:
+    """What the exported graphs take, as the files' metadata says it."""
+    return f"float32 images (N, {', '.join(map(str, image_shape))}) in [-1, 1]: pixels / 127.5 - 1"
 
 
 class ExportMismatch(AelabError):
@@ -66,7 +70,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     # exported and compared on the CPU, in float32: the files are the same whatever trained them
     model = loaded.model.to("cpu").float().eval()
     images, _ = loaded.datamodule.split("test")
-    x = as_model_input(images[: cfg.check_images])
+    x = as_model_input(images[: cfg.check_images], model.image_shape)
     with torch.no_grad():
         z = model.encode(x)
     inputs = {"images": x, "latents": z}
@@ -74,7 +78,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):
         # their INFO lines narrate each optimisation pass
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    result: dict[str, Any] = {"checkpoint": str(loaded.path), "input": INPUT_NOTE, "files": {}, "max_abs_diff": {}}
+    note = input_note(model.image_shape)
+    result: dict[str, Any] = {"checkpoint": str(loaded.path), "input": note, "files": {}, "max_abs_diff": {}}
     for stem, method, input_name, output_name in GRAPHS:
         path = out / f"{stem}{checkpoint_tag(loaded)}.onnx"
         graph = Method(model, method)
@@ -120,7 +125,7 @@ def write_onnx(
     latents = f"float32 latents (N, {', '.join(map(str, loaded.latent_shape))})"
     program.model.metadata_props.update(
         {
-            "aelab.input": INPUT_NOTE if input_name == "images" else latents,
+            "aelab.input": input_note(loaded.model.image_shape) if input_name == "images" else latents,
             "aelab.checkpoint": loaded.path.name,
             "aelab.run": loaded.run_dir.name,
         }

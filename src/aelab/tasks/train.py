@@ -46,10 +46,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     limit_threads_for_parallel_jobs()
-    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data)
+    # the data's image shape, handed to the model (Lightning's Model(width=datamodule.width))
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
     check_monitor(cfg, model.logged_metrics())
     check_optimizer_settings(model)
-    datamodule = instantiate(cfg.data)
     model.run_overrides = overrides
     # of the processes torchrun or srun start for one DDP run, the first one writes
     writer = launched_rank() == 0
@@ -224,9 +225,9 @@ def run_summary(
     """What ``run_summary.json`` says of a trained run (``aelab.names`` for the metrics' keys)."""
     return {
         "status": "ok",
-        "dataset": datamodule.spec.name,
+        "dataset": datamodule.dataset,
         "data": datamodule.name,
-        "data_dir": str(datamodule.data_dir),
+        "data_dir": str(datamodule.source),
         "backbone": model.backbone,
         "objective": model.objective.label,
         "latent_dim": model.settings.latent_dim,
