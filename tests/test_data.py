@@ -262,8 +262,8 @@ def test_labels_out_of_range_are_named(tmp_path):
 def test_the_official_mnist_has_60000_train_and_10000_test_images(mnist):
     dm = MNISTLikeDataModule(str(mnist), download=False)
     dm.setup()
-    assert dm.splits["train"][0].shape == (60000, 28, 28)
-    assert dm.splits["test"][0].shape == (10000, 28, 28)
+    assert dm.splits["train"][0].shape == (60000, 1, 28, 28)
+    assert dm.splits["test"][0].shape == (10000, 1, 28, 28)
     assert torch.bincount(dm.splits["test"][1]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     x, _ = next(iter(dm.val_dataloader()))
     assert x.min() == -1.0 and x.max() == 1.0

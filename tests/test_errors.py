@@ -72,6 +72,37 @@ def corrupt(root: Path, kind: str) -> Path:
     return root
 
 
+def own_data(root: Path, kind: str) -> str:
+    """A folder of images (data.root=) or an array file (data.path=) under ``root``, broken in one way."""
+    from PIL import Image
+
+    root.mkdir()
+    if kind == "no images":
+        (root / "a").mkdir()
+        (root / "a" / "notes.txt").write_text("not an image\n")
+        return f"data.root={root}"
+    if kind in ("mixed sizes", "corrupt image", "empty image"):
+        # four images of two classes, one of them 30x40 where the others are 32x32
+        for name, size in (("a/0", 32), ("a/1", 32), ("b/0", 32), ("b/1", 30 if kind == "mixed sizes" else 32)):
+            (root / name).parent.mkdir(exist_ok=True)
+            Image.fromarray(np.full((size, 40 if size == 30 else 32, 3), 90, np.uint8)).save(root / f"{name}.png")
+        if kind == "corrupt image":
+            (root / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+        elif kind == "empty image":
+            (root / "b" / "1.png").write_bytes(b"")
+        return f"data.root={root}"
+    images, labels = np.zeros((6, 8, 8), np.uint8), np.arange(6) % 2
+    arrays = {
+        "floats": {"images": images.astype(np.float32)},
+        "no images array": {"x": images},
+        "negative labels": {"images": images, "labels": labels - 1},
+        "five dimensions": {"images": images.reshape(6, 1, 1, 8, 8)},
+        "labels 0-2": {"images": images, "labels": np.arange(6) % 3},
+    }[kind]
+    np.savez(root / "images.npz", **arrays)
+    return f"data.path={root / 'images.npz'}"
+
+
 class Evil:
     """Pickles into a call of os.system: what a malicious checkpoint carries."""
 
@@ -406,7 +437,11 @@ CASES = {
         ["data.dataset=cifar"],
         "data.dataset='cifar' is invalid: it must be one of mnist, fashion_mnist, kmnist",
     ),
-    "unknown data option": ("train", ["data=cifar"], "data=cifar is invalid: it must be one of fashion_mnist"),
+    "unknown data option": (
+        "train",
+        ["data=cifar"],
+        "data=cifar is invalid: it must be one of arrays, fashion_mnist, folder",
+    ),
     "val_size as large as training": ("train", ["data.val_size=96"], "data.val_size=96 leaves no training images"),
     "val_size negative": (
         "train",
@@ -499,6 +534,70 @@ CASES = {
     "image/label count mismatch": ("train", ["@count"], "holds 95 labels"),
     "label out of range": ("train", ["@labels"], "label 10 is out of range 0-9"),
     "corrupt gzip": ("train", ["@gzip"], "not a valid gzip file"),
+    # a user's own images (aelab.data.own): "%kind" writes them broken (see ``own_data``)
+    "data=folder without data.root": (
+        "train",
+        ["data=folder"],
+        "data.root is missing: this config needs it from you; give it, e.g. data.root=/path/to/images",
+    ),
+    "data=arrays without data.path": ("train", ["data=arrays"], "data.path is missing: this config needs it"),
+    "image folder missing": (
+        "train",
+        ["data=folder", "data.root={tmp}/nowhere"],
+        "/nowhere does not exist; point at a folder of class folders of images: data.root=/path/to/images",
+    ),
+    "image folder is a file": ("train", ["data=folder", "data.root={tmp}/a_file"], "/a_file is not a folder; point at"),
+    "image folder without images": ("train", ["data=folder", "%no images"], "holds no images (.png, .jpg"),
+    "images of mixed sizes": (
+        "train",
+        ["data=folder", "%mixed sizes"],
+        "images of one size are needed; resize them as they are read, e.g. data.size=[32,32]",
+    ),
+    "image file corrupt": ("train", ["data=folder", "%corrupt image"], "/b/1.png cannot be read as an image"),
+    "image file empty": ("train", ["data=folder", "%empty image"], "/b/1.png is empty (0 bytes"),
+    "image size of one number": (
+        "train",
+        ["data=folder", "%mixed sizes", "data.size=[32]"],
+        "data.size=[32] is invalid: it must be a list of 2 whose items are each a positive integer or null",
+    ),
+    "image channels 2": (
+        "train",
+        ["data=folder", "%mixed sizes", "data.channels=2"],
+        "data.channels=2 is invalid: it must be one of 1, 3 or null",
+    ),
+    "test fraction leaving no test images": (
+        "train",
+        ["data=folder", "%mixed sizes", "data.size=[8,8]", "data.test_fraction=0.1"],
+        "leaves 0 to test and 4 to train: both need one; use e.g. data.test_fraction=0.2",
+    ),
+    "array file of floats": (
+        "train",
+        ["data=arrays", "%floats"],
+        "images are float32; store pixels as uint8 0-255, e.g. images=(x * 255).round().astype(numpy.uint8)",
+    ),
+    "array file without images": (
+        "train",
+        ["data=arrays", "%no images array"],
+        "holds no array named images (it holds x)",
+    ),
+    "array labels negative": ("train", ["data=arrays", "%negative labels"], "labels are int64 (6,), the least -1"),
+    "array images of five dimensions": (
+        "train",
+        ["data=arrays", "%five dimensions"],
+        "give (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3",
+    ),
+    "array classes too few": (
+        "train",
+        ["data=arrays", "%labels 0-2", "data.classes=[cat]"],
+        "data.classes names 1 classes but the labels of",
+    ),
+    "array file not npz": (
+        "train",
+        ["data=arrays", "data.path={tmp}/a_file"],
+        "is not an .npz file (not a zip archive",
+    ),
+    "array file empty": ("train", ["data=arrays", "data.path={tmp}/empty.npz"], "/empty.npz is empty (0 bytes"),
+    "array file is a directory": ("train", ["data=arrays", "data.path={tmp}"], "is a directory, not a file"),
     # the command line as a whole
     "seed null": ("train", ["seed=null"], "seed=null is invalid: it must be an integer from 0 to 4294967295"),
     "seed negative": ("train", ["seed=-1"], "seed=-1 is invalid"),
@@ -929,6 +1028,8 @@ def case_arguments(case: str, tmp_path: Path, trained: Path) -> tuple[str, list[
             data = corrupt(tmp_path / "broken", arg[1:])
         elif arg.startswith("#"):
             cli_args.append(f"ckpt_path={bad_checkpoint(tmp_path, arg[1:], trained)}")
+        elif arg.startswith("%"):
+            cli_args.append(own_data(tmp_path / "own", arg[1:]))
         else:
             cli_args.append(arg.replace("{tmp}", str(tmp_path)))
     return script, cli_args, {"AELAB_DATA_DIR": str(data), **variables}
@@ -987,6 +1088,8 @@ FOLLOWED = {
     "checkpoint of another objective": suggested,
     "image file is a directory": file_put_back,
     "training split empty": file_put_back,
+    "images of mixed sizes": suggested,
+    "test fraction leaving no test images": suggested,
     "resume with a weight missing": another_checkpoint_of_the_run,
 }
 

@@ -38,6 +38,7 @@ from aelab.rules import (
     Group,
     Int,
     IntList,
+    ListOf,
     Metric,
     Number,
     OneOf,
@@ -116,6 +117,14 @@ SCHEMA: dict[str, Rule] = {
     "data.seed": Int(min=0, max=2**32 - 1),
     "data.download": Flag(),
     "data.mirrors": TextList(null=True),
+    # data=folder, data=arrays (aelab.data.own)
+    "data.root": Text(),
+    "data.path": Text(),
+    "data.size": ListOf(item=Int(min=1), length=2, null=True),
+    "data.channels": OneOf(values=(1, 3), null=True),
+    "data.classes": TextList(null=True),
+    "data.test_fraction": Number(above=0, max=1),
+    "data.split_seed": Int(min=0, max=2**32 - 1),
     # model: the backbone checks model.latent_dim=null (fine for conv, not for mlp)
     "model": Group(what="a group of settings (e.g. model=conv)"),
     "model.latent_dim": Int(min=1, null=True, null_note=" (model=conv: its 64x2x2 map as the code)"),
@@ -366,10 +375,17 @@ def _environment_variable(cfg: DictConfig, key: str) -> str | None:
     return variable.group(1) if variable else None
 
 
+# what a ??? key's message gives as an example
+MISSING_EXAMPLES = {"data.root": "/path/to/images", "data.path": "/path/to/images.npz"}
+
+
 def _leaves(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every key's resolved value, a list as one value; a failed interpolation names its key."""
     for key in cfg.keys():
         path = f"{prefix}{key!s}"
+        if OmegaConf.is_missing(cfg, key):  # ??? in a config: a value only the user can give
+            example = MISSING_EXAMPLES.get(path, "...")
+            raise ConfigError(f"{path} is missing: this config needs it from you; give it, e.g. {path}={example}")
         try:
             node = cfg[key]
         except OmegaConfBaseException as err:

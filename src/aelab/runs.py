@@ -515,11 +515,13 @@ def open_run(
     fallback = data_dir if data_dir is not None else os.environ.get("AELAB_DATA_DIR", root / "data")
     checkpoint = load_checkpoint(path, map_location)
     model_config = stored_config(checkpoint, "model", path)
-    data_config = stored_config(checkpoint, "data", path) | _NOT_FROM_CHECKPOINTS
+    data_config = stored_config(checkpoint, "data", path)
+    # (only the settings the data class has: a folder of images has no downloads)
+    data_config |= {key: value for key, value in _NOT_FROM_CHECKPOINTS.items() if key in data_config}
     overrides = {k: v for k, v in (data or {}).items() if v is not None}
     data_config.update(overrides)
     check_registered(data_config, "the data overrides")
-    if "data_dir" not in overrides:
+    if "data_dir" in data_config and "data_dir" not in overrides:  # the MNIST family's
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
         # only where the files are missing: a broken file is named by the datamodule, not swapped for other data
         stored_faults = file_faults(spec.raw_dir(data_config["data_dir"])).values()
@@ -587,6 +589,8 @@ _PLACE_KEYS = (
     "paths",
     "hydra",
     "data.data_dir",
+    "data.root",
+    "data.path",
     "data.mirrors",
     "data.download",
     "data.num_workers",

@@ -1,10 +1,28 @@
-"""Data: the MNIST family of datasets, their IDX files, and the datamodule that serves them.
+"""Data: image datasets as datamodules: the MNIST family (IDX files), a folder of images and an
+array file (``own``).
 
 No module outside this package names a dataset: the rest of aelab gets a datamodule from the
 config (``instantiate(cfg.data)``) or from a checkpoint (``aelab.runs.open_run``).
 """
 
-from aelab.data.datamodule import DeviceBatchLoader, MNISTLikeDataModule, normalize, normalized_rows
+from aelab.data.datamodule import (
+    DeviceBatchLoader,
+    ImageDataModule,
+    MNISTLikeDataModule,
+    normalize,
+    normalized_rows,
+)
 from aelab.data.datasets import DATASETS, DatasetSpec
+from aelab.data.own import ArrayDataModule, ImageFolderDataModule
 
-__all__ = ["DATASETS", "DatasetSpec", "DeviceBatchLoader", "MNISTLikeDataModule", "normalize", "normalized_rows"]
+__all__ = [
+    "DATASETS",
+    "ArrayDataModule",
+    "DatasetSpec",
+    "DeviceBatchLoader",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "MNISTLikeDataModule",
+    "normalize",
+    "normalized_rows",
+]

@@ -231,6 +231,8 @@ def run_summary(
         "backbone": model.backbone,
         "objective": model.objective.label,
         "latent_dim": model.settings.latent_dim,
+        "image_shape": list(model.image_shape),
+        "latent_shape": list(model.latent_shape),
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
         "compression": model.compression,

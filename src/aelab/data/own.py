@@ -1,0 +1,271 @@
+"""A user's own images: a folder of class folders of image files (``data=folder``), or images and
+labels as arrays in one ``.npz`` file (``data=arrays``).
+
+Both are read whole into memory as uint8 (N, C, H, W), like MNIST, and split into the ``train``
+and ``test`` splits by a seeded fraction (``test_fraction``, ``split_seed``); from there on they
+are served like any dataset (``ImageDataModule``: ``val_size``, ``keep_classes``, the device
+loader). Each way a folder or a file can be wrong is one line naming it and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from aelab.constraints import Fraction, NonNegativeInt, PositiveInt
+from aelab.data.datamodule import ImageDataModule
+from aelab.errors import ConfigError, DataError
+from aelab.faults import fault_of
+from aelab.registry import register
+
+# what PIL reads that people keep pictures in
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# PIL modes with one channel: such a folder is grey unless data.channels says otherwise
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+class OwnImages(ImageDataModule):
+    """What the folder and the array file share: the split into train and test, and the classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: tuple[str, ...] = ()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        if not self._classes:  # read with the images
+            self.setup()
+        return self._classes
+
+    @property
+    def title(self) -> str:
+        return self.source.stem
+
+    def check_keep_classes(self) -> None:
+        if self._classes:  # known once read
+            super().check_keep_classes()
+
+    def split_off_test(self, images: np.ndarray, labels: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``train`` and ``test``: a seeded ``test_fraction`` of the images, the rest, each in the
+        order read. ``split_seed``, not ``seed``: runs with other seeds are tested on one set."""
+        hp = self.settings
+        n = len(images)
+        n_test = round(n * hp.test_fraction)
+        if not 0 < n_test < n:
+            fits = next((f for f in (0.2, 0.25, 0.34, 0.5) if 0 < round(n * f) < n), None)
+            fix = f"use e.g. data.test_fraction={fits}" if fits else "give at least 2 images"
+            raise ConfigError(
+                f"data.test_fraction={hp.test_fraction} of the {n} images of {self.source} leaves "
+                f"{n_test} to test and {n - n_test} to train: both need one; {fix}"
+            )
+        is_test = np.zeros(n, dtype=bool)
+        is_test[np.random.default_rng(hp.split_seed).permutation(n)[:n_test]] = True
+        return {"train": (images[~is_test], labels[~is_test]), "test": (images[is_test], labels[is_test])}
+
+
+@register
+class ImageFolderDataModule(OwnImages):
+    """``data=folder data.root=<dir>``: torchvision's ``ImageFolder`` layout, one folder per class
+    (``<root>/<class>/<any name>.png``, classes in name order), or images right in ``root``, one
+    class. ``size`` [height, width] resizes and centre-crops every image to it (without it, all
+    must share one size); ``channels`` 1 (grey) or 3 (colour), by default grey only if every image is."""
+
+    dataset = "folder"
+
+    def __init__(
+        self,
+        root: str,
+        size: Sequence[PositiveInt] | None = None,
+        channels: Literal[1, 3] | None = None,
+        test_fraction: Fraction = 0.2,
+        split_seed: NonNegativeInt = 0,
+        batch_size: PositiveInt = 256,
+        loader: Literal["device", "dataloader"] = "device",
+        num_workers: NonNegativeInt = 0,
+        keep_classes: Sequence[int] | None = None,
+        val_size: PositiveInt | None = None,
+        seed: NonNegativeInt = 0,
+    ) -> None:
+        super().__init__()
+        if size is not None and len(size) != 2:
+            raise ConfigError(f"data.size={list(size)} is invalid: give [height, width], e.g. data.size=[32,32]")
+        # Absolute, so a checkpoint says where its data was whatever directory reads it later.
+        root = str(Path(root).resolve())
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root)
+
+    @property
+    def source(self) -> Path:
+        return self.root
+
+    def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        from PIL import Image, ImageOps
+
+        files, self._classes = self._files()
+        opened = [_opened(path) for path, _ in files]  # headers only: modes and sizes before any pixel
+        hp = self.settings
+        grey = all(mode in GREY_MODES for mode, _ in opened)
+        channels = hp.channels or (1 if grey else 3)
+        if hp.size is None:
+            (first, _), (first_size, sizes) = files[0], (opened[0][1], [size for _, size in opened])
+            for (path, _), size in zip(files, sizes, strict=True):
+                if size != first_size:
+                    raise DataError(
+                        f"{path} is {_hw(size)} but {first} is {_hw(first_size)}: images of one size are needed; "
+                        f"resize them as they are read, e.g. data.size=[{first_size[1]},{first_size[0]}]"
+                    )
+            height, width = first_size[1], first_size[0]
+        else:
+            height, width = hp.size
+        images = np.empty((len(files), channels, height, width), dtype=np.uint8)
+        for i, (path, _) in enumerate(files):
+            with _reading(path), Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                if image.size != (width, height):
+                    image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image)
+            images[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        return self.split_off_test(images, labels)
+
+    def _files(self) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
+        """Every image file with its class index, and the class names."""
+        root, fix = self.root, "point at a folder of class folders of images: data.root=/path/to/images"
+        if not root.is_dir():
+            found = "is not a folder" if root.exists() else "does not exist"
+            raise DataError(f"data.root={root} {found}; {fix}")
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:  # unlabelled: one class, named after the folder
+            folders = [root]
+        files: list[tuple[Path, int]] = []
+        classes: list[str] = []
+        for folder in folders:
+            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:
+                continue
+            files += [(path, len(classes)) for path in images]
+            classes.append(folder.name)
+        if not files:
+            raise DataError(
+                f"data.root={root} holds no images ({', '.join(IMAGE_SUFFIXES)}); put them in class folders "
+                f"({root}/<class>/<name>.png) or right in it, or {fix}"
+            )
+        return files, tuple(classes)
+
+
+def _hw(size: tuple[int, int]) -> str:
+    """PIL's (width, height) as height x width, the order data.size takes."""
+    return f"{size[1]}x{size[0]} (height x width)"
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """What PIL raises on a file it cannot read, as one line naming the file."""
+    from PIL import Image
+
+    if fault := fault_of(path):
+        raise DataError(fault.line(path, "put a readable image there, or remove it from the data folder"))
+    try:
+        yield
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(
+            f"{path} cannot be read as an image ({err}); replace it with a readable one, or remove it"
+        ) from None
+
+
+def _opened(path: Path) -> tuple[str, tuple[int, int]]:
+    """The mode and (width, height) of an image file, from its header."""
+    from PIL import Image
+
+    with _reading(path), Image.open(path) as image:
+        return image.mode, image.size
+
+
+@register
+class ArrayDataModule(OwnImages):
+    """``data=arrays data.path=<file>.npz``: uint8 images under ``images``, (N, H, W), (N, H, W, C)
+    or (N, C, H, W) with C 1 or 3, and integer class indices under ``labels`` (N,), 0 to K-1
+    (without them, one class). ``classes`` names them (by default their numbers)."""
+
+    dataset = "arrays"
+
+    def __init__(
+        self,
+        path: str,
+        classes: Sequence[str] | None = None,
+        test_fraction: Fraction = 0.2,
+        split_seed: NonNegativeInt = 0,
+        batch_size: PositiveInt = 256,
+        loader: Literal["device", "dataloader"] = "device",
+        num_workers: NonNegativeInt = 0,
+        keep_classes: Sequence[int] | None = None,
+        val_size: PositiveInt | None = None,
+        seed: NonNegativeInt = 0,
+    ) -> None:
+        super().__init__()
+        path = str(Path(path).resolve())
+        self.save_hyperparameters(logger=False)
+        self.path = Path(path)
+
+    @property
+    def source(self) -> Path:
+        return self.path
+
+    def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        path = self.path
+        how = "numpy.savez(path, images=images, labels=labels) with uint8 images (N, H, W) or (N, H, W, C)"
+        if fault := fault_of(path):
+            raise DataError(fault.line(path, "point at an .npz file of images and labels: data.path=/path/to/data.npz"))
+        if not zipfile.is_zipfile(path):  # np.load would take it for a pickle, which it refuses
+            raise DataError(f"{path} is not an .npz file (not a zip archive of arrays); write it with {how}")
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                stored = {name: arrays[name] for name in arrays.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"{path} cannot be read as an .npz file ({err}); write it with {how}") from None
+        if "images" not in stored:
+            held = ", ".join(stored) or "nothing"
+            raise DataError(f"{path} holds no array named images (it holds {held}); write it with {how}")
+        images = _channels_first(path, stored["images"], how)
+        labels = stored.get("labels", np.zeros(len(images), dtype=np.int64))
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            found = f"{labels.dtype} {labels.shape}" + (f", the least {labels.min()}" if labels.size else "")
+            raise DataError(
+                f"{path}: labels are {found}; give one class index (0, 1, ...) per image, "
+                f"integers >= 0 of shape ({len(images)},)"
+            )
+        count = int(labels.max()) + 1
+        names = self.settings.classes
+        if names is not None and len(names) < count:
+            raise ConfigError(
+                f"data.classes names {len(names)} classes but the labels of {path} go up to {count - 1}; "
+                f"name all {count}, or leave it out (data.classes=null) to number them"
+            )
+        self._classes = tuple(names) if names is not None else tuple(str(c) for c in range(count))
+        return self.split_off_test(images, labels.astype(np.int64))
+
+
+def _channels_first(path: Path, images: np.ndarray, how: str) -> np.ndarray:
+    """``images`` as (N, C, H, W): (N, H, W) is one channel; a 4-D array has its channels (1 or 3)
+    last, as numpy and PIL keep pictures, or else first."""
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"{path}: images are {images.dtype}; store pixels as uint8 0-255, e.g. images=(x * 255).round().astype("
+            "numpy.uint8) for floats in [0, 1]"
+        )
+    if not len(images):
+        raise DataError(f"{path} holds 0 images; write it with {how}")
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4 and images.shape[3] in (1, 3):
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        return images
+    raise DataError(
+        f"{path}: images have shape {images.shape}; give (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3"
+    )
