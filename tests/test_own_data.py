@@ -14,7 +14,7 @@ from aelab.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEnco
 from aelab.runs import open_run
 from aelab.tasks.train import train
 
-from conftest import QUIET, compose_config, run_cli
+from conftest import QUIET, REPO, compose_config, run_cli
 
 CLASSES = ("circle", "square")
 
@@ -172,47 +172,51 @@ def run_task(root, name, *overrides):
     return task_function(name)(compose_config(name, root, list(overrides)))
 
 
-def test_every_task_runs_on_a_colour_run_with_no_data_override_and_draws_in_colour(own_runs, tmp_path):
+@pytest.mark.parametrize(("data", "shape"), [("folder", (3, 32, 32)), ("arrays", (1, 64, 64))])
+@pytest.mark.parametrize("model", ["conv", "mlp"])
+def test_every_task_runs_on_the_run_with_no_data_override_and_draws_in_its_colours(own_runs, data, shape, model):
     from PIL import Image
 
     root, trained = own_runs
-    summary = trained["folder", "conv"]
-    ckpt, run = f"ckpt_path={summary['last_checkpoint']}", root / "folder-conv"
+    summary = trained[data, model]
+    ckpt, run = f"ckpt_path={summary['last_checkpoint']}", root / f"{data}-{model}"
     report = run_task(root, "eval", ckpt)
     assert report["test/mse"] == pytest.approx(summary["val/mse"], rel=1e-5)
-    assert list(report["test/mse_per_class"]) == list(CLASSES)
-    with Image.open(run / "eval_reconstructions.png") as grid:
-        pixels = np.asarray(grid.convert("RGB")).astype(int)
-    # a colour grid: red discs and blue squares, not grey (R = G = B)
-    assert (pixels[..., 0] - pixels[..., 2]).max() > 100 and (pixels[..., 2] - pixels[..., 0]).max() > 100
+    assert list(report["test/mse_per_class"]) == (list(CLASSES) if data == "folder" else ["0", "1"])
     analysis = run_task(root, "analyze", ckpt, "map=pca", "umap_gmm=false", "knn_k=3")
     assert 0 <= analysis["latent/knn_accuracy"] <= 1
-    with Image.open(run / "analysis" / "interpolation.png") as figure:
-        drawn = np.asarray(figure.convert("RGB")).astype(int)
-    # the figure's images are in colour too (a grey colour map has R = G = B)
-    assert (drawn[..., 0] - drawn[..., 2]).max() > 100 and (drawn[..., 2] - drawn[..., 0]).max() > 100
+    for figure in (run / "eval_reconstructions.png", run / "analysis" / "interpolation.png"):
+        with Image.open(figure) as image:
+            pixels = np.asarray(image.convert("RGB")).astype(int)
+        # colour for 3 channels (red discs, blue squares); a grey colour map has R = G = B
+        coloured = (pixels[..., 0] - pixels[..., 2]).max() > 100 and (pixels[..., 2] - pixels[..., 0]).max() > 100
+        assert coloured == (shape[0] == 3), figure
     encoded = run_task(root, "encode", ckpt)
-    latents = np.load(encoded["files"][0])
-    assert latents["latents"].shape[1] == 64 * 4 * 4
+    with np.load(encoded["files"][0]) as latents:
+        assert latents["latents"].shape[1] == summary["latent_size"]
     decoded = run_task(root, "decode", ckpt, f"latents={encoded['files'][0]}")
     with np.load(decoded["files"][0]) as images:
-        assert images["images"].shape[1:] == (3, 32, 32)
+        assert images["images"].shape[1:] == shape
 
 
-def test_the_folder_option_trains_from_the_command_line(tmp_path):
-    folder = write_folder(tmp_path / "pictures", n_per_class=6)
+def test_the_readmes_dataset_yaml_trains_from_the_command_line(tmp_path):
+    """The README's own dataset (one yaml on top of data=folder), its root pointed at a test folder."""
+    import re
+
+    (block,) = re.findall(r"^```yaml\n(# configs/data/pets.yaml.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+    folder = write_folder(tmp_path / "pets", n_per_class=6)
+    (tmp_path / "configs" / "data").mkdir(parents=True)
+    (tmp_path / "configs" / "data" / "pets.yaml").write_text(block.replace("root: /data/pets", f"root: {folder}"))
     result = run_cli(
         "train.py",
-        "data=folder",
-        f"data.root={folder}",
-        "model=conv",
-        "trainer.max_epochs=1",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        "callbacks.progress_bar.refresh_rate=0",
+        *("--config-dir", str(tmp_path / "configs"), "data=pets", "model=conv", "trainer.max_epochs=1"),
+        *(f"paths.log_dir={tmp_path / 'logs'}", QUIET),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = (tmp_path / "logs" / "train" / "runs").glob("*/run_summary.json")
-    assert json.loads(summary.read_text())["data"] == "pictures"
+    summary = json.loads(summary.read_text())
+    assert (summary["dataset"], summary["data"]) == ("folder", "pets")
+    assert summary["image_shape"] == [3, 64, 64] and summary["latent_shape"] == [64, 4, 4]
 
 
 @pytest.mark.parametrize(
@@ -237,12 +241,25 @@ def test_a_bad_array_file_is_one_line(tmp_path):
 
 
 @pytest.mark.extra("export")
-def test_a_grey_64x64_run_exports_with_its_own_shape(own_runs):
+@pytest.mark.parametrize(("data", "model", "shape"), [("folder", "conv", (3, 32, 32)), ("arrays", "mlp", (1, 64, 64))])
+def test_a_run_on_own_images_exports_with_its_own_shape(own_runs, data, model, shape):
     import onnx
 
     root, trained = own_runs
-    result = run_task(root, "export", f"ckpt_path={trained['arrays', 'mlp']['last_checkpoint']}")
-    assert result["input"] == "float32 images (N, 1, 64, 64) in [-1, 1]: pixels / 127.5 - 1"
+    result = run_task(root, "export", f"ckpt_path={trained[data, model]['last_checkpoint']}")
+    assert result["input"] == f"float32 images (N, {', '.join(map(str, shape))}) in [-1, 1]: pixels / 127.5 - 1"
     assert max(result["max_abs_diff"].values()) < 1e-4
     encoder = onnx.load(result["files"]["encoder"])
-    assert [d.dim_value for d in encoder.graph.input[0].type.tensor_type.shape.dim][1:] == [1, 64, 64]
+    assert [d.dim_value for d in encoder.graph.input[0].type.tensor_type.shape.dim][1:] == list(shape)
+
+
+def test_the_pca_baseline_on_fewer_images_than_pixels_is_the_covariances():
+    """The singular vectors of 50 images of 300 pixels give the MSE the 300x300 covariance gives
+    (the same images 7 times over: as many rows as needed for the covariance's route)."""
+    from aelab.report.metrics import pca_reconstruction_mse
+
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(50, 300)), rng.normal(size=(20, 300))
+    few = pca_reconstruction_mse(train, test, [2, 10, 40])
+    many = pca_reconstruction_mse(np.concatenate([train] * 7), test, [2, 10, 40])
+    assert few == pytest.approx(many, rel=1e-12) and few[2] > few[10] > few[40]

@@ -11,17 +11,23 @@ def pca_reconstruction_mse(train: np.ndarray, test: np.ndarray, dims: Iterable[i
     """Test MSE of the best linear ``d``-dimensional code, fit on ``train``: the baseline an
     autoencoder with latent size ``d`` has to beat. Rows are flattened images.
 
-    One eigendecomposition of the 784x784 covariance serves every ``d``.
+    One eigendecomposition of the 784x784 covariance serves every ``d``. With fewer images than
+    pixels (a small folder of 3x64x64 pictures: 12,288) the components come from the images'
+    singular vectors instead, seconds sooner; the same for every ``d`` below the image count.
     """
     train = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
     test = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
+    dims = sorted(set(int(d) for d in dims))
     mean = train.mean(axis=0)
     centred = train - mean
-    _, eigenvectors = np.linalg.eigh(centred.T @ centred)
-    components = eigenvectors[:, ::-1]  # largest variance first
+    if len(train) < train.shape[1] and dims[-1] < len(train):
+        components = np.linalg.svd(centred, full_matrices=False)[2].T  # largest variance first
+    else:
+        _, eigenvectors = np.linalg.eigh(centred.T @ centred)
+        components = eigenvectors[:, ::-1]  # largest variance first
     test_centred = test - mean
     result = {}
-    for d in sorted(set(int(d) for d in dims)):
+    for d in dims:
         basis = components[:, :d]
         residual = test_centred - (test_centred @ basis) @ basis.T
         result[d] = float(np.mean(residual**2))
