@@ -119,7 +119,7 @@ def wheel(tmp_path_factory) -> Path:
     # built from a copy: setuptools leaves build/ and *.egg-info/ in the tree it builds
     source = out / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     for name in ("src", "configs"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -144,6 +144,11 @@ def test_the_wheel_holds_every_module_every_config_and_the_commands(wheel):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for task in TASKS:
         assert re.search(rf"^aelab-{task} = aelab\.commands:", text, re.M)
+    # the licence travels with the wheel: its text, and the SPDX expression in the metadata
+    (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    assert zipfile.ZipFile(wheel).read(licence) == (REPO / "LICENSE").read_bytes()
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
 
 
 @pytest.mark.slow
