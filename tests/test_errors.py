@@ -98,6 +98,7 @@ def own_data(root: Path, kind: str) -> str:
         "negative labels": {"images": images, "labels": labels - 1},
         "five dimensions": {"images": images.reshape(6, 1, 1, 8, 8)},
         "labels 0-2": {"images": images, "labels": np.arange(6) % 3},
+        "grey 8x8": {"images": images, "labels": labels},
     }[kind]
     np.savez(root / "images.npz", **arrays)
     return f"data.path={root / 'images.npz'}"
@@ -598,6 +599,16 @@ CASES = {
     ),
     "array file empty": ("train", ["data=arrays", "data.path={tmp}/empty.npz"], "/empty.npz is empty (0 bytes"),
     "array file is a directory": ("train", ["data=arrays", "data.path={tmp}"], "is a directory, not a file"),
+    "eval data key the run's data does not take": (
+        "eval",
+        ["#trained", "data.root={tmp}"],
+        "was trained on (MNISTLikeDataModule): it takes data.data_dir, data.dataset,",
+    ),
+    "eval on images of another shape": (
+        "eval",
+        ["#trained", "data=arrays", "%grey 8x8"],
+        "the data given holds 1x8x8 images (images) but checkpoint",
+    ),
     # the command line as a whole
     "seed null": ("train", ["seed=null"], "seed=null is invalid: it must be an integer from 0 to 4294967295"),
     "seed negative": ("train", ["seed=-1"], "seed=-1 is invalid"),

@@ -515,12 +515,15 @@ def open_run(
     fallback = data_dir if data_dir is not None else os.environ.get("AELAB_DATA_DIR", root / "data")
     checkpoint = load_checkpoint(path, map_location)
     model_config = stored_config(checkpoint, "model", path)
+    overrides = {k: v for k, v in (data or {}).items() if v is not None}
     data_config = stored_config(checkpoint, "data", path)
+    if overrides.get("_target_", data_config["_target_"]) != data_config["_target_"]:
+        data_config = {}  # another kind of data (data=fashion_mnist on a folder run): nothing of the stored one
     # (only the settings the data class has: a folder of images has no downloads)
     data_config |= {key: value for key, value in _NOT_FROM_CHECKPOINTS.items() if key in data_config}
-    overrides = {k: v for k, v in (data or {}).items() if v is not None}
     data_config.update(overrides)
     check_registered(data_config, "the data overrides")
+    _check_data_overrides(overrides, REGISTRY[str(data_config["_target_"])], path)
     if "data_dir" in data_config and "data_dir" not in overrides:  # the MNIST family's
         spec = dataset_spec(str(data_config.get("dataset", "mnist")))
         # only where the files are missing: a broken file is named by the datamodule, not swapped for other data
@@ -536,7 +539,27 @@ def open_run(
         datamodule = build(data_config, f"checkpoint {path}", key="data")
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} holds a data config aelab cannot use: {err}") from None
+    if tuple(datamodule.image_shape) != tuple(model.image_shape):
+        given, trained = ("x".join(map(str, shape)) for shape in (datamodule.image_shape, model.image_shape))
+        raise ConfigError(
+            f"the data given holds {given} images ({datamodule.name}) but checkpoint {path} was trained on "
+            f"{trained} images: give data of that shape, or no data= (the data it was trained on)"
+        )
     return LoadedRun(model.to(map_location).eval(), datamodule, checkpoint, path)
+
+
+def _check_data_overrides(overrides: Mapping[str, Any], data_class: type, path: Path) -> None:
+    """A ``data.*`` setting the run's datamodule does not take (``data.data_dir`` for a run on a
+    folder of images) is the user's mistake, not the checkpoint's: one line with the ones it takes."""
+    import inspect
+
+    taken = [name for name in inspect.signature(data_class).parameters if name != "self"]
+    for key, value in overrides.items():
+        if key not in taken and key not in SPECIAL_KEYS:
+            raise ConfigError(
+                f"data.{key}={hydra_value(value)} is not a setting of the data {path} was trained on "
+                f"({data_class.__name__}): it takes {', '.join(f'data.{name}' for name in taken)}"
+            )
 
 
 def open_for(
