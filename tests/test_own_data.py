@@ -263,3 +263,15 @@ def test_the_pca_baseline_on_fewer_images_than_pixels_is_the_covariances():
     few = pca_reconstruction_mse(train, test, [2, 10, 40])
     many = pca_reconstruction_mse(np.concatenate([train] * 7), test, [2, 10, 40])
     assert few == pytest.approx(many, rel=1e-12) and few[2] > few[10] > few[40]
+
+
+def test_sixteen_bit_grey_pngs_are_scaled_to_eight_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65,520
+    (tmp_path / "scans").mkdir()
+    for i in range(5):
+        Image.fromarray(ramp).save(tmp_path / "scans" / f"{i}.png")
+    images, _ = ImageFolderDataModule(str(tmp_path / "scans")).official_split("train")
+    assert images.shape[1:] == (1, 64, 64)
+    assert np.array_equal(images[0, 0].numpy(), (ramp / 257).round().astype(np.uint8))

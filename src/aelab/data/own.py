@@ -26,7 +26,9 @@ from aelab.registry import register
 # what PIL reads that people keep pictures in
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # PIL modes with one channel: such a folder is grey unless data.channels says otherwise
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "F")
+# how PIL opens a 16-bit grey PNG or TIFF: 0-65535
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B")
 
 
 class OwnImages(ImageDataModule):
@@ -107,24 +109,24 @@ class ImageFolderDataModule(OwnImages):
         from PIL import Image, ImageOps
 
         files, self._classes = self._files()
-        opened = [_opened(path) for path, _ in files]  # headers only: modes and sizes before any pixel
+        headers = [_header(path) for path, _ in files]  # modes and sizes, before any pixel is decoded
         hp = self.settings
-        grey = all(mode in GREY_MODES for mode, _ in opened)
-        channels = hp.channels or (1 if grey else 3)
-        if hp.size is None:
-            (first, _), (first_size, sizes) = files[0], (opened[0][1], [size for _, size in opened])
-            for (path, _), size in zip(files, sizes, strict=True):
-                if size != first_size:
-                    raise DataError(
-                        f"{path} is {_hw(size)} but {first} is {_hw(first_size)}: images of one size are needed; "
-                        f"resize them as they are read, e.g. data.size=[{first_size[1]},{first_size[0]}]"
-                    )
-            height, width = first_size[1], first_size[0]
-        else:
+        channels = hp.channels or (1 if all(mode in GREY_MODES for mode, _ in headers) else 3)
+        if hp.size is not None:
             height, width = hp.size
+        else:
+            (first, _), (_, (width, height)) = files[0], headers[0]
+            for (path, _), (_, size) in zip(files, headers, strict=True):
+                if size != (width, height):
+                    raise DataError(
+                        f"{path} is {_hw(size)} but {first} is {_hw((width, height))}: images of one size are needed; "
+                        f"resize them as they are read, e.g. data.size=[{height},{width}]"
+                    )
         images = np.empty((len(files), channels, height, width), dtype=np.uint8)
         for i, (path, _) in enumerate(files):
             with _reading(path), Image.open(path) as image:
+                if image.mode in SIXTEEN_BIT_MODES:  # convert("L") would clip them at 255, not scale them
+                    image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
                 image = image.convert("L" if channels == 1 else "RGB")
                 if image.size != (width, height):
                     image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
@@ -178,7 +180,7 @@ def _reading(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _opened(path: Path) -> tuple[str, tuple[int, int]]:
+def _header(path: Path) -> tuple[str, tuple[int, int]]:
     """The mode and (width, height) of an image file, from its header."""
     from PIL import Image
 
