@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,11 @@ def own_data(root: Path, kind: str) -> str:
         (root / "a").mkdir()
         (root / "a" / "notes.txt").write_text("not an image\n")
         return f"data.root={root}"
-    if kind in ("mixed sizes", "corrupt image", "empty image"):
+    if kind == "raw member":  # a zip whose images.npy is not a .npy file
+        with zipfile.ZipFile(root / "images.npz", "w") as archive:
+            archive.writestr("images.npy", b"not an array")
+        return f"data.path={root / 'images.npz'}"
+    if kind in ("mixed sizes", "corrupt image", "empty image", "loose image", "empty class", "dangling link"):
         # four images of two classes, one of them 30x40 where the others are 32x32
         for name, size in (("a/0", 32), ("a/1", 32), ("b/0", 32), ("b/1", 30 if kind == "mixed sizes" else 32)):
             (root / name).parent.mkdir(exist_ok=True)
@@ -90,6 +95,13 @@ def own_data(root: Path, kind: str) -> str:
             (root / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
         elif kind == "empty image":
             (root / "b" / "1.png").write_bytes(b"")
+        elif kind == "loose image":
+            shutil.copy(root / "a" / "0.png", root / "loose.png")
+        elif kind == "empty class":
+            (root / "c").mkdir()
+        elif kind == "dangling link":
+            (root / "b" / "1.png").unlink()
+            (root / "b" / "1.png").symlink_to(root / "gone.png")
         return f"data.root={root}"
     images, labels = np.zeros((6, 8, 8), np.uint8), np.arange(6) % 2
     arrays = {
@@ -99,6 +111,9 @@ def own_data(root: Path, kind: str) -> str:
         "five dimensions": {"images": images.reshape(6, 1, 1, 8, 8)},
         "labels 0-2": {"images": images, "labels": np.arange(6) % 3},
         "grey 8x8": {"images": images, "labels": labels},
+        "huge labels": {"images": images, "labels": np.array([0, 1, 0, 1, 0, 10**9])},
+        "text labels": {"images": images, "labels": np.array(["cat", "dog"] * 3)},
+        "zero side": {"images": np.zeros((6, 0, 5), np.uint8)},
     }[kind]
     np.savez(root / "images.npz", **arrays)
     return f"data.path={root / 'images.npz'}"
@@ -581,7 +596,11 @@ CASES = {
         ["data=arrays", "%no images array"],
         "holds no array named images (it holds x)",
     ),
-    "array labels negative": ("train", ["data=arrays", "%negative labels"], "labels are int64 (6,), the least -1"),
+    "array labels negative": (
+        "train",
+        ["data=arrays", "%negative labels"],
+        "labels are int64 (6,) from -1 to 0; give one class index 0, 1, ..., K-1 per image",
+    ),
     "array images of five dimensions": (
         "train",
         ["data=arrays", "%five dimensions"],
@@ -599,6 +618,25 @@ CASES = {
     ),
     "array file empty": ("train", ["data=arrays", "data.path={tmp}/empty.npz"], "/empty.npz is empty (0 bytes"),
     "array file is a directory": ("train", ["data=arrays", "data.path={tmp}"], "is a directory, not a file"),
+    "array labels past the image count": (
+        "train",
+        ["data=arrays", "%huge labels"],
+        "labels are int64 (6,) from 0 to 1000000000; give one class index 0, 1, ..., K-1 per image",
+    ),
+    "array labels as text": ("train", ["data=arrays", "%text labels"], "labels are <U3 (6,); give one class index"),
+    "array member that is no .npy": ("train", ["data=arrays", "%raw member"], "holds no array named images"),
+    "array images with a side of 0": (
+        "train",
+        ["data=arrays", "%zero side"],
+        "images have shape (6, 0, 5), with a side",
+    ),
+    "image folder with loose images": (
+        "train",
+        ["data=folder", "%loose image"],
+        "holds class folders and also images beside them (loose.png, ...), which belong to no class",
+    ),
+    "image folder with an empty class": ("train", ["data=folder", "%empty class"], "/c holds no images (.png"),
+    "image file a link to nothing": ("train", ["data=folder", "%dangling link"], "/b/1.png is a link to"),
     "eval data key the run's data does not take": (
         "eval",
         ["#trained", "data.root={tmp}"],

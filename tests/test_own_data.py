@@ -162,6 +162,8 @@ def test_a_run_on_own_images_remembers_its_shape_and_reopens_without_data_settin
     assert loaded.model.image_shape == shape and loaded.datamodule.image_shape == shape
     images, _ = loaded.datamodule.split("test")
     assert loaded.reconstruct(images).shape == (len(images), *shape)
+    report = run_task(root, "eval", f"ckpt_path={summary['last_checkpoint']}")
+    assert report["test/mse"] == pytest.approx(summary["val/mse"], rel=1e-5)
     if model == "conv":
         assert loaded.latent_shape == conv_layout(shape)[-1] and summary["latent_shape"] == list(loaded.latent_shape)
 
@@ -172,8 +174,8 @@ def run_task(root, name, *overrides):
     return task_function(name)(compose_config(name, root, list(overrides)))
 
 
-@pytest.mark.parametrize(("data", "shape"), [("folder", (3, 32, 32)), ("arrays", (1, 64, 64))])
-@pytest.mark.parametrize("model", ["conv", "mlp"])
+# both shapes and both backbones, the pairs the reopening test leaves out of the every-task one
+@pytest.mark.parametrize(("data", "shape", "model"), [("folder", (3, 32, 32), "conv"), ("arrays", (1, 64, 64), "mlp")])
 def test_every_task_runs_on_the_run_with_no_data_override_and_draws_in_its_colours(own_runs, data, shape, model):
     from PIL import Image
 
@@ -275,3 +277,44 @@ def test_sixteen_bit_grey_pngs_are_scaled_to_eight_bits_not_clipped(tmp_path):
     images, _ = ImageFolderDataModule(str(tmp_path / "scans")).official_split("train")
     assert images.shape[1:] == (1, 64, 64)
     assert np.array_equal(images[0, 0].numpy(), (ramp / 257).round().astype(np.uint8))
+
+
+def test_the_projector_takes_images_that_are_not_square(tmp_path):
+    """Its sprite tiles square thumbnails: a 6x10 image is padded to 10x10, in the middle."""
+    from PIL import Image
+
+    from aelab.report import projector
+
+    images = torch.full((4, 3, 6, 10), 255, dtype=torch.uint8)
+    projector.add_embedding(tmp_path, "test", "test latents", torch.zeros(4, 2), images, {"label": ["a"] * 4})
+    (sprite,) = (tmp_path / "00000" / "test").glob("sprite.png")
+    with Image.open(sprite) as tiles:
+        pixels = np.asarray(tiles.convert("L"))
+    assert pixels.shape == (20, 20)  # 2 x 2 thumbnails of 10 x 10
+    assert pixels[2:8, :10].min() == 255 and pixels[:2, :10].max() == 0 and pixels[8:10, :10].max() == 0
+
+
+def test_a_run_whose_folder_moved_opens_and_decodes_and_eval_names_the_folder(tmp_path):
+    """The model keeps its image shape: opening a run to decode reads no images; eval, which
+    needs them, says where they were, and takes data.root= of the new place."""
+    folder = write_folder(tmp_path / "pictures", n_per_class=5)
+    cfg = compose_config("train", tmp_path, ["data=folder", f"data.root={folder}", "trainer.max_epochs=1", QUIET])
+    summary = train(cfg)
+    moved = folder.rename(tmp_path / "moved")
+    loaded = open_run(summary["last_checkpoint"])
+    assert loaded.decode(torch.zeros(2, 3)).shape == (2, 3, 32, 32)
+    with pytest.raises(DataError, match=f"data.root={folder} does not exist"):
+        run_task(tmp_path, "eval", f"ckpt_path={summary['last_checkpoint']}")
+    report = run_task(tmp_path, "eval", f"ckpt_path={summary['last_checkpoint']}", f"data.root={moved}")
+    assert report["test/mse"] == pytest.approx(summary["val/mse"], rel=1e-5)
+
+
+def test_float_grey_tiffs_are_scaled_from_0_1(tmp_path):
+    from PIL import Image
+
+    ramp = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    (tmp_path / "floats").mkdir()
+    for i in range(5):
+        Image.fromarray(ramp).save(tmp_path / "floats" / f"{i}.tif")
+    images, _ = ImageFolderDataModule(str(tmp_path / "floats")).official_split("train")
+    assert np.array_equal(images[0, 0].numpy(), (ramp.astype(np.float64) * 255).round().astype(np.uint8))

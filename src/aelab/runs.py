@@ -539,7 +539,9 @@ def open_run(
         datamodule = build(data_config, f"checkpoint {path}", key="data")
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} holds a data config aelab cannot use: {err}") from None
-    if tuple(datamodule.image_shape) != tuple(model.image_shape):
+    # only where data was given: the data a run was trained on has its shape, and a folder of images
+    # is read to learn it (opening a run to decode needs no images, nor the folder to be where it was)
+    if overrides and tuple(datamodule.image_shape) != tuple(model.image_shape):
         given, trained = ("x".join(map(str, shape)) for shape in (datamodule.image_shape, model.image_shape))
         raise ConfigError(
             f"the data given holds {given} images ({datamodule.name}) but checkpoint {path} was trained on "

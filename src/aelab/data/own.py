@@ -29,6 +29,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "F")
 # how PIL opens a 16-bit grey PNG or TIFF: 0-65535
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B")
+# a float TIFF: 0-1 (or 0-255) grey
+FLOAT_MODE = "F"
 
 
 class OwnImages(ImageDataModule):
@@ -125,8 +127,8 @@ class ImageFolderDataModule(OwnImages):
         images = np.empty((len(files), channels, height, width), dtype=np.uint8)
         for i, (path, _) in enumerate(files):
             with _reading(path), Image.open(path) as image:
-                if image.mode in SIXTEEN_BIT_MODES:  # convert("L") would clip them at 255, not scale them
-                    image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+                if image.mode in (*SIXTEEN_BIT_MODES, FLOAT_MODE):  # convert("L") would clip, not scale
+                    image = Image.fromarray(_eight_bits(np.asarray(image, dtype=np.float64), image.mode))
                 image = image.convert("L" if channels == 1 else "RGB")
                 if image.size != (width, height):
                     image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
@@ -142,14 +144,23 @@ class ImageFolderDataModule(OwnImages):
             found = "is not a folder" if root.exists() else "does not exist"
             raise DataError(f"data.root={root} {found}; {fix}")
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        loose = _images_in(root, recursive=False)
+        if folders and loose:
+            raise DataError(
+                f"data.root={root} holds class folders and also images beside them ({loose[0].name}, ...), which "
+                "belong to no class; move them into a class folder, or away"
+            )
         if not folders:  # unlabelled: one class, named after the folder
             folders = [root]
         files: list[tuple[Path, int]] = []
         classes: list[str] = []
         for folder in folders:
-            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not images:
-                continue
+            images = _images_in(folder, recursive=True)
+            if not images and folder != root:
+                raise DataError(
+                    f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}), so its class would have none; put its "
+                    "images there, or remove the folder"
+                )
             files += [(path, len(classes)) for path in images]
             classes.append(folder.name)
         if not files:
@@ -158,6 +169,25 @@ class ImageFolderDataModule(OwnImages):
                 f"({root}/<class>/<name>.png) or right in it, or {fix}"
             )
         return files, tuple(classes)
+
+
+def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
+    """The image files in ``folder`` by name, in order; hidden ones (``.x.png``, macOS's ``._x.png``)
+    and those in hidden folders left out. A link to nothing is kept: reading it names it."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        path
+        for path in found
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.is_dir()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def _eight_bits(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit (0-65535) or float (0-1, or 0-255) grey pixels as uint8."""
+    scale = 1 / 257 if mode in SIXTEEN_BIT_MODES else 255 if pixels.max(initial=0) <= 1 else 1
+    return (pixels * scale).round().clip(0, 255).astype(np.uint8)
 
 
 def _hw(size: tuple[int, int]) -> str:
@@ -230,16 +260,21 @@ class ArrayDataModule(OwnImages):
                 stored = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise DataError(f"{path} cannot be read as an .npz file ({err}); write it with {how}") from None
+        # np.load hands a member that is not a .npy file back as its bytes
+        stored = {name: value for name, value in stored.items() if isinstance(value, np.ndarray)}
         if "images" not in stored:
             held = ", ".join(stored) or "nothing"
             raise DataError(f"{path} holds no array named images (it holds {held}); write it with {how}")
         images = _channels_first(path, stored["images"], how)
         labels = stored.get("labels", np.zeros(len(images), dtype=np.int64))
-        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-            found = f"{labels.dtype} {labels.shape}" + (f", the least {labels.min()}" if labels.size else "")
+        integers = np.issubdtype(labels.dtype, np.integer)
+        if labels.shape != (len(images),) or not integers or labels.min() < 0 or labels.max() >= len(images):
+            found = f"{labels.dtype} {labels.shape}"
+            if integers and labels.size:
+                found += f" from {labels.min()} to {labels.max()}"
             raise DataError(
-                f"{path}: labels are {found}; give one class index (0, 1, ...) per image, "
-                f"integers >= 0 of shape ({len(images)},)"
+                f"{path}: labels are {found}; give one class index 0, 1, ..., K-1 per image (K classes, fewer than "
+                f"the {len(images)} images), an integer array of shape ({len(images)},)"
             )
         count = int(labels.max()) + 1
         names = self.settings.classes
@@ -262,6 +297,8 @@ def _channels_first(path: Path, images: np.ndarray, how: str) -> np.ndarray:
         )
     if not len(images):
         raise DataError(f"{path} holds 0 images; write it with {how}")
+    if 0 in images.shape[1:]:
+        raise DataError(f"{path}: images have shape {images.shape}, with a side of 0 pixels; give them their pixels")
     if images.ndim == 3:
         return images[:, None]
     if images.ndim == 4 and images.shape[3] in (1, 3):

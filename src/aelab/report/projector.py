@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from aelab.files import write_atomic
@@ -20,6 +21,15 @@ from aelab.files import write_atomic
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "projector_config.pbtxt"
+
+
+def _square(images: Tensor) -> Tensor:
+    """(N, C, H, W) padded with black to (N, C, S, S), S the longer side, the image in the middle:
+    the projector's sprite (torch's ``make_sprite``) tiles square thumbnails only."""
+    height, width = images.shape[-2:]
+    side = max(height, width)
+    across, down = side - width, side - height
+    return torch.nn.functional.pad(images, (across // 2, across - across // 2, down // 2, down - down // 2))
 
 
 def add_embedding(
@@ -30,7 +40,7 @@ def add_embedding(
     images: Tensor,
     columns: dict[str, Sequence[object]],
 ) -> None:
-    """``latents`` (N, D) shown as ``name``, each point with its image (uint8, (N, C, H, W)) and the
+    """``latents`` (N, D) shown as ``name``, each point with its image (uint8, (N, C, H, W), any H and W) and the
     metadata ``columns`` (a single column is written without a header, as TensorBoard expects).
     ``tag`` names the embedding's folder, ``<log_dir>/00000/<tag>``."""
     from google.protobuf import text_format
@@ -55,7 +65,7 @@ def add_embedding(
         metadata, header = [list(row) for row in zip(*columns.values(), strict=True)], list(columns)
     with SummaryWriter(str(log_dir)) as writer:
         writer.add_embedding(
-            latents, metadata=metadata, metadata_header=header, label_img=images.float() / 255, tag=tag
+            latents, metadata=metadata, metadata_header=header, label_img=_square(images.float() / 255), tag=tag
         )
     written = ProjectorConfig()
     text_format.Parse(path.read_text(), written)
