@@ -150,6 +150,7 @@ def own_runs(tmp_path_factory):
     return root, trained
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("data", "shape"), [("folder", (3, 32, 32)), ("arrays", (1, 64, 64))])
 @pytest.mark.parametrize("model", ["conv", "mlp"])
 def test_a_run_on_own_images_remembers_its_shape_and_reopens_without_data_settings(own_runs, data, shape, model):
@@ -175,6 +176,7 @@ def run_task(root, name, *overrides):
 
 
 # both shapes and both backbones, the pairs the reopening test leaves out of the every-task one
+@pytest.mark.slow
 @pytest.mark.parametrize(("data", "shape", "model"), [("folder", (3, 32, 32), "conv"), ("arrays", (1, 64, 64), "mlp")])
 def test_every_task_runs_on_the_run_with_no_data_override_and_draws_in_its_colours(own_runs, data, shape, model):
     from PIL import Image
@@ -201,6 +203,7 @@ def test_every_task_runs_on_the_run_with_no_data_override_and_draws_in_its_colou
         assert images["images"].shape[1:] == shape
 
 
+@pytest.mark.slow
 def test_the_readmes_dataset_yaml_trains_from_the_command_line(tmp_path):
     """The README's own dataset (one yaml on top of data=folder), its root pointed at a test folder."""
     import re
@@ -242,6 +245,7 @@ def test_a_bad_array_file_is_one_line(tmp_path):
         ArrayDataModule(str(tmp_path / "two.npz")).setup()
 
 
+@pytest.mark.slow
 @pytest.mark.extra("export")
 @pytest.mark.parametrize(("data", "model", "shape"), [("folder", "conv", (3, 32, 32)), ("arrays", "mlp", (1, 64, 64))])
 def test_a_run_on_own_images_exports_with_its_own_shape(own_runs, data, model, shape):
@@ -294,6 +298,7 @@ def test_the_projector_takes_images_that_are_not_square(tmp_path):
     assert pixels[2:8, :10].min() == 255 and pixels[:2, :10].max() == 0 and pixels[8:10, :10].max() == 0
 
 
+@pytest.mark.slow
 def test_a_run_whose_folder_moved_opens_and_decodes_and_eval_names_the_folder(tmp_path):
     """The model keeps its image shape: opening a run to decode reads no images; eval, which
     needs them, says where they were, and takes data.root= of the new place."""
