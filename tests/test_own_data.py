@@ -323,3 +323,18 @@ def test_float_grey_tiffs_are_scaled_from_0_1(tmp_path):
         Image.fromarray(ramp).save(tmp_path / "floats" / f"{i}.tif")
     images, _ = ImageFolderDataModule(str(tmp_path / "floats")).official_split("train")
     assert np.array_equal(images[0, 0].numpy(), (ramp.astype(np.float64) * 255).round().astype(np.uint8))
+
+
+def test_a_code_no_smaller_than_the_image_is_warned_about(caplog):
+    from aelab.models import AutoEncoder
+
+    parts = {
+        "encoder": {"_target_": "aelab.models.backbones.ConvEncoder"},
+        "decoder": {"_target_": "aelab.models.backbones.ConvDecoder"},
+        "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
+    }
+    AutoEncoder(image_shape=[1, 28, 28], **parts)
+    assert not caplog.records
+    AutoEncoder(image_shape=[1, 2, 2], **parts)  # one stride-2 stage: a 32x1x1 map for 4 pixels
+    (record,) = caplog.records
+    assert record.getMessage().startswith("the code holds 32 numbers and an image 4: the model can copy images")

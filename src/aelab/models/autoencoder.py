@@ -98,6 +98,13 @@ class AutoEncoder(L.LightningModule):
             {metric(s, term): EpochMean() for s in ("train", "val", "test") for term in self.terms}
         )
         self.watched = nn.ModuleDict({metric(s, n): m for s in ("val", "test") for n, m in watched_metrics().items()})
+        if self.latent_size >= math.prod(self.image_shape):
+            log.warning(
+                "the code holds %d numbers and an image %d: the model can copy images instead of compressing them "
+                "(a larger data.size, or a smaller model.latent_dim, makes it an autoencoder)",
+                self.latent_size,
+                math.prod(self.image_shape),
+            )
         self.best_val_mse = math.inf
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
