@@ -105,7 +105,8 @@ def main() -> None:
     if not args.fashion_dir:
         return
     # (2) Fashion-MNIST items mixed into the MNIST test split
-    fashion, _ = read_split(DATASETS["fashion_mnist"].raw_dir(args.fashion_dir), "test")
+    fashion, _ = read_split(DATASETS["fashion_mnist"].raw_dir(args.fashion_dir), "test", DATASETS["fashion_mnist"])
+    fashion = fashion[:, None]  # IDX holds (N, H, W); the model takes (N, C, H, W)
     added_x = fashion[rng.choice(len(fashion), size=args.added, replace=False)]
     import torch
 

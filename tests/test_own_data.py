@@ -62,11 +62,12 @@ def test_the_conv_backbone_builds_for_any_image_shape_and_gives_it_back(shape, l
     assert decoder(z).shape == (2, *shape)
 
 
-def test_the_conv_layout_is_the_articles_for_28x28_and_halves_to_4_otherwise():
+def test_the_conv_layout_is_the_articles_for_28x28_and_halves_to_its_64x2x2_otherwise():
     assert conv_layout((1, 28, 28)) == [(1, 28, 28), (32, 5, 5), (64, 2, 2)]
-    assert conv_layout((3, 32, 32)) == [(3, 32, 32), (32, 16, 16), (64, 8, 8), (64, 4, 4)]
-    assert conv_layout((1, 64, 64))[-1] == (64, 4, 4)
-    assert conv_layout((1, 33, 47))[-1] == (64, 3, 3)
+    assert conv_layout((3, 32, 32)) == [(3, 32, 32), (32, 16, 16), (64, 8, 8), (64, 4, 4), (64, 2, 2)]
+    assert conv_layout((1, 64, 64))[-1] == (64, 2, 2)
+    assert conv_layout((1, 33, 47))[-1] == (64, 2, 2)
+    assert conv_layout((1, 20, 80))[-1] == (64, 2, 5)
 
 
 def test_the_mlp_takes_any_flattened_image():
@@ -221,7 +222,7 @@ def test_the_readmes_dataset_yaml_trains_from_the_command_line(tmp_path):
     (summary,) = (tmp_path / "logs" / "train" / "runs").glob("*/run_summary.json")
     summary = json.loads(summary.read_text())
     assert (summary["dataset"], summary["data"]) == ("folder", "pets")
-    assert summary["image_shape"] == [3, 64, 64] and summary["latent_shape"] == [64, 4, 4]
+    assert summary["image_shape"] == [3, 64, 64] and summary["latent_shape"] == [64, 2, 2]
 
 
 @pytest.mark.parametrize(
@@ -335,6 +336,6 @@ def test_a_code_no_smaller_than_the_image_is_warned_about(caplog):
     }
     AutoEncoder(image_shape=[1, 28, 28], **parts)
     assert not caplog.records
-    AutoEncoder(image_shape=[1, 2, 2], **parts)  # one stride-2 stage: a 32x1x1 map for 4 pixels
+    AutoEncoder(image_shape=[1, 4, 4], **parts)  # one stride-2 stage: a 32x2x2 map for 16 pixels
     (record,) = caplog.records
-    assert record.getMessage().startswith("the code holds 32 numbers and an image 4: the model can copy images")
+    assert record.getMessage().startswith("the code holds 128 numbers and an image 16: the model can copy images")

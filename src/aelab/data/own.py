@@ -46,10 +46,6 @@ class OwnImages(ImageDataModule):
             self.setup()
         return self._classes
 
-    @property
-    def title(self) -> str:
-        return self.source.stem
-
     def check_keep_classes(self) -> None:
         if self._classes:  # known once read
             super().check_keep_classes()
@@ -98,6 +94,7 @@ class ImageFolderDataModule(OwnImages):
         super().__init__()
         if size is not None and len(size) != 2:
             raise ConfigError(f"data.size={list(size)} is invalid: give [height, width], e.g. data.size=[32,32]")
+        size = None if size is None else list(size)  # a plain list in the checkpoint, as build takes it back
         # Absolute, so a checkpoint says where its data was whatever directory reads it later.
         root = str(Path(root).resolve())
         self.save_hyperparameters(logger=False)
@@ -106,6 +103,10 @@ class ImageFolderDataModule(OwnImages):
     @property
     def source(self) -> Path:
         return self.root
+
+    @property
+    def title(self) -> str:
+        return self.root.name
 
     def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         from PIL import Image, ImageOps
@@ -247,6 +248,10 @@ class ArrayDataModule(OwnImages):
     @property
     def source(self) -> Path:
         return self.path
+
+    @property
+    def title(self) -> str:
+        return self.path.stem
 
     def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         path = self.path

@@ -77,6 +77,7 @@ class AutoEncoder(L.LightningModule):
         objective: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        image_shape = list(image_shape)  # a plain list in the checkpoint, as build takes it back
         # logger=False: the HyperparameterSummary callback logs a curated, flat set instead.
         self.save_hyperparameters(logger=False)
         self.image_shape: ImageShape = tuple(image_shape)  # type: ignore[assignment]  # three, by the caller

@@ -91,8 +91,8 @@ class MLPDecoder(nn.Sequential):
         )
 
 
-# The smallest side a generic conv encoder halves an image down to: 32x32 -> 16 -> 8 -> 4.
-SMALLEST_MAP_SIDE = 4
+# The side a generic conv encoder halves an image down to, the article's: 32x32 -> 16 -> 8 -> 4 -> 2.
+SMALLEST_MAP_SIDE = 2
 
 
 def conv_layout(image_shape: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -101,10 +101,10 @@ def conv_layout(image_shape: Sequence[int]) -> list[tuple[int, int, int]]:
 
     28x28 is the article's: 1x28x28 -> 32x5x5 -> 64x2x2 (a 64x2x2 = 256-number map). Any other
     size halves with stride-2 convolutions (32, then 64 channels) until a side is at most
-    ``SMALLEST_MAP_SIDE``: 3x32x32 -> 32x16x16 -> 64x8x8 -> 64x4x4.
+    ``SMALLEST_MAP_SIDE``: 3x32x32 -> 32x16x16 -> 64x8x8 -> 64x4x4 -> 64x2x2.
     """
     channels, height, width = image_shape
-    if (height, width) == (28, 28):
+    if _is_the_articles(image_shape):
         return [(channels, 28, 28), (32, 5, 5), (64, 2, 2)]
     layout = [(channels, height, width)]
     while len(layout) == 1 or min(height, width) > SMALLEST_MAP_SIDE:  # at least one stage
@@ -113,8 +113,13 @@ def conv_layout(image_shape: Sequence[int]) -> list[tuple[int, int, int]]:
     return layout
 
 
+def _is_the_articles(image_shape: Sequence[int]) -> bool:
+    """28x28 images (any channels) get the article's conv AE, layer for layer."""
+    return tuple(image_shape[1:]) == (28, 28)
+
+
 def _conv_stages(layout: list[tuple[int, int, int]]) -> list[nn.Module]:
-    if layout[0][1:] == (28, 28):
+    if _is_the_articles(layout[0]):
         # the article's: 28x28 -> 10x10x32 -> 5x5x32 -> 3x3x64 -> 2x2x64
         return [
             nn.Conv2d(layout[0][0], 32, 3, stride=3, padding=1),
@@ -131,7 +136,7 @@ def _conv_stages(layout: list[tuple[int, int, int]]) -> list[nn.Module]:
 
 
 def _transposed_stages(layout: list[tuple[int, int, int]]) -> list[nn.Module]:
-    if layout[0][1:] == (28, 28):
+    if _is_the_articles(layout[0]):
         # the article's: 2x2x64 -> 5x5x32 -> 15x15x16 -> 28x28
         return [
             nn.ConvTranspose2d(64, 32, 3, stride=2),

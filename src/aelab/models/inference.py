@@ -43,6 +43,8 @@ def in_batches(function: Callable[[Tensor], Tensor], inputs: Tensor, device: tor
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Latents (N, latent_size) and per-image reconstruction MSE of uint8 ``images`` (N, C, H, W)."""
+    if images.ndim != 4:  # (N, H, W) would broadcast against the (N, 1, H, W) reconstructions
+        raise ValueError(f"images must be (N, C, H, W), not {tuple(images.shape)}")
     latents, errors = [], []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size].to(device))
