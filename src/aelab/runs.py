@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import inspect
 import io
 import json
 import logging
@@ -553,8 +554,6 @@ def open_run(
 def _check_data_overrides(overrides: Mapping[str, Any], data_class: type, path: Path) -> None:
     """A ``data.*`` setting the run's datamodule does not take (``data.data_dir`` for a run on a
     folder of images) is the user's mistake, not the checkpoint's: one line with the ones it takes."""
-    import inspect
-
     taken = [name for name in inspect.signature(data_class).parameters if name != "self"]
     for key, value in overrides.items():
         if key not in taken and key not in SPECIAL_KEYS:
