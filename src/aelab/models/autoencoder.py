@@ -82,9 +82,8 @@ class AutoEncoder(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.image_shape: ImageShape = tuple(image_shape)  # type: ignore[assignment]  # three, by the caller
         self.objective: Objective = build(objective_spec(objective), "model.objective")
-        given = {"image_shape": list(image_shape)}
-        self.encoder = build({**self.objective.encoder_spec(encoder), **given}, "model.encoder")
-        self.decoder = build({**decoder, **given}, "model.decoder")
+        self.encoder = build({**self.objective.encoder_spec(encoder), "image_shape": image_shape}, "model.encoder")
+        self.decoder = build({**decoder, "image_shape": image_shape}, "model.decoder")
         self.example_input_array = torch.zeros(2, *self.image_shape)
         # the encoder's and decoder's forward, compiled in setup when model.compile asks
         self._run_encoder = self.encoder.__call__
@@ -99,12 +98,13 @@ class AutoEncoder(L.LightningModule):
             {metric(s, term): EpochMean() for s in ("train", "val", "test") for term in self.terms}
         )
         self.watched = nn.ModuleDict({metric(s, n): m for s in ("val", "test") for n, m in watched_metrics().items()})
-        if self.latent_size >= math.prod(self.image_shape):
+        latent_size, image_size = self.latent_size, math.prod(self.image_shape)  # latent_size probes the model
+        if latent_size >= image_size:
             log.warning(
                 "the code holds %d numbers and an image %d: the model can copy images instead of compressing them "
                 "(a larger data.size, or a smaller model.latent_dim, makes it an autoencoder)",
-                self.latent_size,
-                math.prod(self.image_shape),
+                latent_size,
+                image_size,
             )
         self.best_val_mse = math.inf
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
