@@ -88,6 +88,7 @@ def benchmark_copy(data: str, data_dir: Path, tile_to: int | None, workdir: Path
     raw = workdir / "data" / datamodule.raw_dir.relative_to(datamodule.data_dir)
     for split, (images_file, labels_file) in SPLIT_FILES.items():
         images, labels = (t.numpy() for t in datamodule.split(split))
+        images = images[:, 0]  # the datamodule holds (N, 1, H, W); an IDX file of MNIST's kind (N, H, W)
         if split == "train" and tile_to:
             reps = -(-tile_to // len(images))
             images, labels = np.tile(images, (reps, 1, 1))[:tile_to], np.tile(labels, reps)[:tile_to]

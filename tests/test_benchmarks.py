@@ -1,0 +1,34 @@
+"""The benchmark scripts run: their numbers are measured on the official split by hand
+(docs/benchmarks.md), never timed here, but a script that no longer runs would go unnoticed until
+a session with a GPU tried ``make gpu-check``."""
+
+import json
+
+import pytest
+
+from conftest import make_tiny_dataset, run_cli
+
+
+@pytest.mark.slow
+def test_benchmark_times_every_cpu_variant_and_the_fast_path_trains_the_plain_loops_weights(tmp_path):
+    data = make_tiny_dataset(tmp_path / "data")
+    report = tmp_path / "bench.json"
+    result = run_cli(
+        "scripts/benchmark.py",
+        *("--models", "mlp", "conv", "--variants", "a", "b", "c", "p", "--epochs", "1", "--device", "cpu"),
+        *("--data-dir", str(data), "--json", str(report)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(report.read_text())
+    assert results["device"] == "cpu" and results["epochs_timed"] == 1
+    for model in ("mlp", "conv"):
+        row = results["models"][model]
+        for variant in "abcp":
+            assert len(row[variant]["epoch_times_s"]) == 2  # one warm-up, one timed
+            assert round(row[variant]["s_per_epoch"], 4) == row[variant]["epoch_times_s"][1]
+        assert row["c_over_b"] == row["c"]["s_per_epoch"] / row["b"]["s_per_epoch"]
+        assert row["a_over_c"] == row["a"]["s_per_epoch"] / row["c"]["s_per_epoch"]
+        # the fast path and Lightning's plain loop train the same weights, bit for bit
+        assert row["c"]["val_mse"] == row["p"]["val_mse"]
+        (line,) = [line for line in result.stdout.splitlines() if line.startswith(f"{model:6} ")]  # the table's row
+        assert f"{row['c_over_b']:.2f}" in line.split()
