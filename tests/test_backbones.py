@@ -133,9 +133,10 @@ def test_the_backbone_label_is_derived_from_the_encoder_class():
 def test_loss_terms_are_the_named_mse_of_the_reconstruction():
     model = mlp(3)
     x = torch.rand(4, 1, 28, 28) * 2 - 1
-    terms = model.loss_terms(x)
+    terms, reconstructions = model.loss_terms(x)
     assert list(terms) == ["mse"]
     assert torch.equal(terms["mse"], torch.nn.functional.mse_loss(model(x), x))
+    assert torch.equal(reconstructions, model(x))
 
 
 def test_mlp_norm_and_activation_follow_each_hidden_layer_only():

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from aelab.models import AutoEncoder
+from aelab.models.objectives import LossTerms
 from aelab.registry import register
 
 
@@ -52,7 +53,9 @@ class SparseAutoEncoder(AutoEncoder):
 
     def loss_terms(self, x):
         z = self.encode(x)
-        return {"mse": torch.nn.functional.mse_loss(self.decode(z), x), "l1": self.hparams.l1 * z.abs().mean()}
+        reconstructions = self.decode(z)
+        terms = {"mse": torch.nn.functional.mse_loss(reconstructions, x), "l1": self.hparams.l1 * z.abs().mean()}
+        return LossTerms(terms, reconstructions)
 '''
 
 MODEL_YAML = """
@@ -102,7 +105,7 @@ def test_a_new_backbone_and_objective_train_for_one_batch_and_reload(tmp_path, t
 
     loaded = open_run(summary["last_checkpoint"])
     assert type(loaded.model).__name__ == "SparseAutoEncoder" and loaded.model.hparams.l1 == 0.1
-    assert set(loaded.model.loss_terms(torch.zeros(2, 1, 28, 28))) == {"mse", "l1"}
+    assert set(loaded.model.loss_terms(torch.zeros(2, 1, 28, 28)).terms) == {"mse", "l1"}
 
 
 def test_an_objective_with_several_terms_logs_each_and_their_sum(tmp_path, tiny_mnist, extra_module):

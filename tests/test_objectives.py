@@ -35,14 +35,14 @@ PLAIN_MSE = float(((X.double() - math.tanh(0.25)) ** 2).mean())
 
 
 def test_plain_is_the_mse_of_the_reconstruction():
-    terms = known_model({"_target_": "aelab.models.objectives.Objective"}).eval().loss_terms(X)
+    terms = known_model({"_target_": "aelab.models.objectives.Objective"}).eval().loss_terms(X).terms
     assert list(terms) == ["mse"]
     assert float(terms["mse"]) == pytest.approx(PLAIN_MSE, rel=1e-6)
 
 
 def test_sparse_adds_weight_times_the_mean_absolute_code():
     model = known_model({"_target_": "aelab.models.objectives.Sparse", "weight": 0.1}).eval()
-    terms = model.loss_terms(X)
+    terms = model.loss_terms(X).terms
     assert float(terms["mse"]) == pytest.approx(PLAIN_MSE, rel=1e-6)
     assert float(terms["l1"]) == pytest.approx(0.1 * (0.5 + 1.0) / 2, rel=1e-6)
 
@@ -52,7 +52,7 @@ def test_vae_kl_is_beta_times_the_gaussians_kl_per_pixel(training):
     mean, log_var = [0.5, -1.0], [0.2, -0.4]
     model = known_model({"_target_": "aelab.models.objectives.Variational", "beta": 4.0}, code_bias=(*mean, *log_var))
     model.train(training)
-    terms = model.loss_terms(X)
+    terms = model.loss_terms(X).terms
     kl = -0.5 * sum(1 + v - m * m - math.exp(v) for m, v in zip(mean, log_var, strict=True))
     assert set(terms) == {"mse", "kl"}
     assert float(terms["kl"]) == pytest.approx(4.0 * kl / 784, rel=1e-6)
@@ -73,10 +73,10 @@ def test_denoising_corrupts_in_training_only():
         objective={"_target_": "aelab.models.objectives.Denoising", "corruption": "gaussian", "level": 0.3},
     )
     model.eval()
-    assert float(model.loss_terms(X)["mse"]) == float(F.mse_loss(model(X), X))
+    assert float(model.loss_terms(X).terms["mse"]) == float(F.mse_loss(model(X), X))
     model.train()
     torch.manual_seed(3)
-    trained = float(model.loss_terms(X)["mse"])
+    trained = float(model.loss_terms(X).terms["mse"])
     torch.manual_seed(3)
     noisy = (X + 0.3 * torch.randn_like(X)).clamp(-1, 1)
     assert trained == float(F.mse_loss(model(noisy), X))
@@ -90,3 +90,22 @@ def test_masking_sets_the_level_fraction_of_pixels_to_the_background():
     assert torch.equal(Denoising("masking", 0.0).corrupt(X), X)
     masked = Denoising("masking", 0.5).corrupt(torch.ones(1, 1, 280, 280))
     assert 0.45 < float((masked == -1).float().mean()) < 0.55
+
+
+@pytest.mark.parametrize("objective", ["Objective", "Denoising", "Sparse", "Variational"])
+def test_outside_training_the_reconstructions_measured_are_the_models_output(objective):
+    """Validation's watched metrics (PSNR) read the reconstructions the loss terms measured
+    instead of decoding the batch a second time: outside training they are ``model(x)``."""
+    torch.manual_seed(0)
+    model = AutoEncoder(
+        image_shape=[1, 28, 28],
+        encoder={"_target_": "aelab.models.backbones.MLPEncoder", "latent_dim": 3},
+        decoder={"_target_": "aelab.models.backbones.MLPDecoder", "latent_dim": 3},
+        optimizer=ADAMW,
+        latent_dim=3,
+        objective={"_target_": f"aelab.models.objectives.{objective}"},
+    ).eval()
+    terms, reconstructions = model.loss_terms(X)
+    assert reconstructions.shape == X.shape
+    assert torch.equal(reconstructions, model(X))
+    assert float(terms["mse"]) == float(F.mse_loss(model(X), X))

@@ -69,7 +69,7 @@ def refusal(module: AutoEncoder) -> str | None:
 def step(module: AutoEncoder, optimizer: torch.optim.Optimizer, x: Tensor) -> dict[str, Tensor]:
     """One optimiser step on the batch ``x``; returns the objective's terms (batch means)."""
     optimizer.zero_grad(set_to_none=True)
-    terms = module.loss_terms(x)
+    terms = module.loss_terms(x).terms
     loss = functools.reduce(operator.add, terms.values())
     loss.backward()
     optimizer.step()

@@ -32,7 +32,7 @@ from aelab.constraints import PositiveInt
 from aelab.errors import AelabError
 from aelab.models.backbones import ImageShape, backbone_label
 from aelab.models.metrics import EpochMean, watched_metrics
-from aelab.models.objectives import Objective, objective_spec
+from aelab.models.objectives import LossTerms, Objective, objective_spec
 from aelab.names import (
     DATA_CLASS_KEY,
     EPOCH_SUMS_KEY,
@@ -89,7 +89,7 @@ class AutoEncoder(L.LightningModule):
         self._run_encoder = self.encoder.__call__
         self._run_decoder = self.decoder.__call__
         with self.probe() as images:
-            terms = list(self.loss_terms(images))
+            terms = list(self.loss_terms(images).terms)
         # the optimised sum is logged as <split>/loss where there is more than one term to add
         self.terms = (*terms, LOSS) if len(terms) > 1 else tuple(terms)
         # each split's epoch means of the terms, and val's and test's metrics only watched
@@ -168,10 +168,11 @@ class AutoEncoder(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct(x)
 
-    def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
-        """The objective as named batch means; their sum is optimised. Train, val and test share it.
+    def loss_terms(self, x: Tensor) -> LossTerms:
+        """The objective's named batch means (their sum is optimised) and the reconstructions
+        they measured. Train, val and test share it.
 
-        ``mse`` must be among them: it is the reconstruction error every run reports.
+        ``mse`` must be among the terms: it is the reconstruction error every run reports.
         """
         return self.objective.loss_terms(self, x)
 
@@ -202,7 +203,7 @@ class AutoEncoder(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, _ = batch
-        terms = self.loss_terms(x)
+        terms = self.loss_terms(x).terms
         loss = functools.reduce(operator.add, terms.values())
         return {"loss": loss, **terms}
 
@@ -261,10 +262,10 @@ class AutoEncoder(L.LightningModule):
 
     def _evaluate(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
         x, _ = batch
-        self.add_to_epoch_means(split, self.loss_terms(x), len(x))
-        reconstructions = self(x).float()
+        terms, reconstructions = self.loss_terms(x)
+        self.add_to_epoch_means(split, terms, len(x))
         for watched in self.watched_in(split).values():
-            watched.update(reconstructions, x)
+            watched.update(reconstructions.float(), x)
 
     def on_validation_epoch_start(self) -> None:
         self._reset("val")

@@ -1,10 +1,11 @@
 """What an autoencoder is trained to do, as a part the ``AutoEncoder`` holds (``model.objective``).
 
 An objective names the loss terms of a batch (their sum is optimised; each is logged as
-``train/<term>``, ``val/<term>``), says which code ``encode`` returns (analysis, export and the
-latent figures read that one), and may widen the encoder's output (the VAE's mean and
-log-variance). ``mse`` is always a term: the reconstruction error every run reports, measured on
-clean inputs outside training, so val/mse compares across objectives.
+``train/<term>``, ``val/<term>``) and returns them with the reconstructions they measured
+(``LossTerms``), says which code ``encode`` returns (analysis, export and the latent figures read
+that one), and may widen the encoder's output (the VAE's mean and log-variance). ``mse`` is
+always a term: the reconstruction error every run reports, measured on clean inputs outside
+training, so val/mse compares across objectives.
 
 A new objective is a registered subclass of ``Objective`` plus a ``configs/objective/*.yaml``
 (``python src/train.py objective=<name>``); it reaches the training loop through
@@ -14,7 +15,7 @@ A new objective is a registered subclass of ``Objective`` plus a ``configs/objec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,16 @@ class AutoEncoder(Protocol):
     def decode(self, z: Tensor) -> Tensor: ...
 
 
+class LossTerms(NamedTuple):
+    """What an objective measures on a batch ``x`` of (N, C, H, W) images."""
+
+    # named batch means: their sum is optimised, each is logged as <split>/<name>
+    terms: dict[str, Tensor]
+    # (N, C, H, W), the decoded images the terms measured: validation's watched metrics
+    # (aelab.models.metrics) compare them with x, so that an evaluated batch is decoded once
+    reconstructions: Tensor
+
+
 @register
 class Objective:
     """The plain autoencoder: the mean squared error of the reconstruction, nothing else."""
@@ -54,8 +65,9 @@ class Objective:
         """The deterministic code, from what the encoder outputs."""
         return encoded
 
-    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
-        return {"mse": F.mse_loss(model(x).float(), x)}
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> LossTerms:
+        reconstructions = model(x)
+        return LossTerms({"mse": F.mse_loss(reconstructions.float(), x)}, reconstructions)
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -83,9 +95,9 @@ class Denoising(Objective):
             return (x + self.level * torch.randn_like(x)).clamp_(-1.0, 1.0)
         return x.masked_fill(torch.rand_like(x) < self.level, -1.0)
 
-    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
-        inputs = self.corrupt(x) if model.training else x
-        return {"mse": F.mse_loss(model(inputs).float(), x)}
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> LossTerms:
+        reconstructions = model(self.corrupt(x) if model.training else x)
+        return LossTerms({"mse": F.mse_loss(reconstructions.float(), x)}, reconstructions)
 
 
 @register
@@ -98,9 +110,11 @@ class Sparse(Objective):
     def __init__(self, weight: NonNegativeFloat = 0.001) -> None:
         self.weight = float(weight)
 
-    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> LossTerms:
         z = model.encode(x)
-        return {"mse": F.mse_loss(model.decode(z).float(), x), "l1": self.weight * z.float().abs().mean()}
+        reconstructions = model.decode(z)
+        terms = {"mse": F.mse_loss(reconstructions.float(), x), "l1": self.weight * z.float().abs().mean()}
+        return LossTerms(terms, reconstructions)
 
 
 @register
@@ -131,11 +145,13 @@ class Variational(Objective):
     def code(self, encoded: Tensor) -> Tensor:
         return encoded.chunk(2, dim=1)[0]
 
-    def loss_terms(self, model: AutoEncoder, x: Tensor) -> dict[str, Tensor]:
+    def loss_terms(self, model: AutoEncoder, x: Tensor) -> LossTerms:
         mean, log_var = model.encoded(x).float().chunk(2, dim=1)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if model.training else mean
         kl = -0.5 * (1 + log_var - mean.square() - log_var.exp()).sum(dim=1).mean()
-        return {"mse": F.mse_loss(model.decode(z).float(), x), "kl": self.beta * kl / x[0].numel()}
+        reconstructions = model.decode(z)
+        terms = {"mse": F.mse_loss(reconstructions.float(), x), "kl": self.beta * kl / x[0].numel()}
+        return LossTerms(terms, reconstructions)
 
 
 def objective_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
