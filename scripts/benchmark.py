@@ -12,10 +12,14 @@
 
 Each epoch is a training pass plus a validation pass; one warm-up epoch is not timed, and each
 variant is timed by its fastest epoch, as timeit does: on a shared machine noise only ever adds,
-and one epoch differs from the next by 10 % here (the medians are in the JSON too). The data is
-the official split the data folder holds (60,000 / 10,000 for MNIST). Example:
+and one epoch differs from the next by 10 % here (the medians are in the JSON too). With
+``--rounds N`` every variant runs N times, interleaved (b c b c ...), and is timed by its fastest
+epoch of all: this machine also has slow minutes, and a ratio of two variants timed minutes
+apart moved by 10 % from one invocation to the next. The data is the official split the data
+folder holds (60,000 / 10,000 for MNIST). Example:
 
   python scripts/benchmark.py --models mlp conv --device cpu --epochs 3
+  python scripts/benchmark.py --models mlp --variants b c --epochs 3 --rounds 3
   python scripts/benchmark.py --device cuda --variants a b g c --sweep   # on a GPU
 """
 
@@ -313,6 +317,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up epoch")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every variant, interleaved")
     parser.add_argument("--data", default="mnist", help="a configs/data option: mnist, fashion_mnist, kmnist")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("AELAB_DATA_DIR"))
     parser.add_argument("--tile-to", type=int, default=None, help="repeat the training split to this many images")
@@ -343,6 +348,7 @@ def main() -> int:
         "data": f"{Path(args.data_dir).name}" + (f" tiled to {args.tile_to} (timing stand-in)" if args.tile_to else ""),
         "precision_b_c": args.precision,
         "epochs_timed": args.epochs,
+        "rounds": args.rounds,
         "batch_size": BATCH,
         "aelab_args": args.aelab_args,
         "models": {},
@@ -369,22 +375,27 @@ def main() -> int:
             ),
         }
         for model in args.models:
+            timed: dict[str, list[list[float]]] = {variant: [] for variant in args.variants}
+            vals: dict[str, float] = {}
+            # rounds interleave the variants, so that a slow minute of this shared machine falls
+            # on all of them rather than on one
+            for _ in range(args.rounds):
+                for variant in args.variants:
+                    # aelab uses TF32 matmuls on a GPU (AutoEncoder.setup), and the setting outlives
+                    # the run: the floors get it too, the article's pipeline never
+                    torch.set_float32_matmul_precision("highest" if variant == "a" else "high")
+                    times, vals[variant] = runners[variant](model)
+                    timed[variant].append([round(t, 4) for t in times])
+                    print(f"{model} ({variant}) {min(times[1:]):.3f} s/epoch  val MSE {vals[variant]:.4f}", flush=True)
             row = {}
-            for variant in args.variants:
-                # aelab uses TF32 matmuls on a GPU (AutoEncoder.setup), and the setting outlives the
-                # run: the floors get it too, the article's pipeline never
-                torch.set_float32_matmul_precision("highest" if variant == "a" else "high")
-                times, val = runners[variant](model)
+            for variant, rounds in timed.items():
+                epochs = [t for times in rounds for t in times[1:]]  # each round's warm-up left out
                 row[variant] = {
-                    "s_per_epoch": min(times[1:]),
-                    "median_s_per_epoch": statistics.median(times[1:]),
-                    "epoch_times_s": [round(t, 4) for t in times],
-                    "val_mse": val,
+                    "s_per_epoch": min(epochs),
+                    "median_s_per_epoch": statistics.median(epochs),
+                    "epoch_times_s": rounds,
+                    "val_mse": vals[variant],
                 }
-                print(
-                    f"{model} ({variant}) {row[variant]['s_per_epoch']:.3f} s/epoch  val MSE {val:.4f}",
-                    flush=True,
-                )
             seconds = {k: v["s_per_epoch"] for k, v in row.items()}
             for over, under in (("a", "c"), ("c", "b"), ("c", "g"), ("p", "b")):
                 if over in seconds and under in seconds:
@@ -398,7 +409,8 @@ def main() -> int:
 
     print(
         f"\n{results['machine']}; device {args.device}; data {results['data']}; precision (b),(c) "
-        f"{args.precision}; the fastest of {args.epochs} epochs after 1 warm-up; batch {BATCH}"
+        f"{args.precision}; the fastest of {args.epochs} epochs after 1 warm-up, in each of {args.rounds} "
+        f"round(s); batch {BATCH}"
     )
     print(
         f"{'model':6} {'(a) article':>12} {'(b) floor':>10} {'(g) graph':>10} {'(c) aelab':>10} {'(p) plain':>10}"

@@ -238,9 +238,16 @@ class StepGraphs:
 def chunk_sum(steps: Any) -> dict[str, Tensor]:
     """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
     chunk's images in float64: what ``AutoEncoder.add_to_epoch_means`` takes with ``summed``."""
-    sums: dict[str, Tensor] = {}
+    by_size: dict[int, list[dict[str, Tensor]]] = {}
     for terms, count in steps:
-        for name, value in terms.items():
-            term = value.detach().double() * count
+        # detached at once, so that no step's autograd graph outlives its step
+        by_size.setdefault(count, []).append({name: value.detach() for name, value in terms.items()})
+    # A few tensor operations per chunk rather than three per step (20 ms of the MLP's CPU epoch).
+    # Float32 means, times a batch size, added in float64 are exact in any order and grouping, so
+    # the sums are those of EpochMean's batch-by-batch additions on the plain loop, bit for bit.
+    sums: dict[str, Tensor] = {}
+    for count, group in by_size.items():
+        for name in group[0]:
+            term = torch.stack([terms[name] for terms in group]).double().sum() * count
             sums[name] = sums[name] + term if name in sums else term
     return sums
