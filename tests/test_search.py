@@ -53,6 +53,11 @@ def test_a_search_survives_failing_trials_and_resumes_from_its_storage(tmp_path,
     assert {t["data.batch_size"] for t in failed} == {"0"} and {t["data.batch_size"] for t in complete} == {"16"}
     assert all(t["error"].startswith("ConfigError: data.batch_size=0 is invalid") for t in failed)
     assert f"{len(failed)} of 8 trials failed" in first.stderr
+    progress = [line for line in first.stdout.splitlines() if line.startswith("search: trial ")]
+    assert [line.split(" (")[0] for line in progress] == [f"search: trial {k} of 8" for k in range(1, 9)]
+    assert sum(": failed: ConfigError: data.batch_size=0 is invalid" in line for line in progress) == len(failed)
+    best = min(complete, key=lambda t: float(t["val/mse_best"]))
+    assert progress[-1].endswith(f"; best so far {float(best['val/mse_best']):.4g} ({best['folder']})")
     # each trial is a sweep job in its own folder, with the values the study gave it
     for trial in complete:
         stored = OmegaConf.load(sweep_dir / trial["folder"] / ".hydra" / "config.yaml")

@@ -43,6 +43,13 @@ def test_a_failed_job_is_reported_the_rest_finish_and_the_sweep_exits_1(failed_s
     assert bad["status"] == "failed"
     assert bad["error"].startswith("ConfigError: model.latent_dim=0 is invalid: it must be a positive integer")
     assert good["status"] == "ok" and good["epochs"] == "1"
+    # one line as each job ends: k of n, its result, the best so far
+    progress = [line for line in result.stdout.splitlines() if line.startswith("sweep: job ")]
+    value = f"{float(good['val/mse_best']):.4g}"
+    assert progress == [
+        f"sweep: job 1 of 2 ({bad['job']}): failed: {bad['error']}",
+        f"sweep: job 2 of 2 ({good['job']}): val/mse_best {value}; best so far {value} ({good['job']})",
+    ]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from aelab import runs
@@ -217,18 +218,73 @@ def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None)
     return rows
 
 
+def planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs the multirun launches: a search's ``n_trials``, or the product of the sweep's
+    choices (``model.latent_dim=2,3,5`` on the command line or in ``hydra.sweeper.params``);
+    ``None`` where a sweep's values are not a list (an interval)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if "n_trials" in sweeper:
+        return int(sweeper.n_trials)
+    params = [f"{key}={value}" for key, value in (OmegaConf.select(sweeper, "params") or {}).items()]
+    try:
+        parsed = OverridesParser.create().parse_overrides([*config.hydra.overrides.task, *params])
+        return int(np.prod([len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()]))
+    except Exception:  # noqa: BLE001 - a sweep of another kind: its jobs are counted without a total
+        return None
+
+
+def progress_line(sweep_dir: Path, job_dir: Path, total: int | None, searched: bool = False) -> str:
+    """``sweep: job 3 of 10 (model.latent_dim=5): val/mse_best 0.1199; best so far 0.0908
+    (model.latent_dim=10)`` (``search: trial 3 of 20 (trial-2): ...`` for a search): read from the
+    summaries in the sweep folder, so that jobs in other processes (joblib, submitit) count too."""
+    finished = {d.name: runs.read_status(d) for d in runs.job_dirs(sweep_dir)}
+    finished = {name: status for name, status in finished.items() if status}
+    of = f" of {total}" if total else ""
+    own = finished.get(job_dir.name, {})
+    value = own.get(VAL_MSE_BEST)
+    if own.get("status") == "ok" and isinstance(value, float):
+        outcome = f"{VAL_MSE_BEST} {value:.4g}"
+    else:
+        outcome = f"failed: {str(own.get('error') or 'no summary').splitlines()[0]}"
+    scored = {
+        name: s[VAL_MSE_BEST]
+        for name, s in finished.items()
+        if s.get("status") == "ok" and isinstance(s.get(VAL_MSE_BEST), float)
+    }
+    best = f"; best so far {min(scored.values()):.4g} ({min(scored, key=scored.__getitem__)})" if scored else ""
+    what = "search: trial" if searched else "sweep: job"
+    return f"{what} {len(finished)}{of} ({job_dir.name}): {outcome}{best}"
+
+
+def searched(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith(".SearchSweeper")
+
+
 class SweepReport(Callback):
-    """Writes the report when a training multirun ends; exits non-zero if any job failed."""
+    """Prints a line as each job ends (its number, its val/mse_best and the best so far) and
+    writes the report when a training multirun ends; exits non-zero if any job failed."""
+
+    total: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.total = planned_jobs(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") is not RunMode.MULTIRUN:
+            return
+        sweep_dir, job_dir = Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir)
+        print(progress_line(sweep_dir, job_dir, self.total, searched(config)), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_report(sweep_dir, plots.FigureFiles.of(config))
         failed = [r for r in rows if r["status"] != "ok"]
-        searched = str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith(".SearchSweeper")
         # the table on the console too: a search's trials (aelab.search wrote them), a sweep's jobs
-        report = sweep_dir / ("trials.md" if searched else "summary.md")
-        print(f"{report.read_text().rstrip()}\n\n{'search' if searched else 'sweep'} report: {report}")
-        if failed and searched and len(failed) < len(rows):
+        report = sweep_dir / ("trials.md" if searched(config) else "summary.md")
+        print(f"{report.read_text().rstrip()}\n\n{'search' if searched(config) else 'sweep'} report: {report}")
+        if failed and searched(config) and len(failed) < len(rows):
             # a search expects some trials to fail (a learning rate too high): trials.md records them
             print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {sweep_dir / 'trials.md'}", file=sys.stderr)
             return
