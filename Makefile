@@ -70,10 +70,11 @@ gpu-check: $(STAMP)
 	$(PY) -m pytest tests/test_gpu.py -n 0
 	$(PY) scripts/benchmark.py --device cuda --variants a b g c p --epochs 5 --json gpu-bench.json
 
-# every run under logs/ (train, sweeps, analysis), at http://localhost:6006; ARGS="--port 6007 --bind_all" etc.
-# the training runs (their eval/analyze figures included), not the debug= checks in logs/debug/
+# the training runs (their eval/analyze figures included, not the debug= checks in logs/debug/) at
+# http://localhost:6006, and links to CUSTOM SCALARS and IMAGES with the newest sweep's runs ticked
+# (past 40 runs TensorBoard ticks none there); ARGS="--port 6007" etc. (aelab.board)
 tensorboard: $(STAMP)
-	$(VENV)/bin/tensorboard --logdir logs/train $(ARGS)
+	$(PY) -m aelab.board --logdir logs/train $(ARGS)
 
 clean-logs:
 	rm -rf logs/train logs/analyze logs/eval logs/encode logs/decode logs/export logs/mlflow

@@ -8,8 +8,10 @@ Endpoints and page routes were checked against tensorboard 2.21.0.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import shutil
 import socket
 import struct
@@ -44,6 +46,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorboard")]
 @dataclass
 class Board:
     url: str
+    logs: Path
     runs: set[str]  # TensorBoard's run names, as the folders holding event files give them
     training_runs: set[str]
     analysed: str
@@ -134,7 +137,7 @@ def board(tmp_path_factory) -> Iterator[Board]:
                 log = output.read_text()[-3000:]
                 pytest.fail(f"tensorboard listed {listed} after 60 s, not {sorted(runs)}:\n{log}")
             time.sleep(0.2)
-        yield Board(url=url, runs=runs, training_runs=training_runs, analysed=analysed)
+        yield Board(url=url, logs=logs, runs=runs, training_runs=training_runs, analysed=analysed)
     finally:
         server.terminate()
         try:
@@ -310,3 +313,81 @@ def test_headless_chromium_renders_the_runs_curves_and_reconstructions(board, tm
         # the card opens on the newest image
         texts = images.card("val/reconstructions", run)
         assert f"Step {last['step']}" in texts, texts
+
+
+def screen_counts(screenshot: Path) -> dict[str, int]:
+    """Pixels of a 1400x1000 screenshot of a dashboard with its runs list on the left: ``ticked``,
+    coloured pixels in the column of run checkboxes (a ticked box is filled, an empty one an
+    outline); ``coloured`` and ``dark``, in the panel right of the list (curves in run colours,
+    images on black)."""
+    from PIL import Image
+
+    pixels = Image.open(screenshot).convert("RGB").load()
+
+    def count(box: tuple[int, int, int, int], holds: Callable[[tuple[int, int, int]], bool]) -> int:
+        x0, y0, x1, y1 = box
+        return sum(holds(pixels[x, y]) for x in range(x0, x1) for y in range(y0, y1))
+
+    coloured = lambda p: max(p) - min(p) > 80  # noqa: E731
+    return {
+        "ticked": count((25, 470, 60, 1000), coloured),
+        "coloured": count((360, 70, 1390, 1000), coloured),
+        "dark": count((360, 70, 1390, 1000), lambda p: sum(p) / 3 < 60),
+    }
+
+
+def test_make_tensorboard_opens_custom_scalars_and_images_with_the_newest_sweeps_fifty_runs(board, tmp_path):
+    """Past 40 runs TensorBoard ticks none in CUSTOM SCALARS and IMAGES: ``python -m aelab.board``
+    (``make tensorboard``) prints links that tick the newest experiment's, here a sweep of 50."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        missing("the TensorBoard browser test needs Chromium: install Debian's chromium (apt-get install chromium)")
+    # an afternoon's log folder: an older sweep, then one of 50 jobs; each job the events of the
+    # board's first training run (TensorBoard reads event files: training 50 runs adds nothing here)
+    trained = board.logs / sorted(board.training_runs)[0]
+    logs = tmp_path / "logs"
+    older = logs / "multiruns" / "2026-12-05_09-00-00" / "model.latent_dim=3" / trained.name
+    shutil.copytree(trained, older)
+    for events in older.iterdir():
+        os.utime(events, (time.time() - 86400, time.time() - 86400))
+    sweep = "multiruns/2026-12-06_10-00-00"
+    jobs = [f"{sweep}/model.latent_dim={d}/{trained.name}" for d in range(1, 51)]
+    for job in jobs:
+        shutil.copytree(trained, logs / job)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "board.err").open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aelab.board", "--logdir", str(logs), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    try:
+        printed = [process.stdout.readline().rstrip("\n") for _ in range(4)]  # it prints once serving
+        assert printed[:2] == [
+            f"TensorBoard: {url}/ (51 runs in {logs})",
+            f"the newest experiment, {sweep} (50 runs), ticked in:",
+        ], (printed, (tmp_path / "board.err").read_text()[-2000:])
+        links = dict(line.strip().split(": ", 1) for line in printed[2:])
+        assert set(links) == {"CUSTOM SCALARS", "IMAGES"}
+        for link in links.values():
+            state = urllib.parse.unquote(link.split("&runSelectionState=")[1])
+            assert json.loads(base64.b64decode(state)) == dict.fromkeys(jobs, True)
+        # the page lists what the server has read: wait until it has every run
+        poll(lambda: get_json(url, "/data/runs"), lambda listed: len(listed) == 51)
+
+        # ticked boxes, curves in the run colours, the reconstruction images: counts measured with
+        # no run ticked (ticked 1274, coloured 408, images' dark 88) and with the 50 (2918, 1486, 58188)
+        scalars = tmp_path / "custom_scalars.png"
+        open_in_chromium(chromium, links["CUSTOM SCALARS"], scalars, tmp_path / "scalars-profile")
+        counts = screen_counts(scalars)
+        assert counts["ticked"] > 2000 and counts["coloured"] > 1000, counts
+        images = tmp_path / "images.png"
+        open_in_chromium(chromium, links["IMAGES"], images, tmp_path / "images-profile")
+        counts = screen_counts(images)
+        assert counts["ticked"] > 2000 and counts["dark"] > 20000, counts
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
