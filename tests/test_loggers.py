@@ -13,7 +13,7 @@ from aelab.errors import ConfigError
 from aelab.names import TRAIN_MSE, VAL_MSE
 from aelab.tasks.train import train
 
-from conftest import CONFIGS, QUIET, REPO, compose_train, logger_option, run_cli
+from conftest import CONFIGS, QUIET, REPO, compose_train, logger_option, make_tiny_dataset, run_cli
 from test_errors import run_in_process
 
 
@@ -81,6 +81,17 @@ def wandb_records(run_file: Path):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(chunk)
         yield record
+
+
+def test_the_hyperparameters_tell_a_subset_from_the_official_split(tmp_path):
+    """A CSV logger (as any but TensorBoard) gets the run's hyperparameters as they are."""
+    import yaml
+
+    subset = make_tiny_dataset(tmp_path / "mnist-10k")
+    summary = train_with(tmp_path, subset, "logger=csv")
+    logged = yaml.safe_load((Path(summary["output_dir"]) / "csv" / "hparams.yaml").read_text())
+    assert logged["dataset"] == "MNIST (mnist-10k)" == summary["data"]
+    assert logged["train_images"] == 96 and logged["batch_size"] == 32
 
 
 def train_with_wandb(tmp_path: Path, data: Path, mode: str | None, *args: str) -> subprocess.CompletedProcess:

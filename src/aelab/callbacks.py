@@ -83,7 +83,10 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
     datamodule: Any = getattr(trainer, "datamodule", None)
     latent_size = pl_module.latent_size
     return {
-        "dataset": datamodule.dataset if datamodule is not None else "",
+        # the data's name with the folder of a subset (``MNIST (mnist-10k)``) and its training
+        # images, so that runs on a subset are told from runs on the official split
+        "dataset": datamodule.name if datamodule is not None else "",
+        "train_images": len(datamodule.split("train")[0]) if datamodule is not None else -1,
         "backbone": pl_module.backbone,
         "objective": pl_module.objective.label,
         "latent_size": latent_size,
