@@ -127,6 +127,8 @@ def test_analyze_on_a_terminal_reports_each_stage_and_ends_with_its_numbers(reco
     stages = [line.split(" - ", 1)[1] for line in shown if "[aelab.tasks.analyze]" in line]
     assert any(re.fullmatch(r"encoding 96 train and 40 test images on cpu done in \d+\.\d s", s) for s in stages)
     assert any(re.fullmatch(r"kNN \(k=\d+\) and linear probe done in \d+\.\d s", s) for s in stages), stages
+    # within the kNN stage, a bar over chunks of test latents (40 test images: one chunk), cleared when done
+    assert re.search(r"\rkNN: chunks of 1000 test latents: +0%\|[^\r\n]*\| 0/1 ", recording), recording[-3000:]
     # the headline numbers, then where the files are
     start = next(i for i, line in enumerate(shown) if line.startswith("analysis of "))
     numbers = dict(line.split(None, 1) for line in shown[start + 1 :] if line.startswith("  "))

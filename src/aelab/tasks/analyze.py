@@ -6,8 +6,11 @@ the numbers as a table and a projector embedding into the run's TensorBoard fold
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,18 @@ SUMMARY_COLUMNS = [
     TRUSTWORTHINESS,
     ANOMALY_AUROC,
 ]
+
+
+# progress within a stage (a bar, the libraries' own reports) only on a terminal: a log file
+# gets the stage lines alone
+ON_TERMINAL = sys.stderr.isatty()
+
+
+def bar(steps: range, desc: str) -> Iterable[int]:
+    """``steps`` with a bar that redraws in place on a terminal, and is cleared when done."""
+    from tqdm import tqdm
+
+    return tqdm(steps, desc=desc, leave=False, disable=not ON_TERMINAL)
 
 
 @contextmanager
@@ -121,7 +136,8 @@ def analyze_checkpoint(
             normalized_rows(train_images), normalized_rows(test_images), [result["latent_size"]]
         )[result["latent_size"]]
     with stage(f"kNN (k={cfg.knn_k}) and linear probe"):
-        result[KNN_ACCURACY] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k)
+        chunks = functools.partial(bar, desc=f"kNN: chunks of {analysis.KNN_CHUNK} test latents")
+        result[KNN_ACCURACY] = analysis.knn_accuracy(train_z, train_y, test_z, test_y, k=cfg.knn_k, progress=chunks)
         result[LINEAR_PROBE_ACCURACY] = analysis.linear_probe_accuracy(train_z, train_y, test_z, test_y, seed)
     clusterings = [("kmeans", "k-means clustering", analysis.kmeans_clusters)]
     if cfg.umap_gmm:
@@ -138,7 +154,7 @@ def analyze_checkpoint(
     for method in methods:
         with stage(f"2-D map: {method} of {len(test_z)} x {test_z.shape[1]} latents"):
             # embed_2d returns latents of d <= 2 as they are, whatever the method
-            points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed)
+            points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed, verbose=ON_TERMINAL)
         if method != "latent":
             sample = np.random.default_rng(seed).permutation(len(test_z))[: cfg.trustworthiness_points]
             result[f"{TRUSTWORTHINESS}_{method}"] = analysis.trustworthiness(test_z[sample], points[sample])
