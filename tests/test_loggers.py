@@ -34,7 +34,7 @@ def test_logger_many_writes_tensorboard_csv_and_mlflow_and_mlflow_holds_the_run(
     assert rows[0].split(",")[:2] == ["epoch", "step"] and VAL_MSE in rows[0]
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
-    assert run.info.run_name == "train/runs/first"
+    assert run.info.run_name == "first (train/runs)"  # the distinguishing part first: run tables cut names
     assert run.info.status == "FINISHED"
     assert run.data.tags["run_dir"] == summary["output_dir"]
     assert {k: run.data.params[k] for k in ("backbone", "latent_size", "params", "batch_size")} == {
@@ -128,7 +128,7 @@ def test_wandb_offline_run_holds_the_runs_config_metrics_and_images(tmp_path, ti
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     records = list(wandb_records(run_file))
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    assert (run.project, run.display_name) == ("aelab", f"train/runs/{run_dir.name}")
+    assert (run.project, run.display_name) == ("aelab", f"{run_dir.name} (train/runs)")
     config = {
         item.key: json.loads(item.value_json)
         for r in records
@@ -226,8 +226,8 @@ def test_parallel_sweep_jobs_share_one_mlflow_store(tmp_path, tiny_mnist):
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert sorted(run.info.run_name for run in runs) == [
-        "train/multiruns/sweep/logger=mlflow,model.latent_dim=2,trainer.max_epochs=1",
-        "train/multiruns/sweep/logger=mlflow,model.latent_dim=3,trainer.max_epochs=1",
+        "logger=mlflow,model.latent_dim=2,trainer.max_epochs=1 (train/multiruns/sweep)",
+        "logger=mlflow,model.latent_dim=3,trainer.max_epochs=1 (train/multiruns/sweep)",
     ]
     for run in runs:
         summary = json.loads((Path(run.data.tags["run_dir"]) / "run_summary.json").read_text())

@@ -96,12 +96,15 @@ def run_suffix(_root_: Any) -> str:
 
 
 def run_label(output_dir: object, log_dir: object) -> str:
-    """``${run_label:${paths.output_dir},${paths.log_dir}}``: a run as loggers list it, its folder
-    under the log root, e.g. ``train/multiruns/2026-11-30_12-00-00/model.latent_dim=5``."""
+    """``${run_label:${paths.output_dir},${paths.log_dir}}``: a run as MLflow and W&B list it, its
+    folder's name first and where it is after, e.g. ``model.latent_dim=5
+    (train/multiruns/2026-11-30_12-00-00)``: their run tables cut long names, and a sweep's jobs
+    differ only in the last part of their path."""
     output, root = Path(str(output_dir)).resolve(), Path(str(log_dir)).resolve()
-    if output != root and output.is_relative_to(root):
-        return output.relative_to(root).as_posix()
-    return output.as_posix()  # a run put outside the log root (hydra.run.dir=...) is its whole path
+    parent = output.parent
+    # a run put outside the log root (hydra.run.dir=...) says its whole path
+    where = parent.relative_to(root) if parent.is_relative_to(root) else parent
+    return output.name if where == Path() else f"{output.name} ({where.as_posix()})"
 
 
 def register_resolvers() -> None:
