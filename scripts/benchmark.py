@@ -333,6 +333,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also time the seed sweep -m model.latent_dim=2,3,5,10,50")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
+    if args.epochs < 1 or args.rounds < 1:
+        parser.error("--epochs and --rounds must be positive integers, e.g. --epochs 3 --rounds 2")
     if args.data_dir is None:
         parser.error("--data-dir (or AELAB_DATA_DIR) must name the folder that holds the dataset")
     if args.device == "cuda" and not torch.cuda.is_available():

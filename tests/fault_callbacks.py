@@ -144,3 +144,20 @@ class FillDiskAfterFit(L.Callback):
                         os.write(fd, b"\0" * size)
         finally:
             os.close(fd)
+
+
+class MetricsSeen(L.Callback):
+    """Records what a callback finds in ``trainer.callback_metrics`` when each epoch ends."""
+
+    seen: list[tuple[str, int, float | None]] = []
+
+    def _record(self, trainer, name: str) -> None:
+        value = trainer.callback_metrics.get(name)
+        MetricsSeen.seen.append((name, trainer.current_epoch, None if value is None else float(value)))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer, "val/mse")
+        self._record(trainer, "val/psnr")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer, "train/mse")

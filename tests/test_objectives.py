@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from aelab.models import AutoEncoder
+from aelab.models.objectives import Objective
+from aelab.registry import register
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
@@ -109,3 +111,20 @@ def test_outside_training_the_reconstructions_measured_are_the_models_output(obj
     assert reconstructions.shape == X.shape
     assert torch.equal(reconstructions, model(X))
     assert float(terms["mse"]) == float(F.mse_loss(model(X), X))
+
+
+@register
+class ReturnsADict(Objective):
+    """An objective as written before LossTerms: its terms alone."""
+
+    def loss_terms(self, model, x):
+        return {"mse": F.mse_loss(model(x), x)}
+
+
+def test_an_objective_returning_its_terms_alone_is_told_what_to_return():
+    from aelab.models.autoencoder import ObjectiveError
+
+    with pytest.raises(
+        ObjectiveError, match=r"test_objectives\.ReturnsADict\.loss_terms returned a dict; return LossTerms"
+    ):
+        known_model({"_target_": "test_objectives.ReturnsADict"})

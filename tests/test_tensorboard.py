@@ -388,6 +388,12 @@ def test_make_tensorboard_opens_custom_scalars_and_images_with_the_newest_sweeps
         open_in_chromium(chromium, links["IMAGES"], images, tmp_path / "images-profile")
         counts = screen_counts(images)
         assert counts["ticked"] > 2000 and counts["dark"] > 20000, counts
+
+        # stopped as a scheduler stops it (SIGTERM), the board stops its TensorBoard with it
+        process.terminate()
+        assert process.wait(timeout=30) == 128 + 15
+        with pytest.raises(urllib.error.URLError):
+            get(url, "/data/runs", timeout=2)
     finally:
         process.terminate()
         process.wait(timeout=30)

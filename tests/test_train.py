@@ -456,3 +456,19 @@ def test_on_a_terminal_the_bar_counts_batches_not_training_step_calls(tmp_path, 
     bars = (shown.out + shown.err).replace("\r", "\n")
     assert re.search(r"Epoch 0: 100%.*\| 6/6 ", bars), bars[-2000:]
     assert "/2 [" not in bars and "2/2" not in bars
+
+
+@pytest.mark.parametrize("fast", ["auto", "false"])
+def test_a_callback_finds_the_epochs_own_metrics_when_the_epoch_ends(tmp_path, tiny_mnist, fast):
+    """The metric objects are logged once an epoch: a callback's epoch-end hook, which Lightning
+    runs before the model's, still reads this epoch's values, on either loop."""
+    import fault_callbacks
+
+    fault_callbacks.MetricsSeen.seen = []
+    overrides = ["trainer.max_epochs=2", f"fast.enabled={fast}", "+callbacks.seen._target_=fault_callbacks.MetricsSeen"]
+    summary = train(compose_train(tmp_path, tiny_mnist, overrides))
+    seen = {(name, epoch): value for name, epoch, value in fault_callbacks.MetricsSeen.seen}
+    assert set(seen) == {(name, epoch) for name in ("val/mse", "val/psnr", "train/mse") for epoch in (0, 1)}
+    assert seen["val/mse", 1] == summary["val/mse"] and seen["train/mse", 1] == summary["train/mse"]
+    assert seen["val/mse", 0] != seen["val/mse", 1] and seen["train/mse", 0] != seen["train/mse", 1]
+    assert all(value is not None for value in seen.values()), seen

@@ -11,7 +11,9 @@ here open those dashboards with the newest experiment's runs ticked, however man
 TIME SERIES, the page TensorBoard opens on, shows every run anyway.
 
 An experiment is a sweep (``multiruns/<time>/``, every job of it) or, for single runs, the
-``runs/`` folder; the newest is the one whose event files were written last.
+``runs/`` folder; the newest is the one whose event files were written last when the board
+starts (a sweep started later: start the board again for its links). Options this module does
+not know are TensorBoard's own (``--bind_all``, ``--samples_per_plugin``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -70,41 +73,55 @@ def selecting_link(url: str, dashboard: str, runs: Sequence[str]) -> str:
     return f"{url.rstrip('/')}/#{dashboard}&runSelectionState={urllib.parse.quote(state, safe='')}"
 
 
-def wait_until_serving(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until_serving(url: str, logdir: Path, server: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the TensorBoard just started answers at ``url``: asked directly, past any proxy the
+    environment names, and checked to be this one (another server on the port is refused)."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
     while True:
         if server.poll() is not None:
             raise SystemExit(f"aelab: tensorboard exited with {server.returncode} before serving {url}")
         try:
-            with urllib.request.urlopen(f"{url}/data/runs", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"aelab: tensorboard did not answer at {url} within {timeout:.0f} s") from None
-            time.sleep(0.2)
+            with direct.open(f"{url}/data/environment", timeout=2) as response:
+                serving = json.load(response).get("data_location")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            serving = None
+        if serving is not None:
+            if server.poll() is not None or Path(serving).resolve() != logdir.resolve():
+                raise SystemExit(f"aelab: port {url} is taken (by a server of {serving}); choose another: --port 6007")
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"aelab: tensorboard did not answer at {url} within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aelab.board", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m aelab.board",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other option is TensorBoard's own (e.g. --samples_per_plugin images=100).",
+    )
     parser.add_argument("--logdir", type=Path, default=Path("logs/train"), help="the log folder (default logs/train)")
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=6006)
-    args = parser.parse_args(argv)
-    if not args.logdir.is_dir():
-        parser.error(f"--logdir {args.logdir} is not a folder; train a run first (make train) or name the log folder")
-    runs = event_runs(args.logdir)
-    if not runs:
-        parser.error(f"--logdir {args.logdir} holds no TensorBoard event files yet; train a run first (make train)")
+    args, tensorboard_options = parser.parse_known_args(argv)
     url = f"http://{args.host}:{args.port}"
-    tensorboard = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir)]
-    server = subprocess.Popen([*tensorboard, "--host", args.host, "--port", str(args.port)])
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir), "--host", args.host]
+    server = subprocess.Popen([*command, "--port", str(args.port), *tensorboard_options])
+    # a SIGTERM (a job scheduler, a test) stops TensorBoard too, through the finally below
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        wait_until_serving(url, server)
-        experiment, selected = newest_experiment(runs)
+        wait_until_serving(url, args.logdir, server)
+        runs = event_runs(args.logdir) if args.logdir.is_dir() else {}
         print(f"TensorBoard: {url}/ ({len(runs)} runs in {args.logdir})", flush=True)
-        print(f"the newest experiment, {experiment} ({len(selected)} runs), ticked in:", flush=True)
-        for dashboard in SELECTING_DASHBOARDS:
-            print(f"  {dashboard.replace('_', ' ').upper()}: {selecting_link(url, dashboard, selected)}", flush=True)
+        if runs:
+            experiment, selected = newest_experiment(runs)
+            print(f"the newest experiment, {experiment} ({len(selected)} runs), ticked in:", flush=True)
+            for dashboard in SELECTING_DASHBOARDS:
+                link = selecting_link(url, dashboard, selected)
+                print(f"  {dashboard.replace('_', ' ').upper()}: {link}", flush=True)
+        else:
+            print("no runs yet: TensorBoard shows them as they are written; start this again for the links", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0

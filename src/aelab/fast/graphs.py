@@ -243,11 +243,12 @@ def chunk_sum(steps: Any) -> dict[str, Tensor]:
         # detached at once, so that no step's autograd graph outlives its step
         by_size.setdefault(count, []).append({name: value.detach() for name, value in terms.items()})
     # A few tensor operations per chunk rather than three per step (20 ms of the MLP's CPU epoch).
-    # Float32 means, times a batch size, added in float64 are exact in any order and grouping, so
-    # the sums are those of EpochMean's batch-by-batch additions on the plain loop, bit for bit.
+    # A float32 mean times a batch size is exact in float64, and so is a sum of such products while
+    # it needs at most 53 bits: values within a factor of 2**20 of each other, as one term's batch
+    # means are. Then any order of addition gives EpochMean's batch-by-batch sums, bit for bit.
     sums: dict[str, Tensor] = {}
     for count, group in by_size.items():
         for name in group[0]:
-            term = torch.stack([terms[name] for terms in group]).double().sum() * count
+            term = (torch.stack([terms[name] for terms in group]).double() * count).sum()
             sums[name] = sums[name] + term if name in sums else term
     return sums

@@ -55,6 +55,10 @@ class NonFiniteLossError(AelabError):
     pass
 
 
+class ObjectiveError(AelabError):
+    pass
+
+
 @register
 class AutoEncoder(L.LightningModule):
     """``latent_dim`` is the knob the backbone configs interpolate (``${model.latent_dim}``); it is
@@ -107,6 +111,8 @@ class AutoEncoder(L.LightningModule):
                 image_size,
             )
         self.best_val_mse = math.inf
+        # the splits whose metric objects Lightning holds this epoch (log_metric_objects)
+        self._logged_splits: set[str] = set()
         # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
         self.run_identity: dict[str, Any] | None = None
         # the command-line overrides the run was started with (aelab.runs.resume_overrides)
@@ -174,7 +180,14 @@ class AutoEncoder(L.LightningModule):
 
         ``mse`` must be among the terms: it is the reconstruction error every run reports.
         """
-        return self.objective.loss_terms(self, x)
+        measured = self.objective.loss_terms(self, x)
+        if not isinstance(measured, LossTerms):
+            raise ObjectiveError(
+                f"{qualified_name(type(self.objective))}.loss_terms returned a {type(measured).__name__}; "
+                "return LossTerms(terms, reconstructions) (aelab.models.objectives): the named loss terms and "
+                "the reconstructions they measured"
+            )
+        return measured
 
     def epoch_means(self, split: str) -> dict[str, EpochMean]:
         return {term: cast(EpochMean, self.means[metric(split, term)]) for term in self.terms}
@@ -212,8 +225,8 @@ class AutoEncoder(L.LightningModule):
         self.add_to_epoch_means("train", outputs, len(batch[0]))
 
     def add_to_epoch_means(self, split: str, terms: Mapping[str, Tensor], count: int, *, summed: bool = False) -> None:
-        """Add a batch's terms (its means) to the split's epoch means, which ``log_epoch`` logs when
-        the epoch ends; with ``summed``, terms already summed over ``count`` images, ``loss`` among them."""
+        """Add a batch's terms (its means) to the split's epoch means, which Lightning logs when the
+        epoch ends; with ``summed``, terms already summed over ``count`` images, ``loss`` among them."""
         if not summed and LOSS in self.epoch_means(split):
             # the loss training_step returned, before Lightning divided it for accumulate_grad_batches
             optimised = [terms[term] for term in self.terms if term != LOSS]
@@ -221,20 +234,24 @@ class AutoEncoder(L.LightningModule):
         for term, mean in self.epoch_means(split).items():
             value = terms[term].detach().double()
             mean.update(value if summed else value * count, count)
+        self.log_metric_objects(split)
 
-    def log_epoch(self, split: str) -> None:
-        """Log the split's metric objects, which Lightning computes (across processes) and resets.
+    def log_metric_objects(self, split: str) -> None:
+        """Hand the split's metric objects to ``self.log`` at the epoch's first batch; Lightning
+        keeps them and computes (across processes) and resets them when the epoch ends.
 
-        Once per epoch, as torchmetrics' Lightning guide shows, rather than once per batch: a
-        ``self.log`` costs about 0.8 ms on the CPU, a sixth of the MLP's whole validation epoch
-        when it was called for each of its 40 batches (docs/benchmarks.md).
+        Once per epoch rather than once per batch: a ``self.log`` costs about 0.8 ms on the CPU, and
+        80 of them were a sixth of the MLP's validation epoch (docs/benchmarks.md). At the first
+        batch rather than in an ``on_*_epoch_end`` hook, where callbacks' hooks run first and would
+        find last epoch's values in ``trainer.callback_metrics``.
         """
-        if not self.epoch_means(split)["mse"].count:  # no batch: nothing to log (sanity check, an empty split)
+        if split in self._logged_splits:
             return
         for term, mean in self.epoch_means(split).items():
-            self.log(metric(split, term), mean, on_epoch=True, prog_bar=split == "val" and term == "mse")
+            self.log(metric(split, term), mean, on_step=False, on_epoch=True, prog_bar=split == "val" and term == "mse")
         for name, watched in self.watched_in(split).items():
-            self.log(name, watched, on_epoch=True)
+            self.log(name, watched, on_step=False, on_epoch=True)
+        self._logged_splits.add(split)
 
     def running_loss(self) -> float | None:
         """The mean optimised loss over the current epoch's training batches so far (``None``
@@ -249,7 +266,7 @@ class AutoEncoder(L.LightningModule):
             mean.reset()
 
     def on_train_epoch_end(self) -> None:
-        self.log_epoch("train")
+        self._logged_splits.discard("train")
 
     def on_train_end(self) -> None:
         self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
@@ -263,9 +280,9 @@ class AutoEncoder(L.LightningModule):
     def _evaluate(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
         x, _ = batch
         terms, reconstructions = self.loss_terms(x)
-        self.add_to_epoch_means(split, terms, len(x))
         for watched in self.watched_in(split).values():
             watched.update(reconstructions.float(), x)
+        self.add_to_epoch_means(split, terms, len(x))
 
     def on_validation_epoch_start(self) -> None:
         self._reset("val")
@@ -279,9 +296,9 @@ class AutoEncoder(L.LightningModule):
             metric_object.reset()
 
     def on_validation_epoch_end(self) -> None:
+        self._logged_splits.discard("val")
         if self.trainer.sanity_checking or not self.epoch_means("val")["mse"].count:
             return
-        self.log_epoch("val")
         val = {term: mean.compute() for term, mean in self.epoch_means("val").items()}
         train = {term: mean.compute() for term, mean in self.epoch_means("train").items() if mean.count}
         if not torch.isfinite(torch.stack([*val.values(), *train.values()])).all():
@@ -290,7 +307,7 @@ class AutoEncoder(L.LightningModule):
         self.log(VAL_MSE_BEST, self.best_val_mse)
 
     def on_test_epoch_end(self) -> None:
-        self.log_epoch("test")
+        self._logged_splits.discard("test")
 
     def _non_finite_message(self, train: dict[str, Tensor], val: dict[str, Tensor]) -> str:
         callback = self.trainer.checkpoint_callback

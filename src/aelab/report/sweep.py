@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -220,8 +221,9 @@ def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None)
 
 def planned_jobs(config: DictConfig) -> int | None:
     """How many jobs the multirun launches: a search's ``n_trials``, or the product of the sweep's
-    choices (``model.latent_dim=2,3,5`` on the command line or in ``hydra.sweeper.params``);
-    ``None`` where a sweep's values are not a list (an interval)."""
+    choices (``model.latent_dim=2,3,5`` on the command line or in ``hydra.sweeper.params``, the
+    command line's winning for a key in both, as in Hydra's sweeper); ``None`` where a sweep's
+    values are not a list (an interval)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweeper = config.hydra.sweeper
@@ -229,33 +231,35 @@ def planned_jobs(config: DictConfig) -> int | None:
         return int(sweeper.n_trials)
     params = [f"{key}={value}" for key, value in (OmegaConf.select(sweeper, "params") or {}).items()]
     try:
-        parsed = OverridesParser.create().parse_overrides([*config.hydra.overrides.task, *params])
-        return int(np.prod([len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()]))
-    except Exception:  # noqa: BLE001 - a sweep of another kind: its jobs are counted without a total
+        parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        choices = {o.key_or_group: len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in parsed}
+        return math.prod(choices.values())
+    except Exception:  # noqa: BLE001 - a sweep of another kind: its jobs are numbered without a total
         return None
 
 
-def progress_line(sweep_dir: Path, job_dir: Path, total: int | None, searched: bool = False) -> str:
+def progress_line(sweep_dir: Path, job_dir: Path, number: int, total: int | None, searched: bool = False) -> str:
     """``sweep: job 3 of 10 (model.latent_dim=5): val/mse_best 0.1199; best so far 0.0908
-    (model.latent_dim=10)`` (``search: trial 3 of 20 (trial-2): ...`` for a search): read from the
-    summaries in the sweep folder, so that jobs in other processes (joblib, submitit) count too."""
-    finished = {d.name: runs.read_status(d) for d in runs.job_dirs(sweep_dir)}
-    finished = {name: status for name, status in finished.items() if status}
-    of = f" of {total}" if total else ""
-    own = finished.get(job_dir.name, {})
+    (model.latent_dim=10)`` (``search: trial 3 of 20 (trial-2): ...`` for a search), for the job
+    Hydra numbered ``number`` (from 1). The best so far is read from the summaries in the sweep
+    folder, so that jobs of other processes (joblib) and of an earlier attempt count too."""
+    own = runs.read_status(job_dir)
     value = own.get(VAL_MSE_BEST)
-    if own.get("status") == "ok" and isinstance(value, float):
-        outcome = f"{VAL_MSE_BEST} {value:.4g}"
+    if own.get("status") == "ok":
+        outcome = (
+            f"{VAL_MSE_BEST} {value:.4g}" if isinstance(value, float) else f"done (no {VAL_MSE_BEST}: no validation)"
+        )
     else:
-        outcome = f"failed: {str(own.get('error') or 'no summary').splitlines()[0]}"
+        outcome = f"failed: {str(own.get('error') or 'it wrote no summary (see its train.log)').splitlines()[0]}"
+    statuses = {d.name: runs.read_status(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir()}
     scored = {
-        name: s[VAL_MSE_BEST]
-        for name, s in finished.items()
-        if s.get("status") == "ok" and isinstance(s.get(VAL_MSE_BEST), float)
+        name: status[VAL_MSE_BEST]
+        for name, status in statuses.items()
+        if status.get("status") == "ok" and isinstance(status.get(VAL_MSE_BEST), float)
     }
     best = f"; best so far {min(scored.values()):.4g} ({min(scored, key=scored.__getitem__)})" if scored else ""
-    what = "search: trial" if searched else "sweep: job"
-    return f"{what} {len(finished)}{of} ({job_dir.name}): {outcome}{best}"
+    of = f" of {total}" if total else ""
+    return f"{'search: trial' if searched else 'sweep: job'} {number}{of} ({job_dir.name}): {outcome}{best}"
 
 
 def searched(config: DictConfig) -> bool:
@@ -274,8 +278,10 @@ class SweepReport(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") is not RunMode.MULTIRUN:
             return
+        # (under submitit this runs in the job's own process: the line goes to the job's log)
         sweep_dir, job_dir = Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir)
-        print(progress_line(sweep_dir, job_dir, self.total, searched(config)), flush=True)
+        number = int(config.hydra.job.num) + 1
+        print(progress_line(sweep_dir, job_dir, number, self.total, searched(config)), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -59,9 +59,10 @@ SUMMARY_COLUMNS = [
 ]
 
 
-# progress within a stage (a bar, the libraries' own reports) only on a terminal: a log file
-# gets the stage lines alone
+# progress within a stage only on a terminal, a log file gets the stage lines alone: the bar is
+# drawn on stderr, t-SNE and UMAP print their reports on stdout
 ON_TERMINAL = sys.stderr.isatty()
+LIBRARIES_VERBOSE = sys.stdout.isatty()
 
 
 def bar(steps: range, desc: str) -> Iterable[int]:
@@ -154,7 +155,7 @@ def analyze_checkpoint(
     for method in methods:
         with stage(f"2-D map: {method} of {len(test_z)} x {test_z.shape[1]} latents"):
             # embed_2d returns latents of d <= 2 as they are, whatever the method
-            points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed, verbose=ON_TERMINAL)
+            points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed, verbose=LIBRARIES_VERBOSE)
         if method != "latent":
             sample = np.random.default_rng(seed).permutation(len(test_z))[: cfg.trustworthiness_points]
             result[f"{TRUSTWORTHINESS}_{method}"] = analysis.trustworthiness(test_z[sample], points[sample])
