@@ -212,8 +212,8 @@ MUTATIONS = [
     Mutation(
         name="knn-scores-training-set",
         file="src/aelab/report/metrics.py",
-        old="KNeighborsClassifier(n_neighbors=k).fit(train_z, train_y).score(test_z, test_y)",
-        new="KNeighborsClassifier(n_neighbors=k).fit(train_z, train_y).score(train_z, train_y)",
+        old="(knn.predict(test_z[i : i + KNN_CHUNK]) == test_y[i : i + KNN_CHUNK])",
+        new="(knn.predict(train_z[i : i + KNN_CHUNK]) == train_y[i : i + KNN_CHUNK])",
         bug="kNN accuracy is measured on the training latents it was fit on, not the test latents",
         tests=("tests/test_analysis.py::test_knn_is_at_chance_on_noise",),
     ),
