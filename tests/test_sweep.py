@@ -254,6 +254,11 @@ def test_a_submitit_local_sweep_reports_failures_and_resumes_like_any_sweep(tmp_
     assert bad["status"] == "failed" and bad["error"].startswith("ConfigError: model.latent_dim=0 is invalid")
     assert good["status"] == "ok" and good["job"] == "model.latent_dim=3,trainer.max_epochs=1"
     assert (sweep_dir / ".submitit").is_dir() and (sweep_dir / good["job"] / "checkpoints" / "last.ckpt").is_file()
+    # the console says where each job's progress line goes, and there it is
+    logs = sweep_dir / ".submitit" / "<job id>" / "<job id>_0_log.out"
+    assert f"sweep: 2 jobs handed to submitit; each one's line as it ends goes to {logs}" in first.stdout
+    written = "".join(log.read_text() for log in (sweep_dir / ".submitit").glob("*/*_0_log.out"))
+    assert f"sweep: job 2 of 2 ({good['job']}): val/mse_best" in written, written[-2000:]
 
     again = run_sweep(tmp_path, tiny_mnist, "hydra/launcher=submitit_local", "model.latent_dim=0,3")
     assert again.returncode == 1

@@ -274,6 +274,13 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.total = planned_jobs(config)
+        folder = OmegaConf.select(config, "hydra.launcher.submitit_folder")
+        if folder is not None:
+            # submitit runs each job in a process of its own whose output goes to a file: the
+            # console would show nothing until the report, so it says where the progress is
+            jobs = f"{self.total} jobs" if self.total else "the jobs"
+            logs = Path(str(folder).replace("%j", "<job id>")) / "<job id>_0_log.out"
+            print(f"sweep: {jobs} handed to submitit; each one's line as it ends goes to {logs}", flush=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") is not RunMode.MULTIRUN:
