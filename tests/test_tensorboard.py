@@ -355,6 +355,14 @@ def test_make_tensorboard_opens_custom_scalars_and_images_with_the_newest_sweeps
     for job in jobs:
         shutil.copytree(trained, logs / job)
 
+    # on a port another TensorBoard holds (the board fixture's), one line and the fix; followed below
+    taken = urllib.parse.urlsplit(board.url).port
+    command = [sys.executable, "-m", "aelab.board", "--logdir", str(logs), "--host", "127.0.0.1"]
+    refused = subprocess.run([*command, "--port", str(taken)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    expected = f"aelab: port {board.url} is taken (by a server of {board.logs}); choose another: --port 6007"
+    assert refused.stderr.splitlines()[-1] == expected, refused.stderr[-2000:]
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "board.err").open("w") as errors:
