@@ -243,7 +243,8 @@ def progress_line(sweep_dir: Path, job_dir: Path, number: int, total: int | None
     (model.latent_dim=10)`` (``search: trial 3 of 20 (trial-2): ...`` for a search), for the job
     Hydra numbered ``number`` (from 1). The best so far is read from the summaries in the sweep
     folder, so that jobs of other processes (joblib) and of an earlier attempt count too."""
-    own = runs.read_status(job_dir)
+    statuses = {d.name: runs.read_status(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir()}
+    own = statuses.get(job_dir.name, {})
     value = own.get(VAL_MSE_BEST)
     if own.get("status") == "ok":
         outcome = (
@@ -251,7 +252,6 @@ def progress_line(sweep_dir: Path, job_dir: Path, number: int, total: int | None
         )
     else:
         outcome = f"failed: {str(own.get('error') or 'it wrote no summary (see its train.log)').splitlines()[0]}"
-    statuses = {d.name: runs.read_status(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir()}
     scored = {
         name: status[VAL_MSE_BEST]
         for name, status in statuses.items()
@@ -294,10 +294,11 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_report(sweep_dir, plots.FigureFiles.of(config))
         failed = [r for r in rows if r["status"] != "ok"]
+        search = searched(config)
         # the table on the console too: a search's trials (aelab.search wrote them), a sweep's jobs
-        report = sweep_dir / ("trials.md" if searched(config) else "summary.md")
-        print(f"{report.read_text().rstrip()}\n\n{'search' if searched(config) else 'sweep'} report: {report}")
-        if failed and searched(config) and len(failed) < len(rows):
+        report = sweep_dir / ("trials.md" if search else "summary.md")
+        print(f"{report.read_text().rstrip()}\n\n{'search' if search else 'sweep'} report: {report}")
+        if failed and search and len(failed) < len(rows):
             # a search expects some trials to fail (a learning rate too high): trials.md records them
             print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {sweep_dir / 'trials.md'}", file=sys.stderr)
             return

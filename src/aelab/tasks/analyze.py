@@ -59,17 +59,16 @@ SUMMARY_COLUMNS = [
 ]
 
 
-# progress within a stage only on a terminal, a log file gets the stage lines alone: the bar is
-# drawn on stderr, t-SNE and UMAP print their reports on stdout
-ON_TERMINAL = sys.stderr.isatty()
-LIBRARIES_VERBOSE = sys.stdout.isatty()
+# Progress within a stage comes only on a terminal, asked when the stage runs (analyze may be
+# called from Python with its streams redirected since import); a log file gets the stage lines
+# alone. The bar is drawn on stderr, t-SNE and UMAP print their reports on stdout.
 
 
 def bar(steps: range, desc: str) -> Iterable[int]:
     """``steps`` with a bar that redraws in place on a terminal, and is cleared when done."""
     from tqdm import tqdm
 
-    return tqdm(steps, desc=desc, leave=False, disable=not ON_TERMINAL)
+    return tqdm(steps, desc=desc, leave=False, disable=not sys.stderr.isatty())
 
 
 @contextmanager
@@ -155,7 +154,8 @@ def analyze_checkpoint(
     for method in methods:
         with stage(f"2-D map: {method} of {len(test_z)} x {test_z.shape[1]} latents"):
             # embed_2d returns latents of d <= 2 as they are, whatever the method
-            points = analysis.embed_2d(test_z, "pca" if method == "latent" else method, seed, verbose=LIBRARIES_VERBOSE)
+            embedded_by = "pca" if method == "latent" else method
+            points = analysis.embed_2d(test_z, embedded_by, seed, verbose=sys.stdout.isatty())
         if method != "latent":
             sample = np.random.default_rng(seed).permutation(len(test_z))[: cfg.trustworthiness_points]
             result[f"{TRUSTWORTHINESS}_{method}"] = analysis.trustworthiness(test_z[sample], points[sample])
