@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(notdir $(LOCK))
 # a lock holds Linux x86_64 wheels for CPython 3.11 (this project's machines and CI)
 LOCK_FOR := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock"
 
-.PHONY: install lock train test test-fast lint format bench gpu-check tensorboard clean-logs
+.PHONY: install lock train test test-fast test-docs lint format bench gpu-check tensorboard clean-logs
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(UV): requirements/uv-bootstrap.lock
 	$(PY) -m pip install --quiet --require-hashes -r requirements/uv-bootstrap.lock
 	touch $(UV)
 
-# uv installs the lock (faster than pip on a fresh clone: README, Set-up), then the package itself, editable and
+# uv installs the lock (faster than pip on a fresh clone: docs/install.md), then the package itself, editable and
 # without dependencies (its build tool, setuptools, comes from the lock too); then we prove
 # torchvision's compiled ops load against the torch that was installed. all.lock holds everything
 # dev.lock does, so installing it satisfies both.
@@ -44,8 +44,9 @@ lock: $(UV)
 train: $(STAMP)
 	$(PY) src/train.py $(ARGS)
 
+# Every test but the pages' commands (test-docs): those take minutes beyond make test's budget
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -m "not docs" $(ARGS)
 
 # ruff (lint rules in pyproject.toml, and the formatter's check) and mypy on src/aelab;
 # .ci/run runs this before the tests
@@ -59,7 +60,11 @@ format: $(STAMP)
 	$(PY) -m ruff format src tests scripts
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow and not docs" $(ARGS)
+
+# Every command of README.md and docs/*.md, run as printed on tiny data (tests/test_docs.py); CI runs it after make test
+test-docs: $(STAMP)
+	$(PY) -m pytest -m docs $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py $(ARGS)

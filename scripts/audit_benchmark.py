@@ -9,7 +9,7 @@
       each outlier score ranks the 10,100 images over the pool of all 70,100, and we report the
       AUROC of "added" and the added images among the top 100 (as many as were added).
 
-Prints a Markdown table and the seconds each method took (the README's "Auditing a dataset"). E.g.
+Prints a Markdown table and the seconds each method took (docs/results.md, "The audit's defaults"). E.g.
 
   python scripts/audit_benchmark.py logs/train/runs/<run>/checkpoints/last.ckpt \\
       --fashion-dir ../shared/data/fashion-mnist --pixels

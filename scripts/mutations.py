@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # what a copy of the project holds besides tests/
-COPIED_DIRS = ("src", "configs", "scripts")
+COPIED_DIRS = ("src", "configs", "scripts", "docs")
 COPIED_FILES = ("pyproject.toml", "README.md")
 # a hung test (a deadlocked DDP run) becomes an error instead of stopping the whole check
 RUN_TIMEOUT_S = 1200

@@ -262,7 +262,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """Seconds per test file (setup, call and teardown of its tests, across workers), slowest
-    first: where the budget of make test goes (README, Tests)."""
+    first: where the budget of make test goes (docs/tests.md)."""
     if not _seconds_per_file or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     terminalreporter.write_sep("=", "seconds per test file (summed over workers)")

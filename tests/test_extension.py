@@ -1,133 +1,121 @@
-"""Extending aelab the documented way: a backbone or an objective is a registered class plus a
-config, trained and reloaded with nothing else edited."""
+"""Extending aelab the documented way (docs/extending.md, read from the page): a backbone or an
+objective is a registered class plus a config, trained and reloaded with nothing else edited."""
 
 import importlib
+import itertools
+import re
+import shlex
+import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import aelab.models
+from aelab.errors import ConfigError
 from aelab.registry import REGISTRY
 from aelab.runs import open_run
 from aelab.tasks.train import train
 
-from conftest import compose_train, run_cli
+from conftest import REPO, compose_train, run_cli
 
-EXTRA = '''
-import math
-
-import torch
-from torch import nn
-
-from aelab.models import AutoEncoder
-from aelab.models.objectives import LossTerms
-from aelab.registry import register
+PAGE = REPO / "docs" / "extending.md"
 
 
-@register
-class TinyEncoder(nn.Module):
-    def __init__(self, image_shape: list[int], latent_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(image_shape), latent_dim))
-
-    def forward(self, x):
-        return self.net(x)
+def page_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", PAGE.read_text(), re.M | re.S)
 
 
-@register
-class TinyDecoder(nn.Module):
-    def __init__(self, image_shape: list[int], latent_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, math.prod(image_shape)), nn.Tanh(), nn.Unflatten(1, image_shape))
+def page_files() -> dict[str, str]:
+    """The files the page tells a user to create: each block naming its path in a comment of its
+    first two lines (a yaml's ``# @package`` line must come first)."""
+    files = {}
+    for block in page_blocks("python") + page_blocks("yaml"):
+        for line in block.splitlines()[:2]:
+            path = line.removeprefix("# ").split()[0]
+            if path.startswith(("src/aelab/models/tiny.py", "configs/")):
+                files[path] = block
+    return files
 
-    def forward(self, z):
-        return self.net(z)
 
-
-@register
-class SparseAutoEncoder(AutoEncoder):
-    """An objective beyond MSE: an L1 penalty on the code."""
-
-    def __init__(self, *args, l1: float = 0.1, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-
-    def loss_terms(self, x):
-        z = self.encode(x)
-        reconstructions = self.decode(z)
-        terms = {"mse": torch.nn.functional.mse_loss(reconstructions, x), "l1": self.hparams.l1 * z.abs().mean()}
-        return LossTerms(terms, reconstructions)
-'''
-
-MODEL_YAML = """
-defaults:
-  - optimizer: adamw
-  - _self_
-
-_target_: {module}.SparseAutoEncoder
-_recursive_: false
-_convert_: all
-latent_dim: 4
-l1: 0.1
-encoder:
-  _target_: {module}.TinyEncoder
-  latent_dim: ${{model.latent_dim}}
-decoder:
-  _target_: {module}.TinyDecoder
-  latent_dim: ${{model.latent_dim}}
-scheduler: null
-compile: false
-"""
+def page_commands() -> list[list[str]]:
+    """Each training command of the page as the runs it starts: ``-m a=1,2 b=x`` is two runs."""
+    runs = []
+    for block in page_blocks("text"):
+        for line in block.splitlines():
+            words = shlex.split(line)
+            assert words[:2] == ["python", "src/train.py"], line
+            overrides = [w for w in words[2:] if w != "-m"]
+            choices = [[f"{k}={v}" for v in value.split(",")] for k, _, value in (o.partition("=") for o in overrides)]
+            runs.extend(list(combination) for combination in itertools.product(*choices))
+    return runs
 
 
 @pytest.fixture
-def extra_module(tmp_path, monkeypatch):
-    """A user's module, outside aelab, holding a new backbone and a new objective."""
-    name = f"user_extra_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / f"{name}.py").write_text(EXTRA)
-    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
-    yield name
-    for key in [k for k in REGISTRY if k.startswith(name)]:
+def documented_extension(tmp_path, monkeypatch):
+    """The page's module, as src/aelab/models/tiny.py would be (imported as aelab.models.tiny, as
+    the package imports every module of its folder), and its yaml files in a config folder of their
+    own, on Hydra's search path. Removed from the registry afterwards."""
+    files = page_files()
+    assert set(files) == {"src/aelab/models/tiny.py", "configs/model/tiny.yaml", "configs/objective/robust.yaml"}
+    models = tmp_path / "user" / "aelab" / "models"
+    models.mkdir(parents=True)
+    (models / "tiny.py").write_text(files.pop("src/aelab/models/tiny.py"))
+    for path, text in files.items():
+        (tmp_path / "user" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "user" / path).write_text(text)
+    monkeypatch.setattr(aelab.models, "__path__", [*aelab.models.__path__, str(models)])
+    importlib.import_module("aelab.models.tiny")
+    yield f"hydra.searchpath=[file://{tmp_path / 'user' / 'configs'}]"
+    sys.modules.pop("aelab.models.tiny", None)
+    for key in [k for k in REGISTRY if k.startswith("aelab.models.tiny.")]:
         del REGISTRY[key]
 
 
-def test_a_new_backbone_and_objective_train_for_one_batch_and_reload(tmp_path, tiny_mnist, extra_module):
-    configs = tmp_path / "configs" / "model"
-    configs.mkdir(parents=True)
-    (configs / "sparse.yaml").write_text(MODEL_YAML.format(module=extra_module))
-    cfg = compose_train(
-        tmp_path, tiny_mnist, ["debug=fdr", "model=sparse", f"hydra.searchpath=[file://{tmp_path / 'configs'}]"]
-    )
-    summary = train(cfg)
-    assert summary["status"] == "ok"
-    assert summary["backbone"] == "tiny"
-    assert summary["params"] == (784 * 4 + 4) + (4 * 784 + 784)
-
+def test_the_documented_backbone_and_objective_train_with_the_pages_commands(
+    tmp_path, tiny_mnist, documented_extension
+):
+    runs = page_commands()
+    assert len(runs) == 6
+    for number, overrides in enumerate(runs):
+        cfg = compose_train(
+            tmp_path / str(number), tiny_mnist, [documented_extension, "trainer.max_epochs=1", *overrides]
+        )
+        summary = train(cfg)
+        assert summary["status"] == "ok", overrides
+        tiny = "model=tiny" in overrides
+        assert summary["backbone"] == ("tiny" if tiny else "mlp")
+        if tiny:
+            latent_dim = next((int(o.split("=")[1]) for o in overrides if o.startswith("model.latent_dim=")), 4)
+            assert summary["params"] == (784 * latent_dim + latent_dim) + (latent_dim * 784 + 784)
+        events = EventAccumulator(str(tmp_path / str(number) / "run" / "tensorboard"))
+        events.Reload()
+        if "objective=robust" in overrides:
+            # every term is logged, and the loss is their sum
+            assert {"train/mse", "train/l1", "train/loss", "val/mse", "val/l1", "val/loss"} <= set(
+                events.Tags()["scalars"]
+            )
+            (loss,), (mse,), (l1,) = (events.Scalars(f"val/{name}") for name in ("loss", "mse", "l1"))
+            assert loss.value == pytest.approx(mse.value + l1.value, rel=1e-6)
+            weight = 0.5 if "model.objective.weight=0.5" in overrides else 1.0
+            assert cfg.model.objective.weight == weight
+        else:
+            assert "val/l1" not in events.Tags()["scalars"]
+    # a checkpoint of the new classes loads back as them
     loaded = open_run(summary["last_checkpoint"])
-    assert type(loaded.model).__name__ == "SparseAutoEncoder" and loaded.model.hparams.l1 == 0.1
+    assert type(loaded.model.encoder).__name__ == "TinyEncoder"
+    assert type(loaded.model.objective).__name__ == "RobustObjective"
     assert set(loaded.model.loss_terms(torch.zeros(2, 1, 28, 28)).terms) == {"mse", "l1"}
 
 
-def test_an_objective_with_several_terms_logs_each_and_their_sum(tmp_path, tiny_mnist, extra_module):
-    importlib.import_module(extra_module)
-    cfg = compose_train(
-        tmp_path,
-        tiny_mnist,
-        [
-            "trainer.max_epochs=1",
-            f"model._target_={extra_module}.SparseAutoEncoder",
-            "+model.l1=0.5",
-        ],
-    )
-    train(cfg)
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
-    events.Reload()
-    scalars = set(events.Tags()["scalars"])
-    assert {"train/mse", "train/l1", "train/loss", "val/mse", "val/l1", "val/loss", "val/mse_best"} <= scalars
-    (loss,) = events.Scalars("val/loss")
-    (mse,) = events.Scalars("val/mse")
-    (l1,) = events.Scalars("val/l1")
-    assert loss.value == pytest.approx(mse.value + l1.value, rel=1e-6)
+def test_a_wrong_type_for_the_new_objectives_setting_is_one_line_before_any_run(
+    tmp_path, tiny_mnist, documented_extension
+):
+    cfg = compose_train(tmp_path, tiny_mnist, [documented_extension, "objective=robust", "model.objective.weight=abc"])
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    assert str(error.value) == "model.objective.weight='abc' is invalid: it must be a number"
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unregistered_class_in_the_users_config_is_refused_with_the_fix(tmp_path, tiny_mnist):
@@ -142,12 +130,13 @@ def test_an_unregistered_class_in_the_users_config_is_refused_with_the_fix(tmp_p
         train(cfg)
 
 
-def test_a_checkpoint_of_a_user_class_is_refused_where_that_class_is_not_registered(tmp_path, tiny_mnist, extra_module):
-    importlib.import_module(extra_module)
-    cfg = compose_train(tmp_path, tiny_mnist, ["debug=fdr", f"model._target_={extra_module}.SparseAutoEncoder"])
+def test_a_checkpoint_of_a_user_class_is_refused_where_that_class_is_not_registered(
+    tmp_path, tiny_mnist, documented_extension
+):
+    cfg = compose_train(tmp_path, tiny_mnist, [documented_extension, "debug=fdr", "model=tiny"])
     checkpoint = train(cfg)["last_checkpoint"]
-    # a fresh process has never imported the user's module: the checkpoint names it, and is refused
+    # a fresh process has never imported the page's module: the checkpoint names its class, and is refused
     result = run_cli("eval.py", f"ckpt_path={checkpoint}", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2
-    assert f"names {extra_module}.SparseAutoEncoder, which is not one of aelab's registered classes" in result.stderr
+    assert "names aelab.models.tiny.TinyEncoder, which is not one of aelab's registered classes" in result.stderr
     assert "Traceback" not in result.stderr

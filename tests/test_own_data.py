@@ -205,11 +205,13 @@ def test_every_task_runs_on_the_run_with_no_data_override_and_draws_in_its_colou
 
 
 @pytest.mark.slow
-def test_the_readmes_dataset_yaml_trains_from_the_command_line(tmp_path):
-    """The README's own dataset (one yaml on top of data=folder), its root pointed at a test folder."""
+def test_the_data_pages_dataset_yaml_trains_from_the_command_line(tmp_path):
+    """The own dataset of docs/data.md (one yaml on top of data=folder), its root pointed at a test folder."""
     import re
 
-    (block,) = re.findall(r"^```yaml\n(# configs/data/pets.yaml.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+    (block,) = re.findall(
+        r"^```yaml\n(# configs/data/pets.yaml.*?)^```", (REPO / "docs" / "data.md").read_text(), re.M | re.S
+    )
     folder = write_folder(tmp_path / "pets", n_per_class=6)
     (tmp_path / "configs" / "data").mkdir(parents=True)
     (tmp_path / "configs" / "data" / "pets.yaml").write_text(block.replace("root: /data/pets", f"root: {folder}"))

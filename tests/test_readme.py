@@ -1,31 +1,30 @@
-"""The README's Python snippets run as printed (read from README.md, so an edit there is tested here).
-The extension snippet is exercised by tests/test_extension.py, which builds the same two classes."""
+"""The Python snippets of README.md and docs/ run as printed (read from the pages, so an edit there
+is tested here). Their commands are run by tests/test_docs.py; the extension page's files by
+tests/test_extension.py."""
 
 import re
-import subprocess
 
 import pytest
 
 from conftest import QUIET, REPO, run_cli
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", (REPO / page).read_text(), re.M | re.S)
 
 
-def run_snippet(code: str, cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run_cli("-c", code, env=env, cwd=cwd, timeout=300)
-
-
-def test_the_readme_has_the_snippets_this_file_runs():
-    blocks = python_blocks()
-    assert len(blocks) == 3
-    assert "initialize_config_dir" in blocks[0] and "aelab.load" in blocks[1] and "SparseAutoEncoder" in blocks[2]
+def test_the_pages_have_the_snippets_this_file_runs():
+    (load,) = python_blocks("README.md")
+    (instantiate,) = python_blocks("docs/configuration.md")
+    assert "aelab.load" in load and "initialize_config_dir" in instantiate
+    # the reference page shows the README's snippet, so the test below runs both
+    assert python_blocks("docs/using-a-model.md") == [load]
 
 
 def test_the_instantiate_snippet_builds_the_model_and_datamodule(tmp_path, tiny_mnist):
     check = "\nprint(type(model).__name__, type(datamodule).__name__, model.backbone)\n"
-    result = run_snippet(python_blocks()[0] + check, tmp_path, {"AELAB_DATA_DIR": str(tiny_mnist)})
+    (snippet,) = python_blocks("docs/configuration.md")
+    result = run_cli("-c", snippet + check, env={"AELAB_DATA_DIR": str(tiny_mnist)}, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["AutoEncoder", "MNISTLikeDataModule", "conv"]
 
@@ -38,7 +37,8 @@ def test_the_load_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mni
     trained = run_cli("train.py", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert len(new_repo_runs()) == 1
-    result = run_snippet(python_blocks()[1], tmp_path, {})
+    (snippet,) = python_blocks("README.md")
+    result = run_cli("-c", snippet, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     # latent_dim 3; the tiny test split's labels run 0, 1, 2, ...
     assert result.stdout.strip() == "(8, 3) ['0', '1', '2', '3', '4', '5', '6', '7']"

@@ -26,7 +26,7 @@ EXTRAS = {
 
 class TensorBoardLogger(LightningTensorBoardLogger):
     """Lightning's TensorBoard logger with the epoch as every chart's x (1 = after the first
-    epoch), as the README describes the charts, instead of the optimiser step count; Lightning's
+    epoch), as docs/loggers.md describes the charts, instead of the optimiser step count; Lightning's
     ``epoch`` value, which would otherwise be a chart of its own, becomes that x. The other loggers
     keep Lightning's convention (``step`` and an ``epoch`` column)."""
 

@@ -30,7 +30,7 @@ def backbone_label(encoder_class_name: str) -> str:
 
 
 # What follows each hidden linear layer. Batch norm with SiLU is what lets a deep MLP beat the 2006
-# deep autoencoder in tens of epochs (README, strong recipes); null and relu are the article's.
+# deep autoencoder in tens of epochs (docs/results.md, strong recipes); null and relu are the article's.
 NORMS: dict[str | None, type[nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": partial(nn.ReLU, inplace=True),

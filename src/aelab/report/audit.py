@@ -11,8 +11,8 @@ chunked brute-force search for wide ones): it never builds the N x N distance ma
 Each suspect-label method turns codes into out-of-sample class probabilities (an image never votes
 for itself), and ranks by the margin ``max_{j != label} p_j - p_label``, Northcutt et al.'s
 "normalized margin": ~-1 for an image its neighbourhood agrees with, ~+1 for one it contradicts.
-Which method is the default, and why, is measured by ``scripts/audit_benchmark.py`` (README, "Auditing
-a dataset").
+Which method is the default, and why, is measured by ``scripts/audit_benchmark.py`` (docs/results.md, "The audit's
+defaults").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ never its own neighbour or in its own training fold); the rows written are the a
 official file. Writes ``audit/`` in the run (the CSVs, figures and ``audit.json``), and the figures
 and a projector embedding, with the suspect score and suggested class as metadata, into the run's
 TensorBoard folder. The methods and why each default is the default: ``aelab.report.audit`` and the
-README's "Auditing a dataset".
+docs/audit.md.
 """
 
 from __future__ import annotations
