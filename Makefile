@@ -82,4 +82,4 @@ tensorboard: $(STAMP)
 	$(PY) -m aelab.board --logdir logs/train $(ARGS)
 
 clean-logs:
-	rm -rf logs/train logs/analyze logs/eval logs/encode logs/decode logs/export logs/mlflow
+	rm -rf logs/train logs/eval logs/analyze logs/audit logs/encode logs/decode logs/export logs/debug logs/mlflow

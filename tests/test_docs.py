@@ -460,7 +460,7 @@ def run_item(page: Path, item: Item, place: Place, page_env: dict[str, str]) -> 
         if page.name == "README.md":
             step.how = "not run: tests/test_readme.py runs the README's"
         elif re.match(r"#\s*src/", first):
-            step.how = "not run: a file to create (tests/test_extension.py)"
+            step.how = "not run: a file's content (tests/test_extension.py writes and trains with it)"
         elif re.search(r"aelab\.load\(\s*[\"']last[\"']", item.text):
             # it reads the repository's own logs/, not the test's: tests/test_readme.py covers it
             step.how = "not run: aelab.load('last') reads the repository's logs/"

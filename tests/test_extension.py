@@ -140,3 +140,25 @@ def test_a_checkpoint_of_a_user_class_is_refused_where_that_class_is_not_registe
     assert result.returncode == 2
     assert "names aelab.models.tiny.TinyEncoder, which is not one of aelab's registered classes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_documented_metric_is_two_lines_and_logged_every_epoch(tmp_path, tiny_mnist, monkeypatch):
+    """The page's edit of aelab/models/metrics.py (one import, one line), applied to the module as
+    it is: validation then logs val/ssim beside val/psnr, and nothing else changes."""
+    import aelab.models.autoencoder
+    import aelab.models.metrics
+
+    (excerpt,) = [block for block in page_blocks("python") if block.startswith("# src/aelab/models/metrics.py")]
+    current = (REPO / "src" / "aelab" / "models" / "metrics.py").read_text()
+    added = [line for line in excerpt.splitlines()[1:] if line.strip() and line not in current.splitlines()]
+    # the import line (PSNR's, with SSIM added) and the metric's line
+    assert len(added) == 2, added
+    namespace = dict(vars(aelab.models.metrics))
+    exec(excerpt, namespace)
+    monkeypatch.setattr(aelab.models.autoencoder, "watched_metrics", namespace["watched_metrics"])
+    train(compose_train(tmp_path, tiny_mnist, ["trainer.max_epochs=2"]))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    ssim = [event.value for event in events.Scalars("val/ssim")]
+    assert len(ssim) == 2 and all(-1.0 <= value <= 1.0 for value in ssim)
+    assert len(events.Scalars("val/psnr")) == 2
