@@ -405,3 +405,33 @@ def test_make_tensorboard_opens_custom_scalars_and_images_with_the_newest_sweeps
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_board_on_an_empty_log_folder_says_so_and_tensorboard_shows_a_run_once_written(board, tmp_path):
+    """``make tensorboard`` before the first run: one line says there is nothing yet and that
+    TensorBoard shows runs as they are written, which it then does."""
+    logs = tmp_path / "logs" / "train"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "board.err").open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aelab.board", "--logdir", str(logs), "--host", "127.0.0.1", "--port", str(port)]
+            + ["--reload_interval", "1"],  # TensorBoard's own option, passed through
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    try:
+        printed = [process.stdout.readline().rstrip("\n") for _ in range(2)]
+        assert printed == [
+            f"TensorBoard: {url}/ (0 runs in {logs})",
+            "no runs yet: TensorBoard shows them as they are written; start this again for the links",
+        ], (printed, (tmp_path / "board.err").read_text()[-2000:])
+        # the promise: a run written now appears without a restart
+        (run,) = sorted(board.training_runs)[:1]
+        shutil.copytree(board.logs / run, logs / "runs" / "first" / "tensorboard")
+        listed = poll(lambda: get_json(url, "/data/runs"), lambda runs: runs == ["runs/first/tensorboard"])
+        assert listed == ["runs/first/tensorboard"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
