@@ -30,6 +30,7 @@ import yaml
 from aelab.data import DATASETS
 
 from conftest import CONFIGS, EXTRAS, QUIET, REPO, compose_logger, make_tiny_dataset, run_cli
+from pages import FENCE, Block, blocks, pages
 
 # (a command, after its NAME=value assignments; why it is not run)
 NOT_RUN = [
@@ -61,11 +62,6 @@ FOLDER = re.compile(r"([\w./-]*)<(run|conv run|sweep|time)>([^\s'\"]*)")
 # Hydra's flags that take a value
 FLAG_VALUES = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
-
-
-def pages() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def relative(page: Path) -> str:
@@ -73,27 +69,6 @@ def relative(page: Path) -> str:
 
 
 # --- reading a page -------------------------------------------------------------------------------
-
-
-@dataclass
-class Block:
-    language: str
-    line: int  # of its first line of content
-    lines: list[str]
-
-
-def blocks(text: str) -> list[Block]:
-    found, fence, block = [], "", None
-    for number, line in enumerate(text.splitlines(), 1):
-        opening = FENCE.match(line)
-        if block is None and opening:
-            fence, block = opening[1], Block(opening[2], number + 1, [])
-        elif block is not None and line.strip().startswith(fence) and not line.strip().strip(fence[0]):
-            found.append(block)
-            block = None
-        elif block is not None:
-            block.lines.append(line)
-    return found
 
 
 def prose(text: str, code: bool = False) -> Iterator[tuple[int, str]]:
@@ -136,7 +111,7 @@ def items(page: Path) -> list[Item]:
     found = []
     for block in blocks(page.read_text()):
         if block.language == "python":
-            found.append(Item(block.line, "python", "\n".join(block.lines) + "\n"))
+            found.append(Item(block.line, "python", block.text))
         elif block.language == "bash":
             found += command_lines(block)
     return found

@@ -3,7 +3,6 @@ objective is a registered class plus a config, trained and reloaded with nothing
 
 import importlib
 import itertools
-import re
 import shlex
 import sys
 
@@ -18,12 +17,13 @@ from aelab.runs import open_run
 from aelab.tasks.train import train
 
 from conftest import REPO, compose_train, run_cli
+from pages import code
 
 PAGE = REPO / "docs" / "extending.md"
 
 
 def page_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", PAGE.read_text(), re.M | re.S)
+    return code(PAGE, language)
 
 
 def page_files() -> dict[str, str]:

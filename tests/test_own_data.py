@@ -207,11 +207,9 @@ def test_every_task_runs_on_the_run_with_no_data_override_and_draws_in_its_colou
 @pytest.mark.slow
 def test_the_data_pages_dataset_yaml_trains_from_the_command_line(tmp_path):
     """The own dataset of docs/data.md (one yaml on top of data=folder), its root pointed at a test folder."""
-    import re
+    from pages import code
 
-    (block,) = re.findall(
-        r"^```yaml\n(# configs/data/pets.yaml.*?)^```", (REPO / "docs" / "data.md").read_text(), re.M | re.S
-    )
+    (block,) = [text for text in code(REPO / "docs" / "data.md", "yaml") if text.startswith("# configs/data/pets.yaml")]
     folder = write_folder(tmp_path / "pets", n_per_class=6)
     (tmp_path / "configs" / "data").mkdir(parents=True)
     (tmp_path / "configs" / "data" / "pets.yaml").write_text(block.replace("root: /data/pets", f"root: {folder}"))

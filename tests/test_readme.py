@@ -2,15 +2,14 @@
 is tested here). Their commands are run by tests/test_docs.py; the extension page's files by
 tests/test_extension.py."""
 
-import re
-
 import pytest
 
 from conftest import QUIET, REPO, run_cli
+from pages import code
 
 
 def python_blocks(page: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", (REPO / page).read_text(), re.M | re.S)
+    return code(REPO / page, "python")
 
 
 def test_the_pages_have_the_snippets_this_file_runs():
