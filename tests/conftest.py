@@ -72,16 +72,20 @@ def missing(message: str) -> NoReturn:
 EXTRAS = {"mlflow": ("mlflow",), "wandb": ("wandb",), "export": ("onnx", "onnxscript", "onnxruntime")}
 
 
-def logger_option(option: str, prefix: str = "") -> object:
-    """``prefix + option`` as a parametrized case of a test, marked with the extras the loggers of
-    ``configs/logger/<option>.yaml`` need (``aelab.loggers.EXTRAS``, by their ``_target_``)."""
+def logger_extras(option: str) -> list[str]:
+    """The extras the loggers of ``configs/logger/<option>.yaml`` need (``aelab.loggers.EXTRAS``,
+    by their ``_target_``)."""
     from omegaconf import OmegaConf
 
     from aelab.loggers import EXTRAS as LOGGER_EXTRAS
 
     config = OmegaConf.to_yaml(compose_logger(option))
-    extras = sorted({extra for target, (_, extra) in LOGGER_EXTRAS.items() if f"_target_: {target}" in config})
-    return pytest.param(prefix + option, marks=[pytest.mark.extra(extra) for extra in extras])
+    return sorted({extra for target, (_, extra) in LOGGER_EXTRAS.items() if f"_target_: {target}" in config})
+
+
+def logger_option(option: str, prefix: str = "") -> object:
+    """``prefix + option`` as a parametrized case of a test, marked with the extras its loggers need."""
+    return pytest.param(prefix + option, marks=[pytest.mark.extra(extra) for extra in logger_extras(option)])
 
 
 def compose_logger(option: str) -> DictConfig:
@@ -89,14 +93,21 @@ def compose_logger(option: str) -> DictConfig:
         return compose(config_name="train", overrides=[f"logger={option}"]).logger
 
 
+def module_missing(extra: str) -> str | None:
+    """The first module of ``extra`` this environment lacks, if any."""
+    from aelab.config import is_installed
+
+    return next((module for module in EXTRAS[extra] if not is_installed(module)), None)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    from aelab.config import install_command, is_installed
+    from aelab.config import install_command
 
     for marker in item.iter_markers("extra"):
         (extra,) = marker.args
-        for module in EXTRAS[extra]:
-            if not is_installed(module):
-                missing(f"needs the {extra} extra ({module} is not installed): {install_command(extra)}")
+        module = module_missing(extra)
+        if module:
+            missing(f"needs the {extra} extra ({module} is not installed): {install_command(extra)}")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import yaml
 
 from aelab.data import DATASETS
 
-from conftest import CONFIGS, EXTRAS, QUIET, REPO, compose_logger, make_tiny_dataset, run_cli
+from conftest import CONFIGS, QUIET, REPO, logger_extras, make_tiny_dataset, module_missing, run_cli
 from pages import FENCE, Block, blocks, pages
 
 # (a command, after its NAME=value assignments; why it is not run)
@@ -65,7 +64,7 @@ INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchp
 
 
 def relative(page: Path) -> str:
-    return page.relative_to(REPO).as_posix() if page.is_relative_to(REPO) else str(page)
+    return page.relative_to(REPO).as_posix()
 
 
 # --- reading a page -------------------------------------------------------------------------------
@@ -178,17 +177,6 @@ def is_sweep(args: list[str]) -> bool:
     return "-m" in args or "--multirun" in args
 
 
-def trains_a_run(item: Item) -> bool:
-    command = parse(item.text)
-    args = command.args
-    return (
-        task_of(command) == "train"
-        and not is_sweep(args)
-        and not composed_only(args)
-        and not any(arg.startswith(("debug=", "+debug=", "ckpt_path=", "--")) for arg in args)
-    )
-
-
 def needs(page: Path) -> set[str]:
     """What the page's commands read before the page makes it: a run, a conv run, a sweep."""
     wanted, made = set(), set()
@@ -197,10 +185,11 @@ def needs(page: Path) -> set[str]:
             continue
         command = parse(item.text) if is_simple(item.text) else None
         if command and task_of(command) == "train" and not composed_only(command.args):
-            if trains_a_run(item):
-                made |= {"run", "conv run"} if "model=conv" in command.args else {"run"}
-            elif is_sweep(command.args):
+            args = command.args
+            if is_sweep(args):
                 made.add("sweep")
+            elif not any(arg.startswith(("debug=", "+debug=", "ckpt_path=", "--")) for arg in args):
+                made |= {"run", "conv run"} if "model=conv" in args else {"run"}
         reads = {"sweep" if name in ("sweep", "time") else name for _, name, _ in FOLDER.findall(item.text)}
         reads |= {"run"} if re.search(r"ckpt_path=last\b", item.text) else set()
         wanted |= reads - made
@@ -373,19 +362,11 @@ def tiny_args(task: str, args: list[str], place: Place) -> list[str]:
 
 def extras_missing(task: str, args: list[str]) -> list[str]:
     """The optional extras the command needs and this environment lacks (in CI, none: it has all)."""
-    from omegaconf import OmegaConf
-
-    from aelab.config import is_installed
-    from aelab.loggers import EXTRAS as LOGGER_EXTRAS
-
     needed = {"export"} if task == "export" else set()
-    for arg in args:
-        if arg.startswith("logger="):
-            config = OmegaConf.to_yaml(compose_logger(arg.partition("=")[2]))
-            needed |= {extra for target, (_, extra) in LOGGER_EXTRAS.items() if f"_target_: {target}" in config}
+    needed |= {extra for arg in args if arg.startswith("logger=") for extra in logger_extras(arg.partition("=")[2])}
     if os.environ.get("CI"):
         return []
-    return sorted(extra for extra in needed if not all(is_installed(module) for module in EXTRAS[extra]))
+    return sorted(extra for extra in needed if module_missing(extra))
 
 
 # --- running a page -------------------------------------------------------------------------------
@@ -398,7 +379,6 @@ class Step:
     how: str  # ran, composed, set, or "not run: <why>"
     argv: list[str] = field(default_factory=list)  # what ran
     error: str = ""  # why the page fails
-    seconds: float = 0.0
 
 
 def prepare(page: Path, place: Place) -> None:
@@ -421,10 +401,7 @@ def run_page(page: Path, place: Place) -> Iterator[Step]:
     """Each command and Python block of ``page``, in order, as a ``Step`` once done."""
     env: dict[str, str] = {}  # what the page's export lines set
     for item in items(page):
-        start = time.perf_counter()
-        step = run_item(page, item, place, env)
-        step.seconds = time.perf_counter() - start
-        yield step
+        yield run_item(page, item, place, env)
 
 
 def run_item(page: Path, item: Item, place: Place, page_env: dict[str, str]) -> Step:
