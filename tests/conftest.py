@@ -49,6 +49,14 @@ def tiny_mnist(tmp_path: Path) -> Path:
     return make_tiny_dataset(tmp_path / "data")
 
 
+def events_dir(run: Path) -> Path:
+    """The run's one folder of TensorBoard event files (named after the data: ``MNIST`` for the
+    tiny datasets, whose folders are not subsets' names)."""
+    folders = {path.parent for path in run.glob("*/events.out.tfevents.*")}
+    assert len(folders) == 1, f"{run}: event folders {sorted(map(str, folders))}"
+    return folders.pop()
+
+
 def real_data(variable: str, what: str) -> Path:
     """A real dataset folder named by an environment variable. In CI its absence is a failure,
     never a skip."""

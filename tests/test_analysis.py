@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aelab.data import DATASETS
 from aelab.report import metrics as analysis
 
-from conftest import QUIET, make_tiny_dataset, run_cli
+from conftest import QUIET, events_dir, make_tiny_dataset, run_cli
 
 
 def blobs(n_per: int = 30, k: int = 10, dims: int = 5, seed: int = 0):
@@ -131,9 +131,9 @@ def test_analyze_writes_json_figures_and_projector(tiny_run):
     assert report["normal_classes"] == ["1"] and 0 <= report["test/anomaly_auroc"] <= 1
     for name in ("map_pca", "per_class_errors", "interpolation", "random_codes"):
         assert (run / "analysis" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    projector = (events_dir(run) / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "test latents, conv d=8 (MNIST)"' in projector and "sprite" in projector
-    events = EventAccumulator(str(run / "tensorboard"))
+    events = EventAccumulator(str(events_dir(run)))
     events.Reload()
     # the numbers as one table, not as one-point charts ahead of the loss curves
     assert "analysis/numbers/text_summary" in events.Tags()["tensors"]
@@ -170,7 +170,7 @@ def test_figures_can_be_vector_files_with_their_text_as_text(tiny_run):
     for name in ("suspect_labels", "outliers", "neighbours"):
         assert (run / "audit" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
     # the audit's embedding joins analyze's in the projector instead of replacing it
-    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    projector = (events_dir(run) / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "test latents, conv d=8 (MNIST)"' in projector
     assert 'tensor_name: "audited latents, conv d=8 (MNIST)"' in projector
 
@@ -267,7 +267,7 @@ def test_fashion_mnist_trains_and_eval_and_analyze_use_its_checkpoint_and_class_
     assert "Ankle boot" in analysis["test/mse_per_class"]
     # one epoch already gives a latent space where neighbours share a class far above chance (0.1)
     assert analysis["latent/knn_accuracy"] > 0.7
-    metadata = next(run.glob("tensorboard/**/metadata.tsv")).read_text().splitlines()
+    metadata = next(events_dir(run).glob("**/metadata.tsv")).read_text().splitlines()
     assert len(metadata) == 10000 and set(metadata) == set(DATASETS["fashion_mnist"].classes)
 
 

@@ -12,7 +12,7 @@ import aelab
 from aelab.data.idx import read_idx, write_idx
 from aelab.report import audit
 
-from conftest import QUIET, make_tiny_dataset, run_cli
+from conftest import QUIET, events_dir, make_tiny_dataset, run_cli
 
 
 def blobs(n_per: int = 40, k: int = 5, dims: int = 4, seed: int = 0):
@@ -153,25 +153,25 @@ def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
 
     # TensorBoard: the figures, and a projector embedding with the suspect score and suggested class
     # as metadata columns (tests/test_analysis.py: beside analyze's)
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(events_dir(run)), size_guidance={"images": 0})
     events.Reload()
     assert {"views/audit_suspect_labels", "views/audit_outliers", "views/audit_neighbours"} <= set(
         events.Tags()["images"]
     )
-    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    projector = (events_dir(run) / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "audited latents, mlp d=8 (MNIST)"' in projector
-    metadata = (run / "tensorboard" / "00000" / "audit_latents" / "metadata.tsv").read_text().splitlines()
+    metadata = (events_dir(run) / "00000" / "audit_latents" / "metadata.tsv").read_text().splitlines()
     assert metadata[0] == "label\tsuggested\tsuspect_score" and len(metadata) == 61
     assert "8\t3\t" in "\n".join(metadata[1:])
 
     # the same seed, the same ranking, and a projector config that is not TensorBoard's is replaced
-    (run / "tensorboard" / "projector_config.pbtxt").write_text("not { a projector")
+    (events_dir(run) / "projector_config.pbtxt").write_text("not { a projector")
     again = run_cli("audit.py", "ckpt_path=last", "queries=[0]", "top=4", f"paths.log_dir={root / 'logs'}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_rows(out / "suspect_labels.csv") == suspects
     assert "projector_config.pbtxt could not be read" in again.stderr + again.stdout
     assert "Embedding dir exists" not in again.stdout
-    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    projector = (events_dir(run) / "projector_config.pbtxt").read_text()
     assert projector.count("embeddings {") == 1 and "audited latents" in projector
 
     # split=all ranks both files' images, indices as positions in each file
@@ -183,7 +183,7 @@ def test_audit_puts_the_planted_label_first_and_writes_every_file(planted):
     assert len(rows) == 260 and sorted(int(r[1]) for r in rows if r[0] == "train") == list(range(200))
     assert sorted(int(r[1]) for r in rows if r[0] == "test") == list(range(60))
     assert rows[0][:4] == ["test", "13", "8", "3"]
-    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    projector = (events_dir(run) / "projector_config.pbtxt").read_text()
     assert projector.count("embeddings {") == 1
 
 

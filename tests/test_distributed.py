@@ -21,7 +21,7 @@ from aelab.data.datasets import dataset_spec
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError
 
-from conftest import QUIET, REPO, run_cli, run_sweep
+from conftest import QUIET, REPO, events_dir, run_cli, run_sweep
 
 
 def epoch_labels(n, batch_size, *, world_size, shuffle, epoch=0, seed=7):
@@ -131,7 +131,7 @@ def check_one_ddp_run(run_dir, data_dir, epochs, kept=("best-epoch{last:03d}.ckp
     assert summary["status"] == "ok" and summary["epochs"] == epochs and len(summary["epoch_times_s"]) == epochs
     assert summary["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [k.format(last=epochs - 1) for k in kept]
-    assert len(list(run_dir.glob("tensorboard/**/events.out.tfevents.*"))) == 1
+    assert len(list(events_dir(run_dir).glob("events.out.tfevents.*"))) == 1
     test_images, _ = read_split(dataset_spec("mnist").raw_dir(data_dir), "test")
     single_process = mse_of(run_dir, test_images)
     assert summary["val/mse"] == pytest.approx(single_process, rel=1e-6)

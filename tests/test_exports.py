@@ -17,7 +17,7 @@ from aelab.names import VAL_MSE
 from aelab.runs import open_run
 from aelab.tasks.train import train
 
-from conftest import compose_config, compose_train, run_cli
+from conftest import compose_config, compose_train, events_dir, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_eval_of_the_last_checkpoint_gives_the_runs_final_val_mse_and_a_grid(tmp
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(root / "mlp2" / "tensorboard"))
+    events = EventAccumulator(str(events_dir(root / "mlp2")))
     events.Reload()
     # at the run's last epoch: the grid, and the numbers as a table in TEXT
     assert [image.step for image in events.Images("views/test_reconstructions")] == [2]

@@ -16,7 +16,7 @@ from aelab.registry import REGISTRY
 from aelab.runs import open_run
 from aelab.tasks.train import train
 
-from conftest import REPO, compose_train, run_cli
+from conftest import REPO, compose_train, events_dir, run_cli
 from pages import code
 
 PAGE = REPO / "docs" / "extending.md"
@@ -88,7 +88,7 @@ def test_the_documented_backbone_and_objective_train_with_the_pages_commands(
         if tiny:
             latent_dim = next((int(o.split("=")[1]) for o in overrides if o.startswith("model.latent_dim=")), 4)
             assert summary["params"] == (784 * latent_dim + latent_dim) + (latent_dim * 784 + 784)
-        events = EventAccumulator(str(tmp_path / str(number) / "run" / "tensorboard"))
+        events = EventAccumulator(str(events_dir(tmp_path / str(number) / "run")))
         events.Reload()
         if "objective=robust" in overrides:
             # every term is logged, and the loss is their sum
@@ -157,7 +157,7 @@ def test_the_documented_metric_is_two_lines_and_logged_every_epoch(tmp_path, tin
     exec(excerpt, namespace)
     monkeypatch.setattr(aelab.models.autoencoder, "watched_metrics", namespace["watched_metrics"])
     train(compose_train(tmp_path, tiny_mnist, ["trainer.max_epochs=2"]))
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events = EventAccumulator(str(events_dir(tmp_path / "run")))
     events.Reload()
     ssim = [event.value for event in events.Scalars("val/ssim")]
     assert len(ssim) == 2 and all(-1.0 <= value <= 1.0 for value in ssim)

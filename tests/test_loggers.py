@@ -13,7 +13,7 @@ from aelab.errors import ConfigError
 from aelab.names import TRAIN_MSE, VAL_MSE
 from aelab.tasks.train import train
 
-from conftest import CONFIGS, QUIET, REPO, compose_train, logger_option, make_tiny_dataset, run_cli
+from conftest import CONFIGS, QUIET, REPO, compose_train, events_dir, logger_option, make_tiny_dataset, run_cli
 from test_errors import run_in_process
 
 
@@ -29,7 +29,7 @@ def test_logger_many_writes_tensorboard_csv_and_mlflow_and_mlflow_holds_the_run(
 
     summary = train_with(tmp_path, tiny_mnist, "logger=many")
     run_dir = Path(summary["output_dir"])
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events_dir(run_dir).name == "MNIST"
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",")[:2] == ["epoch", "step"] and VAL_MSE in rows[0]
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow' / 'mlflow.db'}")
@@ -83,13 +83,16 @@ def wandb_records(run_file: Path):
         yield record
 
 
-def test_the_hyperparameters_tell_a_subset_from_the_official_split(tmp_path):
-    """A CSV logger (as any but TensorBoard) gets the run's hyperparameters as they are."""
+def test_the_run_name_and_hyperparameters_tell_a_subset_from_the_official_split(tmp_path):
+    """TensorBoard's run name (its events' folder) ends with the subset; a CSV logger (as any but
+    TensorBoard) gets the run's hyperparameters as they are."""
     import yaml
 
     subset = make_tiny_dataset(tmp_path / "mnist-10k")
-    summary = train_with(tmp_path, subset, "logger=csv")
-    logged = yaml.safe_load((Path(summary["output_dir"]) / "csv" / "hparams.yaml").read_text())
+    summary = train_with(tmp_path, subset, "logger=[tensorboard,csv]")
+    run_dir = Path(summary["output_dir"])
+    assert events_dir(run_dir) == run_dir / "MNIST_mnist-10k"
+    logged = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
     assert logged["dataset"] == "MNIST (mnist-10k)" == summary["data"]
     assert logged["train_images"] == 96 and logged["batch_size"] == 32
 

@@ -31,7 +31,8 @@ def test_jobs_are_named_by_their_overrides_not_numbers(failed_sweep):
     sweep_dir, _ = failed_sweep
     names = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     assert names == ["model.latent_dim=0,trainer.max_epochs=1", "model.latent_dim=3,trainer.max_epochs=1"]
-    assert (sweep_dir / names[1] / "tensorboard").is_dir()
+    # TensorBoard's run name, the events' path: <sweep>/model.latent_dim=3,trainer.max_epochs=1/MNIST
+    assert (sweep_dir / names[1] / "MNIST").is_dir()
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from aelab.names import TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
 from aelab.runs import open_run
 from aelab.tasks.train import train
 
-from conftest import QUIET, compose_train, run_cli
+from conftest import QUIET, compose_train, events_dir, run_cli
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv"])
@@ -35,7 +35,7 @@ def train_tiny(tmp_path, data, *overrides, name="run"):
 
 def test_run_writes_tensorboard_scalars_images_and_hparams(tmp_path, tiny_mnist):
     train_tiny(tmp_path, tiny_mnist)
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events = EventAccumulator(str(events_dir(tmp_path / "run")))
     events.Reload()
     tags = events.Tags()
     # val/psnr: watched, not optimised (aelab.models.metrics)
@@ -199,7 +199,7 @@ def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, ti
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)  # a bar is drawn on a terminal
     train_tiny(tmp_path, tiny_mnist, "callbacks.progress_bar.refresh_rate=1")
     bar = capfd.readouterr().out  # Lightning draws its bar on stdout
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events = EventAccumulator(str(events_dir(tmp_path / "run")))
     events.Reload()
     # redrawn after the last batch, the running loss is the epoch's train/mse
     for epoch, point in enumerate(events.Scalars(TRAIN_MSE)):

@@ -7,10 +7,13 @@ refused before anything runs, with the install command (``config.validate`` read
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 
@@ -22,6 +25,25 @@ EXTRAS = {
     "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "mlflow"),
     "lightning.pytorch.loggers.WandbLogger": ("wandb", "wandb"),
 }
+
+
+def events_folder(datamodule: Any) -> str:
+    """The folder of a run's TensorBoard events: the data's name as one path component
+    (``MNIST``, ``MNIST_mnist-10k``, ``Fashion-MNIST``). TensorBoard names a run by the path of
+    that folder, so its run list reads ``multiruns/<time>/model.latent_dim=5/MNIST_mnist-10k``: the
+    sweep, the job and the data, a subset told from the official split."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", datamodule.name).strip("_.") or "data"
+
+
+def build_loggers(configs: Mapping[str, Any], datamodule: Any) -> list[Logger]:
+    """``cfg.logger``'s loggers; a TensorBoard logger whose ``name`` is null gets ``events_folder``."""
+    loggers = []
+    for config in configs.values():
+        if not config:
+            continue
+        unnamed = config.get("_target_") == f"{__name__}.TensorBoardLogger" and config.get("name", "") is None
+        loggers.append(instantiate(config, **({"name": events_folder(datamodule)} if unnamed else {})))
+    return loggers
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):

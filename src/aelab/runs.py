@@ -5,7 +5,8 @@ A run directory (``logs/train/runs/<time>/`` or one job of a sweep) holds::
     .hydra/config.yaml       the composed config
     checkpoints/             best-epochNNN.ckpt, last.ckpt, interrupted.ckpt
     run_summary.json         what the run measured (keys from aelab.names) and its status
-    tensorboard/             event files
+    MNIST/                   TensorBoard's event files, in a folder named after the data
+                             (MNIST_mnist-10k for a subset: aelab.loggers.events_folder)
     analysis/, eval/         what the analyze and eval tasks wrote about it
 
 Checkpoints are data: they are loaded with ``weights_only=True`` and the models and datamodules
@@ -43,6 +44,7 @@ from aelab.data.datasets import dataset_spec, file_faults
 from aelab.errors import CheckpointError, ConfigError, hydra_value
 from aelab.faults import MISSING, fault_of
 from aelab.files import atomic_path, remove_temporaries, write_atomic, write_json
+from aelab.loggers import events_folder
 from aelab.models.backbones import backbone_label
 from aelab.models.inference import as_model_input, in_batches
 from aelab.models.objectives import objective_spec
@@ -436,6 +438,12 @@ class LoadedRun:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def events(self) -> Path:
+        """The run's TensorBoard folder (``aelab.loggers.events_folder``): where tasks add their
+        figures and embeddings to the run TensorBoard lists."""
+        return self.results / events_folder(self.datamodule)
 
     def folder(self, name: str) -> Path:
         """``<results>/<name>/``, made if missing: where a task writes what it found."""

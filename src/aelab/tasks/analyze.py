@@ -178,7 +178,7 @@ def analyze_checkpoint(
     with stage("TensorBoard: figures, scalars and projector"):
         rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
         write_tensorboard(
-            loaded.results / "tensorboard",
+            loaded.events,
             figures,
             (
                 "test_latents",

@@ -178,7 +178,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             "suspect_score": [f"{suspects.score[i]:.4f}" for i in sampled],
         }
         write_tensorboard(
-            loaded.results / "tensorboard",
+            loaded.events,
             {f"audit_{name}": fig for name, fig in figures.items()},
             ("audit_latents", f"audited latents, {title}", codes[sampled], images[sampled], metadata),
         )

@@ -77,6 +77,6 @@ def write_tensorboard(loaded, result: dict[str, Any], grid: torch.Tensor) -> Non
     epochs = int(loaded.checkpoint.get("epoch", 0)) + 1
     rows = [("all", result[TEST_MSE]), *result[TEST_MSE_PER_CLASS].items()]
     table = "\n".join(f"| {name} | {value:.5f} |" for name, value in rows)
-    with SummaryWriter(str(loaded.results / "tensorboard")) as writer:
+    with SummaryWriter(str(loaded.events)) as writer:
         writer.add_text(TEST_MSE, f"| class | {TEST_MSE} |\n| --- | --- |\n{table}", epochs)
         writer.add_image(f"{FIGURES}/test_reconstructions", grid, epochs)

@@ -18,6 +18,7 @@ from aelab import fast, runs
 from aelab.config import check_monitor, validate
 from aelab.errors import ConfigError
 from aelab.launch import cluster_plugins, launched_rank
+from aelab.loggers import build_loggers
 from aelab.names import (
     ANOMALY_AUROC,
     EPOCH_TIMES,
@@ -130,7 +131,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
     if trained:
         return _finish(cfg, model, datamodule, Path(ckpt_path), checkpoint, output_dir, started, writer=writer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = build_loggers(cfg.get("logger") or {}, datamodule)
     plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
