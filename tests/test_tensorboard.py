@@ -386,6 +386,10 @@ def test_make_tensorboard_opens_custom_scalars_and_images_with_the_newest_sweeps
         # the page lists what the server has read: wait until it has every run
         poll(lambda: get_json(url, "/data/runs"), lambda listed: len(listed) == 51)
 
+        # TIME SERIES, the first page, lists every run whole: the sweep, the job and the data
+        first = open_in_chromium(chromium, f"{url}/#timeseries", tmp_path / "first.png", tmp_path / "first-profile")
+        assert trained.name == "MNIST" and set(jobs) <= set(first.texts), sorted(set(jobs) - set(first.texts))[:3]
+
         # ticked boxes, curves in the run colours, the reconstruction images: counts measured with
         # no run ticked (ticked 1274, coloured 408, images' dark 88) and with the 50 (2918, 1486, 58188)
         scalars = tmp_path / "custom_scalars.png"
