@@ -116,7 +116,7 @@ MUTATIONS = [
     ),
     Mutation(
         name="resume-skips-one-more",
-        file="src/aelab/data/datamodule.py",
+        file="src/aelab/data/batches.py",
         old="bounds = bounds[self.skip_once :]",
         new="bounds = bounds[self.skip_once + 1 :] if self.skip_once else bounds",
         bug="a mid-epoch resume skips one batch more than the interrupted run had done",
@@ -135,7 +135,7 @@ MUTATIONS = [
     ),
     Mutation(
         name="shuffle-ignores-epoch",
-        file="src/aelab/data/datamodule.py",
+        file="src/aelab/data/batches.py",
         old="generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)",
         new="generator = torch.Generator().manual_seed(self.seed * 1_000_003)",
         bug="the training order depends on the seed only: every epoch sees the batches in the same order",
@@ -151,7 +151,7 @@ MUTATIONS = [
     ),
     Mutation(
         name="normalize-0-1",
-        file="src/aelab/data/datamodule.py",
+        file="src/aelab/data/batches.py",
         old="return images.float().div_(255).sub_(0.5).div_(0.5)",
         new="return images.float().div_(255)",
         bug="images are scaled to [0, 1] instead of the [-1, 1] the tanh decoder and the article use",
@@ -199,7 +199,7 @@ MUTATIONS = [
     ),
     Mutation(
         name="ddp-shards-overlap",
-        file="src/aelab/data/datamodule.py",
+        file="src/aelab/data/batches.py",
         old="start, end = rank * n // world_size, (rank + 1) * n // world_size",
         new="start, end = rank * n // world_size, min(n, rank * n // world_size + math.ceil(n / world_size))",
         bug="DDP shards are all ceil(n / world_size) long: neighbouring processes train on the same images",

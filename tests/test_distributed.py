@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import aelab
-from aelab.data.datamodule import DeviceBatchLoader, shard_bounds
+from aelab.data.batches import DeviceBatchLoader, shard_bounds
 from aelab.data.datasets import dataset_spec
 from aelab.data.idx import read_split
 from aelab.errors import ConfigError

@@ -122,7 +122,7 @@ class ReturnsADict(Objective):
 
 
 def test_an_objective_returning_its_terms_alone_is_told_what_to_return():
-    from aelab.models.autoencoder import ObjectiveError
+    from aelab.errors import ObjectiveError
 
     with pytest.raises(
         ObjectiveError, match=r"test_objectives\.ReturnsADict\.loss_terms returned a dict; return LossTerms"

@@ -15,8 +15,9 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from aelab.errors import NonFiniteLossError
 from aelab.models.autoencoder import AutoEncoder
-from aelab.names import EPOCH_TIMES
+from aelab.names import EPOCH_TIMES, LOSS
 from aelab.paths import command_line
 from aelab.report.plots import image_grid
 
@@ -162,6 +163,14 @@ class CountsBatches(Protocol):
     def epoch_batches_done(self) -> int: ...
 
 
+def running_loss(model: AutoEncoder) -> float | None:
+    """The mean optimised loss over the current epoch's training batches so far (``None`` before
+    the first); this process's own, read only when the progress bar redraws."""
+    means = model.epoch_means("train")
+    mean = means[LOSS] if LOSS in means else means["mse"]
+    return float(mean.total / mean.count) if mean.count else None
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, counting training batches (a ``training_step`` call of the fast path takes
     a chunk of them: ``fast.steps_per_call``) and showing the epoch's running training loss (and val/mse once
@@ -183,7 +192,7 @@ class ProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
         shown = {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
-        running = pl_module.running_loss() if isinstance(pl_module, AutoEncoder) else None
+        running = running_loss(pl_module) if isinstance(pl_module, AutoEncoder) else None
         return ({"loss": f"{running:.4f}"} if running is not None else {}) | shown
 
     @property
@@ -217,6 +226,33 @@ class ProgressBar(TQDMProgressBar):
             shown = self.get_metrics(trainer, pl_module).items()
             metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown)
             print(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {metrics}", flush=True)
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops a run whose epoch means became NaN or infinite with one line: the values, the last
+    good checkpoint and the fix. Lightning's ``EarlyStopping(check_finite=True)`` would stop it
+    quietly. It runs before the model's ``on_validation_epoch_end`` and before the checkpoints of
+    the epoch are saved, so no checkpoint holds the diverged weights."""
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or not isinstance(pl_module, AutoEncoder):
+            return
+        means = {
+            (split, term): mean.compute()
+            for split in ("train", "val")
+            for term, mean in pl_module.epoch_means(split).items()
+            if mean.count
+        }
+        if not means or torch.isfinite(torch.stack(list(means.values()))).all():
+            return
+        saved = trainer.checkpoint_callback
+        last = getattr(saved, "last_model_path", "") or getattr(saved, "best_model_path", "")
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+        shown = ", ".join(f"{split} {term} {float(value)}" for (split, term), value in means.items())
+        raise NonFiniteLossError(
+            f"the loss became non-finite in epoch {trainer.current_epoch} ({shown}); training stopped "
+            f"and {kept}. Lower model.optimizer.lr (now {pl_module.settings.optimizer.get('lr')})"
+        )
 
 
 class EpochTimer(L.Callback):

@@ -23,6 +23,14 @@ class CheckpointError(AelabError):
     pass
 
 
+class ObjectiveError(AelabError):
+    """An objective (``aelab.models.objectives``) that breaks its contract."""
+
+
+class NonFiniteLossError(AelabError):
+    pass
+
+
 def is_int(value: object) -> TypeGuard[int]:
     """True for integers, False for floats, text and booleans (``True == 1`` in Python)."""
     return isinstance(value, int) and not isinstance(value, bool)

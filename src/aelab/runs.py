@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import inspect
 import io
 import json
@@ -48,8 +49,8 @@ from aelab.loggers import events_folder
 from aelab.models.backbones import backbone_label
 from aelab.models.inference import as_model_input, in_batches
 from aelab.models.objectives import objective_spec
-from aelab.names import DATA_CLASS_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
-from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name
+from aelab.names import DATA_CLASS_KEY, EPOCHS, IDENTITY_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
+from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name, qualified_name
 from aelab.report.audit import CodeIndex
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,43 @@ def run_identity(cfg: Any, datamodule: Any) -> dict[str, Any]:
         flat["trainer.gradient_clip_algorithm"] = cfg.trainer.get("gradient_clip_algorithm") or "norm"
     if (accumulate := cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
         flat["trainer.accumulate_grad_batches"] = accumulate
-    flat["data.content"] = datamodule.content_hash()
+    flat["data.content"] = data_digest(datamodule)
     # where the data is read from and how (_PLACE_KEYS) does not change what a run computes, nor does
     # how long it trains (a finished run may be extended with a larger trainer.max_epochs)
     return {key: value for key, value in sorted(flat.items()) if not is_place_override(key)}
+
+
+def data_digest(datamodule: Any) -> str:
+    """A digest of the images and labels of every split: the data's identity, whatever folder or
+    file format (plain or .gz) it was read from."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("train", "val", "test"):
+        for tensor in datamodule.split(name):
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RunRecord(L.Callback):
+    """What a training run records beside its metrics, added by the train task whatever the
+    callbacks config holds. In every checkpoint: the registered classes of its LightningModule and
+    datamodule (their arguments are Lightning's ``hyper_parameters`` and
+    ``datamodule_hyper_parameters``: ``open_run``), its ``run_identity`` (a re-run sweep checks a
+    folder's run against it) and the overrides it was started with (``resume_overrides``). After the
+    fit, the epochs done, in ``trainer.callback_metrics``, which a spawned DDP fit sends back."""
+
+    def __init__(self, identity: dict[str, Any], overrides: list[str] | None) -> None:
+        self.identity, self.overrides = identity, overrides  # overrides: None outside a Hydra command
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[MODEL_CLASS_KEY] = qualified_name(type(pl_module))
+        if (datamodule := getattr(trainer, "datamodule", None)) is not None:
+            checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))
+        checkpoint[IDENTITY_KEY] = self.identity
+        if self.overrides is not None:
+            checkpoint[OVERRIDES_KEY] = list(self.overrides)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.callback_metrics[EPOCHS] = torch.tensor(trainer.current_epoch)
 
 
 class NotOurFolder(ConfigError):

@@ -5,13 +5,8 @@ No module outside this package names a dataset: the rest of aelab gets a datamod
 config (``instantiate(cfg.data)``) or from a checkpoint (``aelab.runs.open_run``).
 """
 
-from aelab.data.datamodule import (
-    DeviceBatchLoader,
-    ImageDataModule,
-    MNISTLikeDataModule,
-    normalize,
-    normalized_rows,
-)
+from aelab.data.batches import DeviceBatchLoader, normalize, normalized_rows
+from aelab.data.datamodule import ImageDataModule, MNISTLikeDataModule
 from aelab.data.datasets import DATASETS, DatasetSpec
 from aelab.data.own import ArrayDataModule, ImageFolderDataModule
 

@@ -199,7 +199,10 @@ class FastSteps:
             # Lightning counts this call as one batch for loggers; the chunk's others count too
             upstream.count_logged_batches(self.trainer, steps - 1)
             self.epoch_batches_done = chunk[DONE]
-            self.add_to_epoch_means("train", sums, len(chunk[INDEX]), summed=True)
+            # the chunk's terms are sums over its images, loss among them: added as they are
+            for term, mean in self.epoch_means("train").items():
+                mean.update(sums[term], len(chunk[INDEX]))
+            self.log_metric_objects("train")
             if chunk[LAST]:
                 # where Lightning's own loop steps epoch schedulers: after the epoch's last batch
                 for config in self.trainer.lr_scheduler_configs:

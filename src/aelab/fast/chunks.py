@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from aelab.data.datamodule import DeviceBatchLoader, sliced_batches
+from aelab.data.batches import DeviceBatchLoader, sliced_batches
 
 IMAGES, LABELS, INDEX, BOUNDS = "images", "labels", "index", "bounds"
 # batches of the epoch done once this chunk is (a resume's skipped ones included), and whether it ends the epoch

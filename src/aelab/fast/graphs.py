@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aelab.data.datamodule import normalize
+from aelab.data.batches import normalize
 from aelab.errors import AelabError
 from aelab.fast.chunks import BOUNDS, IMAGES, INDEX
 from aelab.models.autoencoder import AutoEncoder
@@ -237,7 +237,7 @@ class StepGraphs:
 
 def chunk_sum(steps: Any) -> dict[str, Tensor]:
     """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
-    chunk's images in float64: what ``AutoEncoder.add_to_epoch_means`` takes with ``summed``."""
+    chunk's images in float64: what ``EpochMean.update`` takes."""
     by_size: dict[int, list[dict[str, Tensor]]] = {}
     for terms, count in steps:
         # detached at once, so that no step's autograd graph outlives its step

@@ -29,18 +29,13 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from aelab.constraints import PositiveInt
-from aelab.errors import AelabError
+from aelab.errors import ObjectiveError
 from aelab.models.backbones import ImageShape, backbone_label
 from aelab.models.metrics import EpochMean, watched_metrics
 from aelab.models.objectives import LossTerms, Objective, objective_spec
 from aelab.names import (
-    DATA_CLASS_KEY,
     EPOCH_SUMS_KEY,
-    EPOCHS,
-    IDENTITY_KEY,
     LOSS,
-    MODEL_CLASS_KEY,
-    OVERRIDES_KEY,
     VAL_MSE,
     VAL_MSE_BEST,
     metric,
@@ -49,14 +44,6 @@ from aelab.quiet import quiet_known_warnings
 from aelab.registry import build, qualified_name, register
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(AelabError):
-    pass
-
-
-class ObjectiveError(AelabError):
-    pass
 
 
 @register
@@ -113,10 +100,6 @@ class AutoEncoder(L.LightningModule):
         self.best_val_mse = math.inf
         # the splits whose metric objects Lightning holds this epoch (log_metric_objects)
         self._logged_splits: set[str] = set()
-        # what the training run is (aelab.runs.run_identity), set by the train task, kept in checkpoints
-        self.run_identity: dict[str, Any] | None = None
-        # the command-line overrides the run was started with (aelab.runs.resume_overrides)
-        self.run_overrides: list[str] | None = None
 
     @property
     def settings(self) -> Any:
@@ -224,16 +207,15 @@ class AutoEncoder(L.LightningModule):
         # here, once the optimiser has stepped, so that an interrupted step counts in no mean
         self.add_to_epoch_means("train", outputs, len(batch[0]))
 
-    def add_to_epoch_means(self, split: str, terms: Mapping[str, Tensor], count: int, *, summed: bool = False) -> None:
-        """Add a batch's terms (its means) to the split's epoch means, which Lightning logs when the
-        epoch ends; with ``summed``, terms already summed over ``count`` images, ``loss`` among them."""
-        if not summed and LOSS in self.epoch_means(split):
+    def add_to_epoch_means(self, split: str, terms: Mapping[str, Tensor], count: int) -> None:
+        """Add a batch's terms (means over its ``count`` images) to the split's epoch means, which
+        Lightning logs when the epoch ends."""
+        if LOSS in self.epoch_means(split):
             # the loss training_step returned, before Lightning divided it for accumulate_grad_batches
             optimised = [terms[term] for term in self.terms if term != LOSS]
             terms = {**terms, LOSS: functools.reduce(operator.add, optimised)}
         for term, mean in self.epoch_means(split).items():
-            value = terms[term].detach().double()
-            mean.update(value if summed else value * count, count)
+            mean.update(terms[term].detach().double() * count, count)
         self.log_metric_objects(split)
 
     def log_metric_objects(self, split: str) -> None:
@@ -253,13 +235,6 @@ class AutoEncoder(L.LightningModule):
             self.log(name, watched, on_step=False, on_epoch=True)
         self._logged_splits.add(split)
 
-    def running_loss(self) -> float | None:
-        """The mean optimised loss over the current epoch's training batches so far (``None``
-        before the first); this process's own, read only when the progress bar redraws."""
-        means = self.epoch_means("train")
-        mean = means[LOSS] if LOSS in means else means["mse"]
-        return float(mean.total / mean.count) if mean.count else None
-
     def on_train_epoch_start(self) -> None:
         # (a restore into the middle of an epoch skips this hook, and keeps the sums it restored)
         for mean in self.epoch_means("train").values():
@@ -267,9 +242,6 @@ class AutoEncoder(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._logged_splits.discard("train")
-
-    def on_train_end(self) -> None:
-        self.trainer.callback_metrics[EPOCHS] = torch.tensor(self.current_epoch)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
@@ -299,30 +271,11 @@ class AutoEncoder(L.LightningModule):
         self._logged_splits.discard("val")
         if self.trainer.sanity_checking or not self.epoch_means("val")["mse"].count:
             return
-        val = {term: mean.compute() for term, mean in self.epoch_means("val").items()}
-        train = {term: mean.compute() for term, mean in self.epoch_means("train").items() if mean.count}
-        if not torch.isfinite(torch.stack([*val.values(), *train.values()])).all():
-            raise NonFiniteLossError(self._non_finite_message(train, val))
-        self.best_val_mse = min(self.best_val_mse, float(val["mse"]))
+        self.best_val_mse = min(self.best_val_mse, float(self.epoch_means("val")["mse"].compute()))
         self.log(VAL_MSE_BEST, self.best_val_mse)
 
     def on_test_epoch_end(self) -> None:
         self._logged_splits.discard("test")
-
-    def _non_finite_message(self, train: dict[str, Tensor], val: dict[str, Tensor]) -> str:
-        callback = self.trainer.checkpoint_callback
-        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
-        lr = self.settings.optimizer.get("lr")
-        shown = ", ".join(
-            f"{split} {name} {float(v)}"
-            for split, terms in (("train", train), ("val", val))
-            for name, v in terms.items()
-        )
-        return (
-            f"the loss became non-finite in epoch {self.current_epoch} ({shown}); training stopped "
-            f"and {kept}. Lower model.optimizer.lr (now {lr})"
-        )
 
     def configure_optimizers(self):
         optimizer = build(self.settings.optimizer, "model.optimizer")(self.parameters())
@@ -343,15 +296,6 @@ class AutoEncoder(L.LightningModule):
             "sums": {term: float(mean.total) for term, mean in means.items()},
             "count": int(means["mse"].count),
         }
-        # With Lightning's hyper_parameters, enough to rebuild model and data (aelab.runs.open_run).
-        checkpoint[MODEL_CLASS_KEY] = qualified_name(type(self))
-        if self.run_identity is not None:
-            checkpoint[IDENTITY_KEY] = self.run_identity
-        if self.run_overrides is not None:
-            checkpoint[OVERRIDES_KEY] = list(self.run_overrides)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_mse = float(checkpoint.get(VAL_MSE_BEST, math.inf))

@@ -100,7 +100,9 @@ def analyze_checkpoint(
     loaded = runs.open_for(cfg, ckpt_path, results_dir=results_dir)
     model, datamodule = loaded.model, loaded.datamodule
     keep = datamodule.settings.keep_classes
-    train_images, train_labels = datamodule.with_all_classes().split("train")
+    # a one-class run's latent space is measured against every class: the same data without keep_classes
+    every_class = datamodule if keep is None else type(datamodule)(**{**datamodule.hparams, "keep_classes": None})
+    train_images, train_labels = every_class.split("train")
     test_images, test_labels = datamodule.split("test")
     if cfg.knn_k > len(train_images):
         raise ConfigError(

@@ -52,11 +52,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
     check_monitor(cfg, model.logged_metrics())
     check_optimizer_settings(model)
-    model.run_overrides = overrides
     # of the processes torchrun or srun start for one DDP run, the first one writes
     writer = launched_rank() == 0
     with runs.exclusive(output_dir) if writer else contextlib.nullcontext():
-        return _train(cfg, model, datamodule, output_dir, started, writer=writer)
+        return _train(cfg, model, datamodule, overrides, output_dir, started, writer=writer)
 
 
 def check_optimizer_settings(model: Any) -> None:
@@ -85,7 +84,9 @@ def check_search_is_a_multirun() -> None:
         )
 
 
-def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float, *, writer: bool) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, model, datamodule, overrides: list[str] | None, output_dir: Path, started: float, *, writer: bool
+) -> dict[str, Any]:
     """The rest of ``train``, while this process holds ``output_dir`` (the ``writer``), or in a
     process of the same DDP run that leaves every file to that one."""
     if writer:
@@ -96,7 +97,7 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         # A sweep re-run into the same directory: this job already finished, if it is this job.
         runs.require_same_run(output_dir, "a finished run", previous.get(IDENTITY_KEY), identity)
         if writer:
-            runs.write_record(output_dir, cfg, model.run_overrides)  # the command that found it, as for any job
+            runs.write_record(output_dir, cfg, overrides)  # the command that found it, as for any job
             log.info("%s already finished; not training it again", output_dir)
             runs.write_summary(output_dir, previous)  # and clears a failed attempt's note, if any
             log.info(closing_line(previous))
@@ -126,11 +127,13 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
             log.info("resuming the interrupted job from %s", unfinished)
     if writer:
         # checked: the folder holds no other run, so its record says what trains in it now
-        runs.write_record(output_dir, cfg, model.run_overrides)
-    model.run_identity = identity
+        runs.write_record(output_dir, cfg, overrides)
     if trained:
-        return _finish(cfg, model, datamodule, Path(ckpt_path), checkpoint, output_dir, started, writer=writer)
+        return _finish(
+            cfg, model, datamodule, identity, Path(ckpt_path), checkpoint, output_dir, started, writer=writer
+        )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(runs.RunRecord(identity, overrides))
     loggers = build_loggers(cfg.get("logger") or {}, datamodule)
     plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
@@ -162,12 +165,22 @@ def _train(cfg: DictConfig, model, datamodule, output_dir: Path, started: float,
         last=getattr(saved, "last_model_path", None) or (str(last) if last is not None else None),
         output_dir=output_dir,
         started=started,
+        identity=identity,
     )
     return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
 
 
 def _finish(
-    cfg: DictConfig, model, datamodule, path: Path, checkpoint: dict, output_dir: Path, started: float, *, writer: bool
+    cfg: DictConfig,
+    model,
+    datamodule,
+    identity: dict[str, Any],
+    path: Path,
+    checkpoint: dict,
+    output_dir: Path,
+    started: float,
+    *,
+    writer: bool,
 ):
     """The summary of a run whose epochs are all trained but whose summary was never written, from
     its checkpoint (checked to be this run's): the validation metrics measured again with the weights
@@ -197,6 +210,7 @@ def _finish(
         last=str(last) if last is not None else None,
         output_dir=output_dir,
         started=started,
+        identity=identity,
     )
     return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
 
@@ -222,6 +236,7 @@ def run_summary(
     last: str | None,
     output_dir: Path,
     started: float,
+    identity: dict[str, Any],
 ) -> dict[str, Any]:
     """What ``run_summary.json`` says of a trained run (``aelab.names`` for the metrics' keys)."""
     return {
@@ -246,7 +261,7 @@ def run_summary(
         "output_dir": str(output_dir),
         "best_checkpoint": best,
         "last_checkpoint": last,
-        IDENTITY_KEY: model.run_identity,
+        IDENTITY_KEY: identity,
     }
 
 
