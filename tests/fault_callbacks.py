@@ -88,6 +88,16 @@ class CountBackwards(L.Callback):
         CountBackwards.calls += 1
 
 
+class CountValidationBatches(L.Callback):
+    """Needs a hook once per validation batch: the fast path, which validates a chunk of them per
+    call, would call it once per chunk."""
+
+    calls = 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        CountValidationBatches.calls += 1
+
+
 @register
 class CtrlCInLoss(Objective):
     """The plain objective, pressing Ctrl-C (SIGINT to its own process) in the loss of training

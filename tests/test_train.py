@@ -366,6 +366,11 @@ def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist,
             "Lightning's plain loop on cpu (not the fast path: CountBackwards.on_after_backward runs once per step)",
         ),
         (
+            ["+callbacks.count._target_=fault_callbacks.CountValidationBatches"],
+            "Lightning's plain loop on cpu (not the fast path: CountValidationBatches.on_validation_batch_end "
+            "runs once per validation batch)",
+        ),
+        (
             ["+trainer.max_steps=12"],
             "Lightning's plain loop on cpu (not the fast path: trainer.max_steps counts batches)",
         ),
@@ -392,12 +397,15 @@ def test_the_graph_path_steps_aside_where_it_cannot_serve_and_the_log_says_why(
     monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
     monkeypatch.setattr(ReplayByCalling, "made", [])
     monkeypatch.setattr(fault_callbacks.CountBackwards, "calls", 0)
+    monkeypatch.setattr(fault_callbacks.CountValidationBatches, "calls", 0)
     caplog.set_level("INFO", logger="aelab")
     summary = train_tiny(tmp_path, tiny_mnist, "data.batch_size=16", "fast.steps_per_call=4", *overrides)
     assert f"training loop: {line}" in caplog.text
     assert ReplayByCalling.made == []
     assert summary["epochs"] == 2
-    assert fault_callbacks.CountBackwards.calls == (12 if "callbacks" in overrides[0] else 0)
+    # each hook once per batch: 6 training batches an epoch, 3 validation batches (40 images)
+    assert fault_callbacks.CountBackwards.calls == (12 if "CountBackwards" in overrides[0] else 0)
+    assert fault_callbacks.CountValidationBatches.calls == (6 if "CountValidationBatches" in overrides[0] else 0)
 
 
 def test_gradient_clipping_and_accumulation_are_lightnings_own_on_a_real_run(tmp_path, tiny_mnist, monkeypatch):

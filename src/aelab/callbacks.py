@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from aelab.data.batches import normalize
 from aelab.errors import NonFiniteLossError
 from aelab.models.autoencoder import AutoEncoder
 from aelab.names import EPOCH_TIMES, LOSS
@@ -23,13 +24,11 @@ from aelab.report.plots import image_grid
 
 
 def first_validation_images(trainer: L.Trainer, count: int) -> Tensor:
-    """The first ``count`` validation images: the val loader is unshuffled, so they are fixed."""
-    batches: list[Tensor] = []
-    for images, _ in trainer.val_dataloaders or ():
-        batches.append(images)
-        if sum(map(len, batches)) >= count:
-            break
-    return torch.cat(batches)[:count]
+    """The first ``count`` validation images, as the model takes them: those of the first
+    validation batch (the val loader is unshuffled), read from the split itself, whichever loader
+    (or chunks of batches, on the fast path) serves it."""
+    images, _ = trainer.datamodule.split("val")  # type: ignore[attr-defined]  # an aelab ImageDataModule
+    return normalize(images[:count])
 
 
 class ReconstructionGrid(L.Callback):

@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -54,6 +54,9 @@ PER_STEP_HOOKS = (
     "on_before_zero_grad",
     "configure_gradient_clipping",
 )
+# the hooks Lightning calls once per validation batch, which see a chunk of them on the fast path;
+# a progress bar's only count the calls
+PER_VALIDATION_BATCH_HOOKS = ("on_validation_batch_start", "on_validation_batch_end")
 # the precisions whose plugin adds nothing to a backward or an optimiser step (no loss scaling)
 PLAIN_BACKWARD_PRECISIONS = ("32-true", "bf16-mixed")
 # fast.steps_per_call=auto: the whole epoch on a GPU (one CUDA graph), chunks of 16 on the CPU,
@@ -127,6 +130,7 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
         "trainer.fast_dev_run": bool(trainer.fast_dev_run),
         "trainer.overfit_batches": bool(trainer.overfit_batches),
         "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
+        "trainer.limit_val_batches": trainer.limit_val_batches not in (1.0, None),
         "trainer.val_check_interval": trainer.val_check_interval not in (1.0, None),
         "trainer.max_steps": trainer.max_steps not in (-1, None),
     }
@@ -140,6 +144,9 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
         for hook in PER_STEP_HOOKS:
             if is_overridden(hook, owner, parent):
                 return f"{type(owner).__name__}.{hook} runs once per step"
+        for hook in PER_VALIDATION_BATCH_HOOKS:
+            if not isinstance(owner, ProgressBar) and is_overridden(hook, owner, parent):
+                return f"{type(owner).__name__}.{hook} runs once per validation batch"
     return None
 
 
@@ -213,6 +220,13 @@ class FastSteps:
     def on_train_batch_end(self: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         pass  # training_step added the chunk's terms to the epoch means, inside the Ctrl-C deferral
 
+    def validation_step(self: Any, chunk: dict[str, Any], batch_idx: int) -> None:
+        # the model's own step on each batch, in order: the epoch's means and watched metrics are
+        # the plain loop's, bit for bit; Lightning's evaluation loop is paid once per chunk (it was
+        # half of the MLP's validation on the CPU: docs/benchmarks.md)
+        for batch in batches_in(chunk):
+            super().validation_step(batch, batch_idx)  # type: ignore[misc]
+
     def on_train_end(self: Any) -> None:
         # the graphs' memory pools are not needed by what follows (test, analysis, the next job)
         self._graphs = None
@@ -249,7 +263,7 @@ def _ctrl_c_deferred() -> Iterator[list[int]]:
 
 
 class ChunkedData:
-    """Mixed into the datamodule's class: the training loader gives chunks of batches."""
+    """Mixed into the datamodule's class: the training and validation loaders give chunks of batches."""
 
     steps_per_call: int | str
     _batches_per_epoch = 0
@@ -257,6 +271,12 @@ class ChunkedData:
     def train_dataloader(self: Any) -> Chunks:
         loader = super().train_dataloader()  # type: ignore[misc]
         self._batches_per_epoch = len(loader)
+        return self._chunked(loader)
+
+    def val_dataloader(self: Any) -> Chunks:
+        return self._chunked(super().val_dataloader())  # type: ignore[misc]
+
+    def _chunked(self: Any, loader: Any) -> Chunks:
         wanted = self.steps_per_call
         if wanted == "auto":
             wanted = "epoch" if loader.images.device.type == "cuda" else CPU_STEPS_PER_CALL

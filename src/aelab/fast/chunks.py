@@ -1,5 +1,5 @@
-"""Chunks of consecutive training batches: what one ``training_step`` call of the fast path
-optimises on, so that Lightning's per-call work is paid once per chunk.
+"""Chunks of consecutive batches: what one ``training_step`` call of the fast path optimises on
+(and one ``validation_step`` call measures), so that Lightning's per-call work is paid once per chunk.
 
 A chunk is a plain dict, so Lightning's batch transfer passes it through: the resident uint8
 split, the chunk's positions in the epoch's order, and each batch's bounds within them, gathered
@@ -33,9 +33,9 @@ def steps_in(chunk: dict[str, Any]) -> int:
 
 @dataclass(eq=False)
 class Chunks:
-    """The training loader of the fast path: the batches ``loader`` would give, ``steps`` of them
-    per item (the last chunk of an epoch shorter). It is its own sampler, as ``DeviceBatchLoader``
-    is, so Lightning's ``set_epoch`` reaches the shuffle."""
+    """A loader of the fast path (training and validation): the batches ``loader`` would give,
+    ``steps`` of them per item (the last chunk of an epoch shorter). It is its own sampler, as
+    ``DeviceBatchLoader`` is, so Lightning's ``set_epoch`` reaches the shuffle."""
 
     loader: DeviceBatchLoader
     steps: int
