@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,14 @@ def test_the_run_name_and_hyperparameters_tell_a_subset_from_the_official_split(
     subset = make_tiny_dataset(tmp_path / "mnist-10k")
     summary = train_with(tmp_path, subset, "logger=[tensorboard,csv]")
     run_dir = Path(summary["output_dir"])
+    assert events_dir(run_dir) == run_dir / "MNIST_mnist-10k"
+    # eval reading the same data from another folder adds to the run's folder, not one of its own
+    shutil.copytree(subset, tmp_path / "elsewhere")
+    last = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    evaluated = run_cli(
+        "eval.py", last, f"data.data_dir={tmp_path / 'elsewhere'}", f"paths.log_dir={tmp_path / 'logs'}"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert events_dir(run_dir) == run_dir / "MNIST_mnist-10k"
     logged = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
     assert logged["dataset"] == "MNIST (mnist-10k)" == summary["data"]
@@ -235,3 +244,19 @@ def test_parallel_sweep_jobs_share_one_mlflow_store(tmp_path, tiny_mnist):
     for run in runs:
         summary = json.loads((Path(run.data.tags["run_dir"]) / "run_summary.json").read_text())
         assert client.get_metric_history(run.info.run_id, VAL_MSE)[-1].value == pytest.approx(summary[VAL_MSE])
+
+
+def test_the_events_folder_is_one_plain_folder_apart_from_the_runs_others():
+    from types import SimpleNamespace
+
+    from aelab.loggers import events_folder
+
+    named = {
+        "MNIST": "MNIST",
+        "MNIST (mnist-10k)": "MNIST_mnist-10k",
+        "Fashion-MNIST": "Fashion-MNIST",
+        "../../etc": "etc",  # a folder of images called so stays inside the run
+        "analysis": "analysis_data",  # not analyze's folder
+        "...": "data",
+    }
+    assert {name: events_folder(SimpleNamespace(name=name)) for name in named} == named

@@ -80,6 +80,17 @@ def test_checkpoints_hold_plain_values_and_load_with_weights_only(tmp_path, tiny
     assert loaded.datamodule.hparams.batch_size == 32
 
 
+def test_a_weights_only_checkpoint_still_says_what_rebuilds_it(tmp_path, tiny_mnist):
+    """Lightning calls no callback's on_save_checkpoint for a weights-only checkpoint: the run's
+    record is added by the checkpoint writer, which every checkpoint passes through."""
+    summary = train_tiny(tmp_path, tiny_mnist, "+callbacks.model_checkpoint.save_weights_only=true")
+    raw = torch.load(summary["best_checkpoint"], weights_only=True)
+    assert "optimizer_states" not in raw
+    assert raw["aelab_model_class"] == "aelab.models.autoencoder.AutoEncoder"
+    assert raw["identity"] == summary["identity"]
+    assert open_run(summary["best_checkpoint"]).model.latent_size == summary["latent_size"]
+
+
 def test_seeded_cpu_runs_are_reproducible(tmp_path, tiny_mnist):
     a = train_tiny(tmp_path, tiny_mnist, name="a")
     b = train_tiny(tmp_path, tiny_mnist, name="b")
@@ -373,6 +384,10 @@ def test_a_failed_capture_stops_the_run_with_the_eager_fix(tmp_path, tiny_mnist,
         (
             ["+trainer.max_steps=12"],
             "Lightning's plain loop on cpu (not the fast path: trainer.max_steps counts batches)",
+        ),
+        (
+            ["+trainer.limit_val_batches=1"],  # an int: one batch, not all of them as 1.0 would be
+            "Lightning's plain loop on cpu (not the fast path: trainer.limit_val_batches counts batches)",
         ),
         (
             ["model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true}"],

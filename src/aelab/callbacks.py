@@ -18,16 +18,19 @@ from torch import Tensor
 from aelab.data.batches import normalize
 from aelab.errors import NonFiniteLossError
 from aelab.models.autoencoder import AutoEncoder
-from aelab.names import EPOCH_TIMES, LOSS
+from aelab.names import EPOCH_TIMES, EPOCHS, LOSS
 from aelab.paths import command_line
 from aelab.report.plots import image_grid
 
 
-def first_validation_images(trainer: L.Trainer, count: int) -> Tensor:
-    """The first ``count`` validation images, as the model takes them: those of the first
-    validation batch (the val loader is unshuffled), read from the split itself, whichever loader
-    (or chunks of batches, on the fast path) serves it."""
-    images, _ = trainer.datamodule.split("val")  # type: ignore[attr-defined]  # an aelab ImageDataModule
+def first_validation_images(trainer: L.Trainer, count: int) -> Tensor | None:
+    """The first ``count`` validation images, as the model takes them (the val loader is
+    unshuffled, so they are the first it gives), read from the split itself, whichever loader (or
+    chunks of batches, on the fast path) serves it; ``None`` without an aelab datamodule."""
+    datamodule: Any = getattr(trainer, "datamodule", None)
+    if not hasattr(datamodule, "split"):
+        return None
+    images, _ = datamodule.split("val")
     return normalize(images[:count])
 
 
@@ -47,11 +50,13 @@ class ReconstructionGrid(L.Callback):
             return
         if self._images is None:
             self._images = first_validation_images(trainer, self.num_images)
+        if self._images is None:
+            return
         images = self._images.to(pl_module.device)
         with torch.no_grad():
             reconstructions = pl_module(images)
         if not torch.isfinite(reconstructions).all():
-            return  # the module stops the run with a clear message; no garbage image first
+            return  # StopOnNonFiniteLoss stops the run with a clear message; no garbage image first
         # the inputs as one row over their reconstructions: (3, H, W) in [0, 1]
         grid = image_grid(torch.cat([images, reconstructions]), nrow=len(images)).cpu()
         for logger in loggers:
@@ -280,7 +285,9 @@ class EpochTimer(L.Callback):
         self.epoch_times_s.append(self._now(pl_module) - self._start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # through callback_metrics, which a spawned DDP fit sends back to the process that started it
         trainer.callback_metrics[EPOCH_TIMES] = torch.tensor(self.epoch_times_s, dtype=torch.float64)
+        trainer.callback_metrics[EPOCHS] = torch.tensor(trainer.current_epoch)
 
 
 class FirstStepTimer(L.Callback):

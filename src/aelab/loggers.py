@@ -27,12 +27,18 @@ EXTRAS = {
 }
 
 
+# the folders a run directory holds besides its events (aelab.runs; csv/ and wandb/ are loggers')
+RUN_FOLDERS = {"checkpoints", "analysis", "audit", "eval", "exports", "csv", "wandb"}
+
+
 def events_folder(datamodule: Any) -> str:
     """The folder of a run's TensorBoard events: the data's name as one path component
     (``MNIST``, ``MNIST_mnist-10k``, ``Fashion-MNIST``). TensorBoard names a run by the path of
     that folder, so its run list reads ``multiruns/<time>/model.latent_dim=5/MNIST_mnist-10k``: the
     sweep, the job and the data, a subset told from the official split."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", datamodule.name).strip("_.") or "data"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", datamodule.name).strip("_.") or "data"
+    # own data named like a folder the run holds (a folder of images called "analysis") stays apart
+    return f"{name}_data" if name in RUN_FOLDERS else name
 
 
 def build_loggers(configs: Mapping[str, Any], datamodule: Any) -> list[Logger]:

@@ -49,7 +49,7 @@ from aelab.loggers import events_folder
 from aelab.models.backbones import backbone_label
 from aelab.models.inference import as_model_input, in_batches
 from aelab.models.objectives import objective_spec
-from aelab.names import DATA_CLASS_KEY, EPOCHS, IDENTITY_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
+from aelab.names import DATA_CLASS_KEY, IDENTITY_KEY, MODEL_CLASS_KEY, OVERRIDES_KEY
 from aelab.registry import REGISTRY, SPECIAL_KEYS, build, check_registered, check_registered_name, qualified_name
 from aelab.report.audit import CodeIndex
 
@@ -141,27 +141,20 @@ def data_digest(datamodule: Any) -> str:
     return digest.hexdigest()
 
 
-class RunRecord(L.Callback):
-    """What a training run records beside its metrics, added by the train task whatever the
-    callbacks config holds. In every checkpoint: the registered classes of its LightningModule and
-    datamodule (their arguments are Lightning's ``hyper_parameters`` and
+def run_record(model: Any, datamodule: Any, identity: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """What every checkpoint of a training run adds to Lightning's keys: the registered classes of
+    its LightningModule and datamodule (their arguments are Lightning's ``hyper_parameters`` and
     ``datamodule_hyper_parameters``: ``open_run``), its ``run_identity`` (a re-run sweep checks a
-    folder's run against it) and the overrides it was started with (``resume_overrides``). After the
-    fit, the epochs done, in ``trainer.callback_metrics``, which a spawned DDP fit sends back."""
-
-    def __init__(self, identity: dict[str, Any], overrides: list[str] | None) -> None:
-        self.identity, self.overrides = identity, overrides  # overrides: None outside a Hydra command
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[MODEL_CLASS_KEY] = qualified_name(type(pl_module))
-        if (datamodule := getattr(trainer, "datamodule", None)) is not None:
-            checkpoint[DATA_CLASS_KEY] = qualified_name(type(datamodule))
-        checkpoint[IDENTITY_KEY] = self.identity
-        if self.overrides is not None:
-            checkpoint[OVERRIDES_KEY] = list(self.overrides)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.callback_metrics[EPOCHS] = torch.tensor(trainer.current_epoch)
+    folder's run against it) and the overrides it was started with (``resume_overrides``; none
+    outside a Hydra command)."""
+    record = {
+        MODEL_CLASS_KEY: qualified_name(type(model)),
+        DATA_CLASS_KEY: qualified_name(type(datamodule)),
+        IDENTITY_KEY: identity,
+    }
+    if overrides is not None:
+        record[OVERRIDES_KEY] = list(overrides)
+    return record
 
 
 class NotOurFolder(ConfigError):
@@ -351,11 +344,19 @@ def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer through ``aelab.files.atomic_path``: a kill or a full disk
     mid-write leaves the previous file whole (Lightning's own writer renames without fsync, so
-    after a crash a file can exist under its final name with nothing in it)."""
+    after a crash a file can exist under its final name with nothing in it).
+
+    It adds the run's ``record`` (``run_record``) to each checkpoint: every one passes through here,
+    weights-only ones too, for which Lightning calls no callback's ``on_save_checkpoint``."""
+
+    def __init__(self, record: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.record = dict(record or {})
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError("aelab's checkpoint writer takes no storage_options")
+        checkpoint = {**checkpoint, **self.record}
         # serialised first, so that a full disk surfaces as the OSError it is (torch.save
         # straight to a file reports it as a RuntimeError from its C++ writer)
         buffer = io.BytesIO()
@@ -475,9 +476,11 @@ class LoadedRun:
 
     @property
     def events(self) -> Path:
-        """The run's TensorBoard folder (``aelab.loggers.events_folder``): where tasks add their
-        figures and embeddings to the run TensorBoard lists."""
-        return self.results / events_folder(self.datamodule)
+        """The run's TensorBoard folder, where tasks add their figures and embeddings to the run
+        TensorBoard lists: the one its training wrote (named after its data, or by
+        ``logger.tensorboard.name``), else one named after the data (``aelab.loggers.events_folder``)."""
+        written = {path.parent for path in self.results.glob("*/events.out.tfevents.*")}
+        return written.pop() if len(written) == 1 else self.results / events_folder(self.datamodule)
 
     def folder(self, name: str) -> Path:
         """``<results>/<name>/``, made if missing: where a task writes what it found."""

@@ -36,6 +36,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from aelab import upstream
+from aelab.data.batches import DeviceBatchLoader
 from aelab.errors import ConfigError
 from aelab.fast import graphs
 from aelab.fast.chunks import DONE, INDEX, LAST, Chunks, batches_in, steps_in
@@ -129,9 +130,10 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
     counting = {
         "trainer.fast_dev_run": bool(trainer.fast_dev_run),
         "trainer.overfit_batches": bool(trainer.overfit_batches),
-        "trainer.limit_train_batches": trainer.limit_train_batches not in (1.0, None),
-        "trainer.limit_val_batches": trainer.limit_val_batches not in (1.0, None),
-        "trainer.val_check_interval": trainer.val_check_interval not in (1.0, None),
+        "trainer.limit_train_batches": _counts(trainer.limit_train_batches),
+        # 0: no validation, nothing to count
+        "trainer.limit_val_batches": _counts(trainer.limit_val_batches) and trainer.limit_val_batches != 0,
+        "trainer.val_check_interval": _counts(trainer.val_check_interval),
         "trainer.max_steps": trainer.max_steps not in (-1, None),
     }
     for key, set_ in counting.items():
@@ -148,6 +150,12 @@ def refusal(settings: Any, model: LightningModule, datamodule: Any, trainer: Any
             if not isinstance(owner, ProgressBar) and is_overridden(hook, owner, parent):
                 return f"{type(owner).__name__}.{hook} runs once per validation batch"
     return None
+
+
+def _counts(limit: int | float | None) -> bool:
+    """Whether a Trainer's batch limit or interval is set: an int counts batches (1 is one batch),
+    a float is a fraction (1.0 is all of them)."""
+    return limit is not None and not (isinstance(limit, float) and limit == 1.0)
 
 
 @functools.cache
@@ -220,12 +228,12 @@ class FastSteps:
     def on_train_batch_end(self: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         pass  # training_step added the chunk's terms to the epoch means, inside the Ctrl-C deferral
 
-    def validation_step(self: Any, chunk: dict[str, Any], batch_idx: int) -> None:
-        # the model's own step on each batch, in order: the epoch's means and watched metrics are
-        # the plain loop's, bit for bit; Lightning's evaluation loop is paid once per chunk (it was
-        # half of the MLP's validation on the CPU: docs/benchmarks.md)
-        for batch in batches_in(chunk):
-            super().validation_step(batch, batch_idx)  # type: ignore[misc]
+    def validation_step(self: Any, batch: Any, batch_idx: int) -> None:
+        # the model's own step on each batch of a chunk, in order: the epoch's means and watched
+        # metrics are the plain loop's, bit for bit; Lightning's evaluation loop is paid once per
+        # chunk (docs/benchmarks.md). A loader ChunkedData does not chunk gives batches.
+        for each in batches_in(batch) if isinstance(batch, dict) else [batch]:
+            super().validation_step(each, batch_idx)  # type: ignore[misc]
 
     def on_train_end(self: Any) -> None:
         # the graphs' memory pools are not needed by what follows (test, analysis, the next job)
@@ -273,8 +281,9 @@ class ChunkedData:
         self._batches_per_epoch = len(loader)
         return self._chunked(loader)
 
-    def val_dataloader(self: Any) -> Chunks:
-        return self._chunked(super().val_dataloader())  # type: ignore[misc]
+    def val_dataloader(self: Any) -> Any:
+        loader = super().val_dataloader()  # type: ignore[misc]
+        return self._chunked(loader) if isinstance(loader, DeviceBatchLoader) else loader
 
     def _chunked(self: Any, loader: Any) -> Chunks:
         wanted = self.steps_per_call

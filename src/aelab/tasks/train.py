@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab import fast, runs
+from aelab.callbacks import EpochTimer, StopOnNonFiniteLoss
 from aelab.config import check_monitor, validate
 from aelab.errors import ConfigError
 from aelab.launch import cluster_plugins, launched_rank
@@ -133,9 +134,12 @@ def _train(
             cfg, model, datamodule, identity, Path(ckpt_path), checkpoint, output_dir, started, writer=writer
         )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks.append(runs.RunRecord(identity, overrides))
+    # what every run needs, whatever the callbacks config holds: a diverged loss stops it before a
+    # checkpoint holds the weights, and the summary gets the epochs done and their times
+    callbacks += [StopOnNonFiniteLoss(), EpochTimer()]
     loggers = build_loggers(cfg.get("logger") or {}, datamodule)
-    plugins = [runs.AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.get("strategy"))]
+    record = runs.run_record(model, datamodule, identity, overrides)
+    plugins = [runs.AtomicCheckpointIO(record), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
     fast.speed_up(cfg.fast, model, datamodule, trainer, runs.load_checkpoint(ckpt_path) if ckpt_path else None)
