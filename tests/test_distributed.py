@@ -141,7 +141,7 @@ def check_one_ddp_run(run_dir, data_dir, epochs, kept=("best-epoch{last:03d}.ckp
     return summary
 
 
-def ddp_sim_run(tmp_path, data, run_name, *overrides):
+def ddp_sim_run(tmp_path, data, run_name, *overrides, env=None):
     return run_cli(
         "train.py",
         "trainer=ddp_sim",
@@ -150,8 +150,14 @@ def ddp_sim_run(tmp_path, data, run_name, *overrides):
         f"paths.log_dir={tmp_path / 'logs'}",
         f"hydra.run.dir={tmp_path / 'logs' / run_name}",
         QUIET,
-        env={"AELAB_DATA_DIR": str(data)},
+        env={"AELAB_DATA_DIR": str(data), **(env or {})},
     )
+
+
+# a one-task SLURM job (sbatch with one task, or a submitit job) with trainer=ddp: Lightning would
+# take every spawned process's rank from SLURM_PROCID, all 0, and each would train on the whole epoch alone
+ONE_TASK_SLURM_JOB = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+ONE_TASK_SLURM_JOB |= {"SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "5", "SLURM_NODELIST": "localhost"}
 
 
 @pytest.mark.slow
@@ -169,31 +175,39 @@ def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_p
     assert checkpoint["global_step"] == 2 * 3
     assert "sync_dist" not in result.stderr
 
-    # resumed from the end of the first epoch: the same weights as the uninterrupted run (each
-    # process's shard is a function of seed, epoch and rank)
+    # resumed from the end of the first epoch, inside a one-task SLURM job: the same weights and
+    # steps as the uninterrupted run (each process's shard is a function of seed, epoch and rank,
+    # and the spawned processes get ranks 0 and 1, not SLURM's 0 twice)
     half = run_dir / "checkpoints" / "best-epoch000.ckpt"
     assert torch.load(half, weights_only=True)["global_step"] == 3
-    resumed = ddp_sim_run(tmp_path, tiny_mnist, "resumed", f"ckpt_path={half}", "trainer.max_epochs=2")
+    resumed = ddp_sim_run(
+        tmp_path, tiny_mnist, "resumed", f"ckpt_path={half}", "trainer.max_epochs=2", env=ONE_TASK_SLURM_JOB
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    weights = torch.load(tmp_path / "logs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    resumed_checkpoint = torch.load(tmp_path / "logs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed_checkpoint["global_step"] == 2 * 3
+    weights = resumed_checkpoint["state_dict"]
     assert weights.keys() == checkpoint["state_dict"].keys()
     assert all(torch.equal(weights[k], checkpoint["state_dict"][k]) for k in weights)
 
 
 @pytest.mark.slow
 def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tiny_mnist):
+    """The first job diverges: the error raised in its spawned processes is the job's one line,
+    and the next job's processes train as if nothing had happened."""
     sweep_dir = tmp_path / "sweep"
-    result = run_sweep(tmp_path, tiny_mnist, "trainer=ddp_sim", "model.latent_dim=2,3", "data.batch_size=16")
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
-    assert jobs == [
-        "data.batch_size=16,model.latent_dim=2,trainer.max_epochs=1,trainer=ddp_sim",
-        "data.batch_size=16,model.latent_dim=3,trainer.max_epochs=1,trainer=ddp_sim",
-    ]
-    for job in jobs:
-        check_one_ddp_run(sweep_dir / job, tiny_mnist, epochs=1)
+    result = run_sweep(tmp_path, tiny_mnist, "trainer=ddp_sim", "model.optimizer.lr=1e6,1e-3", "data.batch_size=16")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
     with open(sweep_dir / "summary.csv") as handle:
-        assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "ok"]
+        failed, ok = csv.DictReader(handle)
+    assert failed["job"] == "data.batch_size=16,model.optimizer.lr=1000000.0,trainer.max_epochs=1,trainer=ddp_sim"
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("NonFiniteLossError: the loss became non-finite in epoch 0")
+    assert failed["error"].endswith("Lower model.optimizer.lr (now 1000000.0)")
+    assert ok["job"] == "data.batch_size=16,model.optimizer.lr=0.001,trainer.max_epochs=1,trainer=ddp_sim"
+    assert ok["status"] == "ok"
+    check_one_ddp_run(sweep_dir / ok["job"], tiny_mnist, epochs=1)
 
 
 @pytest.mark.slow
@@ -274,27 +288,3 @@ def test_how_the_process_was_launched_decides_strategy_folder_and_writer(
         assert len(run_stamp("%Y-%m-%d_%H-%M-%S")) == len("2026-12-01_07-00-58")
     else:
         assert run_stamp("%Y-%m-%d_%H-%M-%S") == stamp
-
-
-@pytest.mark.slow
-def test_an_error_in_a_spawned_process_is_the_same_one_line(tmp_path, tiny_mnist):
-    result = ddp_sim_run(tmp_path, tiny_mnist, "diverged", "model.optimizer.lr=1e6", "trainer.max_epochs=2")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("aelab: error: ")]
-    assert line.startswith("aelab: error: the loss became non-finite in epoch 0")
-    assert line.endswith("Lower model.optimizer.lr (now 1000000.0)")
-
-
-@pytest.mark.slow
-def test_inside_a_one_task_slurm_job_the_spawned_processes_get_their_own_ranks(tmp_path, tiny_mnist, monkeypatch):
-    """sbatch with one task (or a submitit job) and trainer=ddp: Lightning would take every spawned
-    process's rank from SLURM_PROCID, all 0, and each would train on the whole epoch alone."""
-    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
-    slurm |= {"SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "5", "SLURM_NODELIST": "localhost"}
-    for variable, value in slurm.items():
-        monkeypatch.setenv(variable, value)
-    result = ddp_sim_run(tmp_path, tiny_mnist, "slurm", "trainer.max_epochs=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(tmp_path / "logs" / "slurm" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 3  # each process its half: 48 images in 3 steps of 16
