@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.data import normalize
+from aelab.data.batches import gather
 from aelab.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aelab.names import VAL_MSE
 
@@ -176,7 +177,7 @@ def resident_loop(
         model.train()
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(0, n, BATCH):
-            x = normalize(train_images[order[i : i + BATCH]])
+            x = normalize(gather(train_images, order[i : i + BATCH]))
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
                 loss = F.mse_loss(model(x), x)
@@ -200,7 +201,7 @@ def graph_loop(model_name: str, data: str, data_dir: Path, device: str, epochs: 
     order = torch.randperm(n, generator=generator).to(device)  # the graph's static input
 
     def step(first: int, end: int) -> None:
-        x = normalize(train_images[order[first:end]])
+        x = normalize(gather(train_images, order[first:end]))
         optimizer.zero_grad(set_to_none=True)
         F.mse_loss(model(x), x).backward()
         optimizer.step()

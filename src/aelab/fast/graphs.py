@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aelab.data.batches import normalize
+from aelab.data.batches import gather, normalize
 from aelab.errors import AelabError
 from aelab.fast.chunks import BOUNDS, IMAGES, INDEX
 from aelab.models.autoencoder import AutoEncoder
@@ -190,7 +190,7 @@ class StepGraphs:
 
         def body() -> None:
             chunk_sums = chunk_sum(
-                (step(self.module, self.optimizer, normalize(images[index[first:end]])), end - first)
+                (step(self.module, self.optimizer, normalize(gather(images, index[first:end]))), end - first)
                 for first, end in itertools.pairwise(bounds)
             )
             # no gradient outlives the graph: its memory is the graph's, reused by the next replay
