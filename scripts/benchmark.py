@@ -47,6 +47,7 @@ from aelab.data import normalize
 from aelab.data.batches import gather
 from aelab.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aelab.names import VAL_MSE
+from aelab.quiet import no_gpu_probe_per_step
 
 MNIST = (1, 28, 28)
 
@@ -343,6 +344,9 @@ def main() -> int:
     if "g" in args.variants and args.device != "cuda":
         parser.error("--variants g: the CUDA-graph floor needs --device cuda")
 
+    # (a), (b) and (g) are plain PyTorch, whose optimiser steps do not probe for a GPU; this process
+    # imported Lightning (through aelab), which would make them (aelab.quiet.no_gpu_probe_per_step)
+    no_gpu_probe_per_step()
     total = args.epochs + 1
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import re
 import sys
 
@@ -95,6 +96,17 @@ def test_seeded_cpu_runs_are_reproducible(tmp_path, tiny_mnist):
     a = train_tiny(tmp_path, tiny_mnist, name="a")
     b = train_tiny(tmp_path, tiny_mnist, name="b")
     assert a[VAL_MSE] == b[VAL_MSE]
+
+
+def test_a_run_without_a_gpu_stops_its_optimiser_steps_probing_for_one(tmp_path, tiny_mnist, monkeypatch):
+    """``import lightning`` sets PYTORCH_NVML_BASED_CUDA_CHECK=1, and with it every optimiser step
+    asks NVML for a GPU until CUDA is initialised: on a machine without one, every step of the run
+    (aelab.quiet.no_gpu_probe_per_step; its cost is in docs/benchmarks.md). Where there is a GPU
+    the setting stays, for the fork it protects."""
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as import lightning leaves it
+    gpu = torch.cuda.is_available()
+    train_tiny(tmp_path, tiny_mnist)
+    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == ("1" if gpu else None)
 
 
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_mnist):

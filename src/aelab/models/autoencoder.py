@@ -40,7 +40,7 @@ from aelab.names import (
     VAL_MSE_BEST,
     metric,
 )
-from aelab.quiet import quiet_known_warnings
+from aelab.quiet import no_gpu_probe_per_step, quiet_known_warnings
 from aelab.registry import build, qualified_name, register
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,9 @@ class AutoEncoder(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # here, so that a DDP process spawned for the fit sets them too: it starts without the
-        # parent's warning filters and matmul precision
+        # parent's warning filters and matmul precision, and imports Lightning again
         quiet_known_warnings()
+        no_gpu_probe_per_step()
         if self.trainer.strategy.root_device.type == "cuda":
             # TF32 matmuls: ample for MSE on 8-bit images, several times faster on Ampere and later
             torch.set_float32_matmul_precision("high")
