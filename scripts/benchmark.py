@@ -345,7 +345,8 @@ def main() -> int:
         parser.error("--variants g: the CUDA-graph floor needs --device cuda")
 
     # (a), (b) and (g) are plain PyTorch, whose optimiser steps do not probe for a GPU; this process
-    # imported Lightning (through aelab), which would make them (aelab.quiet.no_gpu_probe_per_step)
+    # imported Lightning (through aelab), whose setting would make them probe on every step
+    # (aelab.quiet.no_gpu_probe_per_step)
     no_gpu_probe_per_step()
     total = args.epochs + 1
     results = {

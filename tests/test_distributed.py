@@ -161,7 +161,7 @@ ONE_TASK_SLURM_JOB |= {"SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "5", "SLURM_NO
 
 
 @pytest.mark.slow
-def test_ddp_sim_trains_into_one_directory_with_the_single_process_val_mse(tmp_path, tiny_mnist):
+def test_ddp_sim_trains_into_one_directory_and_resumes_exactly_inside_a_one_task_slurm_job(tmp_path, tiny_mnist):
     run_dir = tmp_path / "logs" / "run"
     # every epoch's checkpoint kept: the first one is where a run stopped after one epoch would resume
     result = ddp_sim_run(
@@ -199,8 +199,15 @@ def test_a_ddp_sim_sweep_gives_one_directory_per_job_and_a_summary(tmp_path, tin
     result = run_sweep(tmp_path, tiny_mnist, "trainer=ddp_sim", "model.optimizer.lr=1e6,1e-3", "data.batch_size=16")
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert jobs == [
+        "data.batch_size=16,model.optimizer.lr=0.001,trainer.max_epochs=1,trainer=ddp_sim",
+        "data.batch_size=16,model.optimizer.lr=1000000.0,trainer.max_epochs=1,trainer=ddp_sim",
+    ]
     with open(sweep_dir / "summary.csv") as handle:
         failed, ok = csv.DictReader(handle)
+    progress = [line for line in result.stdout.splitlines() if line.startswith("sweep: job ")]
+    assert progress[0] == f"sweep: job 1 of 2 ({failed['job']}): failed: {failed['error']}"
     assert failed["job"] == "data.batch_size=16,model.optimizer.lr=1000000.0,trainer.max_epochs=1,trainer=ddp_sim"
     assert failed["status"] == "failed"
     assert failed["error"].startswith("NonFiniteLossError: the loss became non-finite in epoch 0")

@@ -22,6 +22,8 @@ def no_gpu_probe_per_step() -> None:
     never initialised, and each step loads NVML again. That was 0.27 ms of a 0.5 ms AdamW step on
     this project's 2-core CPU, 63 ms of an MLP epoch. Where there is no GPU there is no CUDA to
     spoil, and torch's own check is cached. Called in every process that trains (``AutoEncoder.setup``).
+    A run on the CPU of a machine that has a GPU keeps the setting, and so still probes per step:
+    a later fork may need CUDA there.
     """
     import torch  # here: the CLI imports this module, and --help must not wait for torch
 

@@ -218,7 +218,7 @@ class StepGraphs:
             # (torch.cuda.stream(None) is a no-op, and initialises no CUDA for a CPU run)
             with torch.random.fork_rng(devices=[self.device] if cuda else []), torch.cuda.stream(stream):
                 for size in sorted({end - first for first, end in itertools.pairwise(bounds)}):
-                    step(module, optimizer, normalize(images[index[:size]]))
+                    step(module, optimizer, normalize(gather(images, index[:size])))
         finally:
             if stream is not None:  # before the restore: the side stream's steps must be done
                 torch.cuda.current_stream().wait_stream(stream)
