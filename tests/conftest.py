@@ -21,7 +21,7 @@ from aelab.data import DATASETS
 from aelab.data.datasets import SPLIT_FILES
 from aelab.data.idx import write_idx
 
-from zygote import Zygote
+from zygote import Child, Zygote
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -187,6 +187,26 @@ def compose_train(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> 
     return compose_config("train", tmp_path, [f"data.data_dir={data_dir}", QUIET, *overrides])
 
 
+def command_environment(env: dict[str, str] | None) -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name != "HYDRA_FULL_ERROR"} | (env or {})
+
+
+def command_program(script: str) -> str:
+    """What ``run_cli`` runs for ``script`` (see there)."""
+    if script == "-c":
+        return script
+    if script.startswith("aelab-"):
+        return str(Path(sys.executable).parent / script)
+    return str(REPO / script if "/" in script else REPO / "src" / script)
+
+
+def start_cli(script: str, *args: str, env: dict[str, str] | None = None) -> Child:
+    """``run_cli`` as ``subprocess.Popen``: the command is running in a child of the zygote when
+    this returns, for a test to signal it from outside (``os.kill(child.pid, ...)``) as a user or a
+    scheduler would; ``child.wait(timeout)`` gives what ``run_cli`` returns."""
+    return zygote().start([command_program(script), *args], env=command_environment(env), cwd=REPO)
+
+
 def run_cli(
     script: str,
     *args: str,
@@ -201,13 +221,7 @@ def run_cli(
     ``zygote.py``), a real process started without re-importing torch and Lightning; ``cold=True``
     starts a fresh interpreter instead, for tests of the process itself. ``HYDRA_FULL_ERROR`` is
     set only where ``env`` sets it."""
-    full_env = {name: value for name, value in os.environ.items() if name != "HYDRA_FULL_ERROR"} | (env or {})
-    if script == "-c":
-        program = script
-    elif script.startswith("aelab-"):
-        program = str(Path(sys.executable).parent / script)
-    else:
-        program = str(REPO / script if "/" in script else REPO / "src" / script)
+    full_env, program = command_environment(env), command_program(script)
     if not cold:
         return zygote().run([program, *args], env=full_env, cwd=cwd, timeout=timeout)
     command = [program] if script.startswith("aelab-") else [sys.executable, program]

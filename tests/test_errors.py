@@ -27,7 +27,7 @@ from aelab.data.idx import parse_idx, write_idx
 from aelab.errors import CheckpointError, ConfigError, DataError
 from aelab.runs import load_checkpoint, open_run
 
-from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli, terminal_ctrl_c
+from conftest import QUIET, REPO, compose_train, make_tiny_dataset, run_cli, start_cli
 
 TESTS = Path(__file__).parent
 
@@ -1374,29 +1374,23 @@ def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, tiny_mnist):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_save_a_resumable_checkpoint(tmp_path, tiny_mnist, signum):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "src/train.py"),
-            "model=conv",
-            "trainer.max_epochs=500",  # far more than run before the signal: 12 batches an epoch
-            "data.batch_size=8",
-            f"paths.log_dir={tmp_path}",
-            QUIET,
-        ],
-        cwd=REPO,
-        env={**os.environ, "AELAB_DATA_DIR": str(tiny_mnist)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=terminal_ctrl_c,
+    # signalled from outside, whenever it arrives, as by a user's Ctrl-C or a scheduler's SIGTERM
+    process = start_cli(
+        "train.py",
+        "model=conv",
+        "trainer.max_epochs=500",  # far more than run before the signal: 12 batches an epoch
+        "data.batch_size=8",
+        f"paths.log_dir={tmp_path}",
+        QUIET,
+        env={"AELAB_DATA_DIR": str(tiny_mnist)},
     )
     deadline = time.time() + 120
     while not list(tmp_path.glob("train/runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
         time.sleep(0.2)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == (143 if signum == signal.SIGTERM else 1)
+    os.kill(process.pid, signum)
+    stopped = process.wait(timeout=120)
+    stderr = stopped.stderr
+    assert stopped.returncode == (143 if signum == signal.SIGTERM else 1), stderr[-3000:]
     (interrupted,) = tmp_path.glob("train/runs/*/checkpoints/interrupted.ckpt")
     assert f"saved {interrupted}. Resume with: " in stderr
     assert torch.load(interrupted, weights_only=True)["hyper_parameters"]["encoder"]["_target_"].endswith("ConvEncoder")

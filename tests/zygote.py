@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # what every entry point imports before it reads an override; analyze's (scikit-learn, UMAP and
 # numba, openTSNE) is the slowest of all
@@ -144,27 +145,18 @@ class Zygote:
         """``subprocess.run([python, *argv], env=env, cwd=cwd, capture_output=True, text=True,
         timeout=timeout)`` through a child of the zygote: ``argv`` is a Python script (a file of
         ``src/`` or a console script of the environment) and its arguments, or ``-c <code>``."""
+        return self.start(argv, env, cwd).wait(timeout)
+
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path) -> Child:
+        """``run`` as ``subprocess.Popen``: the child is running when this returns; its pid is
+        there to signal, and ``wait`` gives its result. The zygote starts no other child until then."""
         request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode()
-        with (
-            tempfile.TemporaryFile() as out,
-            tempfile.TemporaryFile() as err,
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection,
-        ):
-            connection.connect(self.address)
-            socket.send_fds(connection, [request], [out.fileno(), err.fileno()])
-            (pid,) = PID.unpack(receive(connection, PID.size))
-            connection.settimeout(timeout)
-            try:
-                (status,) = STATUS.unpack(receive(connection, STATUS.size))
-            except TimeoutError:
-                os.kill(pid, 9)
-                connection.settimeout(None)
-                receive(connection, STATUS.size)
-                raise subprocess.TimeoutExpired(argv, timeout) from None
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), stdout, stderr)
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(self.address)
+        socket.send_fds(connection, [request], [out.fileno(), err.fileno()])
+        (pid,) = PID.unpack(receive(connection, PID.size))
+        return Child(argv, pid, connection, out, err)
 
     def stop(self) -> None:
         self.process.kill()
@@ -173,6 +165,28 @@ class Zygote:
         for path in self.folder.iterdir():
             path.unlink()
         self.folder.rmdir()
+
+
+class Child:
+    """A command running in a child of the zygote (``Zygote.start``)."""
+
+    def __init__(self, argv: list[str], pid: int, connection: socket.socket, out: Any, err: Any) -> None:
+        self.argv, self.pid, self.connection, self.out, self.err = argv, pid, connection, out, err
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        with self.connection, self.out, self.err:
+            self.connection.settimeout(timeout)
+            try:
+                (status,) = STATUS.unpack(receive(self.connection, STATUS.size))
+            except TimeoutError:
+                os.kill(self.pid, 9)
+                self.connection.settimeout(None)
+                receive(self.connection, STATUS.size)
+                raise subprocess.TimeoutExpired(self.argv, timeout) from None
+            self.out.seek(0)
+            self.err.seek(0)
+            stdout, stderr = (f.read().decode(errors="replace") for f in (self.out, self.err))
+        return subprocess.CompletedProcess(self.argv, os.waitstatus_to_exitcode(status), stdout, stderr)
 
 
 def receive(connection: socket.socket, size: int) -> bytes:
