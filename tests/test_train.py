@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.names import TRAIN_MSE, VAL_MSE, VAL_MSE_BEST
+from aelab.quiet import NVML_CHECK
 from aelab.runs import open_run
 from aelab.tasks.train import train
 
@@ -103,10 +104,10 @@ def test_a_run_without_a_gpu_stops_its_optimiser_steps_probing_for_one(tmp_path,
     asks NVML for a GPU until CUDA is initialised: on a machine without one, every step of the run
     (aelab.quiet.no_gpu_probe_per_step; its cost is in docs/benchmarks.md). Where there is a GPU
     the setting stays, for the fork it protects."""
-    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as import lightning leaves it
+    monkeypatch.setenv(NVML_CHECK, "1")  # as import lightning leaves it
     gpu = torch.cuda.is_available()
     train_tiny(tmp_path, tiny_mnist)
-    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == ("1" if gpu else None)
+    assert os.environ.get(NVML_CHECK) == ("1" if gpu else None)
 
 
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_mnist):

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 # what every entry point imports before it reads an override; analyze's (scikit-learn, UMAP and
 # numba, openTSNE) is the slowest of all
@@ -170,7 +170,7 @@ class Zygote:
 class Child:
     """A command running in a child of the zygote (``Zygote.start``)."""
 
-    def __init__(self, argv: list[str], pid: int, connection: socket.socket, out: Any, err: Any) -> None:
+    def __init__(self, argv: list[str], pid: int, connection: socket.socket, out: IO[bytes], err: IO[bytes]) -> None:
         self.argv, self.pid, self.connection, self.out, self.err = argv, pid, connection, out, err
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess:
