@@ -15,7 +15,9 @@ variant is timed by its fastest epoch, as timeit does: on a shared machine noise
 and one epoch differs from the next by 10 % here (the medians are in the JSON too). With
 ``--rounds N`` every variant runs N times, interleaved (b c b c ...), and is timed by its fastest
 epoch of all: this machine also has slow minutes, and a ratio of two variants timed minutes
-apart moved by 10 % from one invocation to the next. The data is the official split the data
+apart moved by 10 % from one invocation to the next. The ratios to (b) are also printed round by
+round (each round's fastest epochs, seconds apart), with their median: a slow stretch that falls
+on one variant's round moves that round's ratio only. The data is the official split the data
 folder holds (60,000 / 10,000 for MNIST). Example:
 
   python scripts/benchmark.py --models mlp conv --device cpu --epochs 3
@@ -408,6 +410,11 @@ def main() -> int:
             for over, under in (("a", "c"), ("c", "b"), ("c", "g"), ("p", "b")):
                 if over in seconds and under in seconds:
                     row[f"{over}_over_{under}"] = seconds[over] / seconds[under]
+                    # the same ratio within each round, whose two runs were minutes apart at most:
+                    # a slow stretch of the machine that falls on one round cancels out of it
+                    row[f"{over}_over_{under}_by_round"] = [
+                        round(min(o[1:]) / min(u[1:]), 3) for o, u in zip(timed[over], timed[under], strict=True)
+                    ]
             results["models"][model] = row
         if args.startup:
             results["time_to_first_step_s"] = time_to_first_step(args.data, Path(args.data_dir))
@@ -436,6 +443,13 @@ def main() -> int:
         times = f"{cell('a'):>12} {cell('b'):>10} {cell('g'):>10} {cell('c'):>10} {cell('p'):>10}"
         ratios = " ".join(f"{ratio(k):>8}" for k in ("a_over_c", "c_over_b", "c_over_g", "p_over_b"))
         print(f"{model:6} {times} {ratios}   {vals}")
+    for model, row in results["models"].items():
+        for key in ("c_over_b", "p_over_b"):
+            if len(row.get(f"{key}_by_round", [])) > 1:
+                by_round = row[f"{key}_by_round"]
+                shown = " ".join(f"{r:.2f}" for r in by_round)
+                name = key.replace("_over_", ")/(")
+                print(f"{model} ({name}) round by round: {shown} (median {statistics.median(by_round):.2f})")
     if "time_to_first_step_s" in results:
         print(f"time from `python src/train.py` to the first training step: {results['time_to_first_step_s']:.2f} s")
         print(f"`python src/train.py --help`: {results['help_s']:.2f} s (median of 5)")
