@@ -237,18 +237,21 @@ class StepGraphs:
 
 def chunk_sum(steps: Any) -> dict[str, Tensor]:
     """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
-    chunk's images in float64: what ``EpochMean.update`` takes."""
-    by_size: dict[int, list[dict[str, Tensor]]] = {}
-    for terms, count in steps:
-        # detached at once, so that no step's autograd graph outlives its step
-        by_size.setdefault(count, []).append({name: value.detach() for name, value in terms.items()})
-    # A few tensor operations per chunk rather than three per step (20 ms of the MLP's CPU epoch).
-    # A float32 mean times a batch size is exact in float64, and so is a sum of such products while
-    # it needs at most 53 bits: values within a factor of 2**20 of each other, as one term's batch
-    # means are. Then any order of addition gives EpochMean's batch-by-batch sums, bit for bit.
+    chunk's images in float64: what ``EpochMean.update`` takes.
+
+    A float32 mean times a batch size is exact in float64, and so is a sum of such products while
+    it needs at most 53 bits: values within a factor of 2**20 of each other, as one term's batch
+    means are. So any order of addition gives EpochMean's batch-by-batch sums, bit for bit.
+    Added as the steps come rather than stacked at the chunk's end: keeping a chunk's outputs
+    alive until then cost 20-30 ms of the MLP's CPU epoch (docs/benchmarks.md), three small
+    operations a step cost none that measures."""
     sums: dict[str, Tensor] = {}
-    for count, group in by_size.items():
-        for name in group[0]:
-            term = (torch.stack([terms[name] for terms in group]).double() * count).sum()
-            sums[name] = sums[name] + term if name in sums else term
+    for terms, count in steps:
+        for name, value in terms.items():
+            # detached at once, so that no step's autograd graph outlives its step
+            term = value.detach().double() * count
+            if name in sums:
+                sums[name] += term
+            else:
+                sums[name] = term
     return sums
