@@ -207,7 +207,8 @@ class FastSteps:
                 sums = self._graphs.run(chunk)
             else:
                 sums = graphs.chunk_sum(
-                    (graphs.step(self, optimizer.optimizer, x), len(x)) for x, _ in batches_in(chunk)
+                    ((graphs.step(self, optimizer.optimizer, x), len(x)) for x, _ in batches_in(chunk)),
+                    as_floats=self.device.type == "cpu",
                 )
             steps = steps_in(chunk)
             upstream.count_optimizer_steps(optimizer, steps)

@@ -190,8 +190,11 @@ class StepGraphs:
 
         def body() -> None:
             chunk_sums = chunk_sum(
-                (step(self.module, self.optimizer, normalize(gather(images, index[first:end]))), end - first)
-                for first, end in itertools.pairwise(bounds)
+                (
+                    (step(self.module, self.optimizer, normalize(gather(images, index[first:end]))), end - first)
+                    for first, end in itertools.pairwise(bounds)
+                ),
+                as_floats=False,
             )
             # no gradient outlives the graph: its memory is the graph's, reused by the next replay
             self.optimizer.zero_grad(set_to_none=True)
@@ -235,23 +238,23 @@ class StepGraphs:
         optimizer.zero_grad(set_to_none=True)
 
 
-def chunk_sum(steps: Any) -> dict[str, Tensor]:
+def chunk_sum(steps: Any, as_floats: bool) -> dict[str, Tensor]:
     """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
     chunk's images in float64: what ``EpochMean.update`` takes.
 
     A float32 mean times a batch size is exact in float64, and so is a sum of such products while
     it needs at most 53 bits: values within a factor of 2**20 of each other, as one term's batch
     means are. So any order of addition gives EpochMean's batch-by-batch sums, bit for bit.
-    Added as the steps come rather than stacked at the chunk's end: keeping a chunk's outputs
-    alive until then cost 20-30 ms of the MLP's CPU epoch (docs/benchmarks.md), three small
-    operations a step cost none that measures."""
-    sums: dict[str, Tensor] = {}
+
+    Added as the steps come: keeping a chunk's outputs alive to stack them at its end cost 20-30 ms
+    of the MLP's CPU epoch (docs/benchmarks.md). ``as_floats`` keeps the sums as Python floats
+    (``item()``), the cheapest on the CPU, where ``item()`` waits for nothing: right after a step
+    it costs about 35 µs there, against 80 µs for the three tensor operations. Never on a GPU, where
+    ``item()`` waits for the step, nor in a captured graph, which cannot call it."""
+    sums: dict[str, Any] = {}
     for terms, count in steps:
         for name, value in terms.items():
-            # detached at once, so that no step's autograd graph outlives its step
-            term = value.detach().double() * count
-            if name in sums:
-                sums[name] += term
-            else:
-                sums[name] = term
-    return sums
+            # read or detached at once, so that no step's autograd graph outlives its step
+            term = value.item() * count if as_floats else value.detach().double() * count
+            sums[name] = sums[name] + term if name in sums else term
+    return {name: torch.as_tensor(total, dtype=torch.float64) for name, total in sums.items()}
