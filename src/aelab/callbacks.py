@@ -218,7 +218,7 @@ class ProgressBar(TQDMProgressBar):
         done, bar = datamodule.epoch_batches_done(), self.train_progress_bar
         if not self.is_enabled or bar is None:
             return
-        # a chunk of 16 batches passes a multiple of refresh_rate without landing on one
+        # a chunk of several batches passes a multiple of refresh_rate without landing on one
         if done // self.refresh_rate > self._drawn // self.refresh_rate or done == bar.total:
             bar.n = done
             bar.set_postfix(self.get_metrics(trainer, pl_module))

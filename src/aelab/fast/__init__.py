@@ -7,7 +7,7 @@ model, the datamodule and the callbacks import none of it.
 Why it exists: at this model size Lightning's work around each step costs more than the step. On
 the CPU an MLP step's arithmetic is about 1 ms and Lightning's automatic-optimisation closure,
 ``self.log`` and hooks add most of that again (scripts/benchmark.py: the plain loop's (c)/(b));
-paid once per chunk of 16 batches, the loop is within 10 % of bare PyTorch. On a GPU an eager
+paid once per chunk of 32 batches, the loop is within 10 % of bare PyTorch. On a GPU an eager
 step is mostly kernel launches, and a replayed graph is the only way to the hardware's floor.
 
 How: ``speed_up`` decides before the fit. Where the run needs something the fast path skips (a
@@ -60,9 +60,11 @@ PER_STEP_HOOKS = (
 PER_VALIDATION_BATCH_HOOKS = ("on_validation_batch_start", "on_validation_batch_end")
 # the precisions whose plugin adds nothing to a backward or an optimiser step (no loss scaling)
 PLAIN_BACKWARD_PRECISIONS = ("32-true", "bf16-mixed")
-# fast.steps_per_call=auto: the whole epoch on a GPU (one CUDA graph), chunks of 16 on the CPU,
-# where longer ones measure no faster (docs/benchmarks.md)
-CPU_STEPS_PER_CALL = 16
+# fast.steps_per_call=auto: the whole epoch on a GPU (one CUDA graph), chunks of 32 on the CPU.
+# Each call costs about 1 ms of Lightning's work on the CPU, 8 ms of the MLP's epoch at 16 a call
+# (docs/benchmarks.md); longer chunks would save a little more, but a Ctrl-C waits for the chunk
+# and the bar moves once per chunk: 32 conv batches take 0.6 s here
+CPU_STEPS_PER_CALL = 32
 STEPS_PER_CALL_WORDS = ("auto", "epoch")
 
 
