@@ -17,7 +17,7 @@ and one epoch differs from the next by 10 % here (the medians are in the JSON to
 epoch of all: this machine also has slow minutes, and a ratio of two variants timed minutes
 apart moved by 10 % from one invocation to the next. The ratios to (b) are also printed round by
 round (each round's fastest epochs, seconds apart), with their median: a slow stretch that falls
-on one variant's round moves that round's ratio only. The data is the official split the data
+on one round moves that round's ratio only. The data is the official split the data
 folder holds (60,000 / 10,000 for MNIST). Example:
 
   python scripts/benchmark.py --models mlp conv --device cpu --epochs 3
@@ -410,8 +410,8 @@ def main() -> int:
             for over, under in (("a", "c"), ("c", "b"), ("c", "g"), ("p", "b")):
                 if over in seconds and under in seconds:
                     row[f"{over}_over_{under}"] = seconds[over] / seconds[under]
-                    # the same ratio within each round, whose two runs were minutes apart at most:
-                    # a slow stretch of the machine that falls on one round cancels out of it
+                    # the same ratio within each round, whose two runs are seconds apart: a slow
+                    # stretch of the machine that falls on one round moves that round's ratio only
                     row[f"{over}_over_{under}_by_round"] = [
                         round(min(o[1:]) / min(u[1:]), 3) for o, u in zip(timed[over], timed[under], strict=True)
                     ]

@@ -31,13 +31,12 @@ def test_benchmark_times_every_cpu_variant_and_the_fast_path_trains_the_plain_lo
         assert row["c_over_b"] == row["c"]["s_per_epoch"] / row["b"]["s_per_epoch"]
         assert row["a_over_c"] == row["a"]["s_per_epoch"] / row["c"]["s_per_epoch"]
         # round by round: each round's own timed epochs, divided
-        c_rounds, b_rounds = row["c"]["epoch_times_s"], row["b"]["epoch_times_s"]
-        by_round = [round(c[1] / b[1], 3) for c, b in zip(c_rounds, b_rounds, strict=True)]
-        assert row["c_over_b_by_round"] == by_round
-        median = (by_round[0] + by_round[1]) / 2
-        assert f"{model} (c)/(b) round by round: {by_round[0]:.2f} {by_round[1]:.2f} (median {median:.2f})" in (
-            result.stdout
-        )
+        for over in ("c", "p"):
+            over_rounds, b_rounds = row[over]["epoch_times_s"], row["b"]["epoch_times_s"]
+            by_round = [round(o[1] / b[1], 3) for o, b in zip(over_rounds, b_rounds, strict=True)]
+            assert row[f"{over}_over_b_by_round"] == by_round
+            shown = f"{by_round[0]:.2f} {by_round[1]:.2f} (median {(by_round[0] + by_round[1]) / 2:.2f})"
+            assert f"{model} ({over})/(b) round by round: {shown}" in result.stdout
         # the fast path and Lightning's plain loop train the same weights, bit for bit
         assert row["c"]["val_mse"] == row["p"]["val_mse"]
         (line,) = [line for line in result.stdout.splitlines() if line.startswith(f"{model:6} ")]  # the table's row

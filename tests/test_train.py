@@ -235,12 +235,13 @@ def test_the_progress_bar_shows_the_epochs_running_loss_and_val_mse(tmp_path, ti
 
 def test_chunks_of_steps_per_call_train_exactly_as_one_batch_per_call(tmp_path, tiny_mnist):
     """fast.steps_per_call only changes how often Lightning's loop runs, never the arithmetic:
-    every weight, every logged number and the optimiser's state come out bit for bit the same."""
+    every weight, every logged number and the optimiser's state come out bit for bit the same.
+    The VAE: each of its terms (mse, kl and their sum, loss) is summed over a chunk on its own,
+    and its sampled codes draw from the same random stream on both loops."""
     runs = {}
     for steps in (1, 4):  # 96 images in batches of 16: 6 batches an epoch, chunks of 4 and 2
-        summary = train_tiny(
-            tmp_path, tiny_mnist, "data.batch_size=16", f"fast.steps_per_call={steps}", "logger=csv", name=f"k{steps}"
-        )
+        overrides = ["data.batch_size=16", f"fast.steps_per_call={steps}", "objective=vae", "logger=csv"]
+        summary = train_tiny(tmp_path, tiny_mnist, *overrides, name=f"k{steps}")
         runs[steps] = (summary, torch.load(summary["last_checkpoint"], weights_only=True))
     (one, one_ckpt), (chunked, chunked_ckpt) = runs[1], runs[4]
     for key in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
@@ -254,6 +255,7 @@ def test_chunks_of_steps_per_call_train_exactly_as_one_batch_per_call(tmp_path, 
     # the step the CSV, MLflow and W&B loggers get counts batches, not calls: 6 an epoch
     steps = {k: (tmp_path / f"k{k}" / "csv" / "metrics.csv").read_text() for k in (1, 4)}
     assert steps[4] == steps[1]
+    assert {"train/mse", "train/kl", "train/loss"} <= set(next(csv.DictReader(steps[4].splitlines())))
     # (Lightning's step is the index of the epoch's last batch; each epoch writes two rows)
     assert [row["step"] for row in csv.DictReader(steps[4].splitlines())] == ["5", "5", "11", "11"]
 
@@ -288,7 +290,8 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
     monkeypatch.setattr(step_graph, "new_graph", ReplayByCalling)
     monkeypatch.setattr(ReplayByCalling, "made", [])
     cosine = "model.scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true,T_max:4}"
-    common = ["data.batch_size=16", "fast.steps_per_call=4", cosine]  # 6 batches an epoch: chunks of 4 and 2
+    # 6 batches an epoch: chunks of 4 and 2; the sparse objective: two terms and their sum, each summed on its own
+    common = ["data.batch_size=16", "fast.steps_per_call=4", cosine, "objective=sparse", "logger=csv"]
     caplog.set_level("INFO", logger="aelab")
     eager = train_tiny(tmp_path, tiny_mnist, *common, "fast.cuda_graph=false", name="eager")
     eager_line = (
@@ -311,6 +314,9 @@ def test_the_graph_path_trains_exactly_as_the_eager_loop_and_its_checkpoints_res
     assert [g.replays for g in ReplayByCalling.made] == [2, 2]  # one graph per chunk shape, two epochs
     for key in (TRAIN_MSE, VAL_MSE, VAL_MSE_BEST):
         assert graph[key] == eager[key], key
+    logged = {name: (tmp_path / name / "csv" / "metrics.csv").read_text() for name in ("eager", "graph")}
+    assert logged["graph"] == logged["eager"]
+    assert {"train/l1", "train/loss"} <= set(next(csv.DictReader(logged["graph"].splitlines())))
     eager_ckpt = torch.load(eager["last_checkpoint"], weights_only=True)
     graph_ckpt = torch.load(graph["last_checkpoint"], weights_only=True)
     wrapped_ckpt = torch.load(wrapped["last_checkpoint"], weights_only=True)

@@ -61,9 +61,9 @@ PER_VALIDATION_BATCH_HOOKS = ("on_validation_batch_start", "on_validation_batch_
 # the precisions whose plugin adds nothing to a backward or an optimiser step (no loss scaling)
 PLAIN_BACKWARD_PRECISIONS = ("32-true", "bf16-mixed")
 # fast.steps_per_call=auto: the whole epoch on a GPU (one CUDA graph), chunks of 32 on the CPU.
-# Each call costs about 1 ms of Lightning's work on the CPU, 8 ms of the MLP's epoch at 16 a call
-# (docs/benchmarks.md); longer chunks would save a little more, but a Ctrl-C waits for the chunk
-# and the bar moves once per chunk: 32 conv batches take 0.6 s here
+# Each call costs about 1 ms of Lightning's work on the CPU: an MLP epoch of 235 batches makes 15
+# calls at 16 a call, 8 at 32 (docs/benchmarks.md). Longer chunks would save a little more, but a
+# Ctrl-C waits for the chunk and the bar moves once per chunk: 32 conv batches take 0.6 s here
 CPU_STEPS_PER_CALL = 32
 STEPS_PER_CALL_WORDS = ("auto", "epoch")
 

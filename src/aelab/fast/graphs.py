@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,23 +238,36 @@ class StepGraphs:
         optimizer.zero_grad(set_to_none=True)
 
 
-def chunk_sum(steps: Any, as_floats: bool) -> dict[str, Tensor]:
+def chunk_sum(steps: Iterable[tuple[dict[str, Tensor], int]], *, as_floats: bool) -> dict[str, Tensor]:
     """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
     chunk's images in float64: what ``EpochMean.update`` takes.
 
-    A float32 mean times a batch size is exact in float64, and so is a sum of such products while
-    it needs at most 53 bits: values within a factor of 2**20 of each other, as one term's batch
-    means are. So any order of addition gives EpochMean's batch-by-batch sums, bit for bit.
+    A float32 batch mean times its batch size is exact in float64, and so is a sum of such
+    products while it needs at most 53 bits: while the largest batch mean (in magnitude) over the
+    smallest, times the images summed, stays below 2**29 (for 60,000 images, batch means within a
+    factor of 8,000 of each other). Then any order of addition gives EpochMean's batch-by-batch
+    sums, bit for bit; beyond it the float64 sums may differ in their last bits, the float32 means
+    logged from them almost never.
 
-    Added as the steps come: keeping a chunk's outputs alive to stack them at its end cost 20-30 ms
-    of the MLP's CPU epoch (docs/benchmarks.md). ``as_floats`` keeps the sums as Python floats
-    (``item()``), the cheapest on the CPU, where ``item()`` waits for nothing: right after a step
-    it costs about 35 µs there, against 80 µs for the three tensor operations. Never on a GPU, where
-    ``item()`` waits for the step, nor in a captured graph, which cannot call it."""
-    sums: dict[str, Any] = {}
+    ``as_floats`` (the CPU) accumulates Python floats as the steps come: ``item()`` waits for
+    nothing there, and it costs about 35 µs right after a step against 80 µs for three tensor
+    operations, while keeping a chunk's outputs alive to stack them at its end cost 20-30 ms of
+    the MLP's epoch (docs/benchmarks.md). On a GPU ``item()`` would wait for each step and a
+    captured graph cannot call it, so there the outputs are stacked: a few kernels per chunk
+    rather than three per step."""
+    if as_floats:
+        totals: dict[str, float] = {}
+        for terms, count in steps:
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.item() * count
+        return {name: torch.tensor(total, dtype=torch.float64) for name, total in totals.items()}
+    by_size: dict[int, list[dict[str, Tensor]]] = {}
     for terms, count in steps:
-        for name, value in terms.items():
-            # read or detached at once, so that no step's autograd graph outlives its step
-            term = value.item() * count if as_floats else value.detach().double() * count
+        # detached at once, so that no step's autograd graph outlives its step
+        by_size.setdefault(count, []).append({name: value.detach() for name, value in terms.items()})
+    sums: dict[str, Tensor] = {}
+    for count, group in by_size.items():
+        for name in group[0]:
+            term = (torch.stack([terms[name] for terms in group]).double() * count).sum()
             sums[name] = sums[name] + term if name in sums else term
-    return {name: torch.as_tensor(total, dtype=torch.float64) for name, total in sums.items()}
+    return sums

@@ -24,9 +24,10 @@ class EpochMean(Metric):
     """The mean over an epoch's images of a quantity given as batch sums.
 
     Sums are float64: a float32 value times a batch size is exact in float64, and so is the sum of
-    an epoch's worth of them, so the mean is the same whatever the batch size, whether the batches
-    were added one by one or a chunk at a time (aelab.fast), and across DDP processes (torchmetrics
-    adds the sums and counts of every process before ``compute``).
+    an epoch's worth of them while the values stay within a few thousand times of each other (the
+    bound is in ``aelab.fast.graphs.chunk_sum``), so the mean is the same whatever the batch size,
+    whether the batches were added one by one or a chunk at a time (aelab.fast), and across DDP
+    processes (torchmetrics adds the sums and counts of every process before ``compute``).
     """
 
     full_state_update = False
