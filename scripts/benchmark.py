@@ -444,12 +444,11 @@ def main() -> int:
         ratios = " ".join(f"{ratio(k):>8}" for k in ("a_over_c", "c_over_b", "c_over_g", "p_over_b"))
         print(f"{model:6} {times} {ratios}   {vals}")
     for model, row in results["models"].items():
-        for key in ("c_over_b", "p_over_b"):
-            if len(row.get(f"{key}_by_round", [])) > 1:
-                by_round = row[f"{key}_by_round"]
+        for over in ("c", "p"):
+            by_round = row.get(f"{over}_over_b_by_round", [])
+            if len(by_round) > 1:
                 shown = " ".join(f"{r:.2f}" for r in by_round)
-                name = key.replace("_over_", ")/(")
-                print(f"{model} ({name}) round by round: {shown} (median {statistics.median(by_round):.2f})")
+                print(f"{model} ({over})/(b) round by round: {shown} (median {statistics.median(by_round):.2f})")
     if "time_to_first_step_s" in results:
         print(f"time from `python src/train.py` to the first training step: {results['time_to_first_step_s']:.2f} s")
         print(f"`python src/train.py --help`: {results['help_s']:.2f} s (median of 5)")
