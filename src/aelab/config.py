@@ -88,14 +88,14 @@ SCHEMA: dict[str, Rule] = {
     # audit
     "suspect_method": OneOf(values=SUSPECT_METHODS),
     "outlier_method": OneOf(values=OUTLIER_METHODS),
-    "queries": IntList(min=0, null=True),
+    "queries": IntList(null=True),
     "neighbours": Int(min=1, max=32),
     "top": Int(min=1, max=256),
     # encode, decode: a split of the datamodule (audit ranks official splits: AUDIT_SPLIT)
     "split": OneOf(values=("train", "val", "test")),
     "csv": OneOf(values=(True, False, "auto")),
     "latents": Text(null=True),
-    "axes": IntList(min=0, length=2),
+    "axes": IntList(length=2),
     "steps": Int(min=2, max=64),
     "max_images": Int(min=1, max=1024),
     # export
@@ -140,7 +140,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer": Group(what="a group of settings (e.g. trainer=cpu)"),
     "trainer.accelerator": OneOf(values=ACCELERATORS),
     # a count, -1 (all), "auto", or which GPUs: [0, 1]
-    "trainer.devices": Either(rules=(POSITIVE, OneOf(values=("auto", -1)), IntList(min=0))),
+    "trainer.devices": Either(rules=(POSITIVE, OneOf(values=("auto", -1)), IntList())),
     "trainer.precision": OneOf(values=PRECISIONS),
     "trainer.min_epochs": Int(min=0, null=True),
     # null would mean Lightning's default of 1000 epochs, never what a user meant
@@ -158,7 +158,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.gradient_clip_val": Number(min=0, null=True),
     "trainer.gradient_clip_algorithm": OneOf(values=("norm", "value"), null=True),
     "trainer.accumulate_grad_batches": POSITIVE,
-    "trainer.callbacks": Unsupported(reason="set in the callbacks group, e.g. +callbacks.name={{_target_: ...}}"),
+    "trainer.callbacks": Unsupported(reason="set in the callbacks group, e.g. +callbacks.name={_target_: ...}"),
     "trainer.logger": Unsupported(reason="set in the logger group, e.g. logger=csv"),
     "trainer.plugins": Unsupported(reason="not supported: aelab sets the checkpoint writer plugin itself"),
     # callbacks and loggers: each class checks its own arguments; these are read by aelab too
@@ -309,13 +309,10 @@ def _parameters(target: str) -> dict[str, inspect.Parameter] | None:
     from hydra.utils import get_object
 
     try:
-        built = get_object(target)
-        if inspect.isclass(built) and built.__init__ is object.__init__:
-            return {}  # a class without an __init__ of its own takes no arguments
-        parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters
+        # a class's signature is its __init__'s without self; () where it has no __init__ of its own
+        return dict(inspect.signature(get_object(target)).parameters)
     except Exception:  # noqa: BLE001 - any failure to import or inspect is reported when building
         return None
-    return {name: p for name, p in parameters.items() if name != "self"}
 
 
 def _arguments(target: str) -> tuple[str, ...] | None:

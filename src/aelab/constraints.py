@@ -10,16 +10,12 @@ from typing import Annotated
 
 
 @dataclass(frozen=True)
-class AtLeast:
-    min: int | float
+class Bounds:
+    min: int | float | None = None
+    max: int | float | None = None
 
 
-@dataclass(frozen=True)
-class AtMost:
-    max: int | float
-
-
-PositiveInt = Annotated[int, AtLeast(1)]
-NonNegativeInt = Annotated[int, AtLeast(0)]
-NonNegativeFloat = Annotated[float, AtLeast(0)]
-Fraction = Annotated[float, AtLeast(0), AtMost(1)]
+PositiveInt = Annotated[int, Bounds(min=1)]
+NonNegativeInt = Annotated[int, Bounds(min=0)]
+NonNegativeFloat = Annotated[float, Bounds(min=0)]
+Fraction = Annotated[float, Bounds(min=0, max=1)]

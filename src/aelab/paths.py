@@ -25,9 +25,7 @@ SAFE_NAME_RULE = "a plain name of letters, digits and _ . - (it names a director
 def checkout() -> Path | None:
     """The repository this package runs from (an editable install), or ``None`` (a wheel)."""
     root = Path(__file__).resolve().parents[2]
-    if (root / "configs").is_dir() and (root / "src" / "aelab").is_dir():
-        return root
-    return None
+    return root if (root / "configs").is_dir() and (root / "src" / "aelab").is_dir() else None
 
 
 def project_root() -> Path:
@@ -37,8 +35,7 @@ def project_root() -> Path:
 def config_dir() -> Path:
     """What ``src/<task>.py`` and the ``aelab-<task>`` commands compose from: ``configs/`` of the
     checkout, or ``aelab/configs`` inside an installed wheel (pyproject.toml maps one to the other)."""
-    root = checkout()
-    return root / "configs" if root is not None else Path(__file__).resolve().parent / "configs"
+    return (checkout() or Path(__file__).resolve().parent) / "configs"
 
 
 def entry_point() -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from aelab.errors import CheckpointError, ConfigError
-from aelab.rules import check_arguments
+from aelab.rules import argument_rule, message
 
 REGISTRY: dict[str, type] = {}
 
@@ -95,7 +95,10 @@ def build(spec: Mapping[str, Any], source: str = "a stored config", key: str | N
     cls = REGISTRY[str(spec["_target_"])]
     kwargs = {k: v for k, v in spec.items() if k not in SPECIAL_KEYS}
     # by the rules the class declares in its signature, as the config check does
-    check_arguments(cls, kwargs, key if key is not None else source)
+    for name, value in kwargs.items():
+        rule = argument_rule(cls, name)
+        if rule is not None and not rule.accepts(value):
+            raise ConfigError(message(f"{key or source}.{name}", value, rule))
     return functools.partial(cls, **kwargs) if spec.get("_partial_") else cls(**kwargs)
 
 

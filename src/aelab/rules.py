@@ -14,8 +14,8 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aelab.constraints import AtLeast, AtMost
-from aelab.errors import ConfigError, hydra_value, is_int
+from aelab.constraints import Bounds
+from aelab.errors import hydra_value, is_int
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ class Rule:
 
 @dataclass(frozen=True)
 class Int(Rule):
-    min: int | None = None
-    max: int | None = None
+    # float bounds too, as a constraint may give them (an integer >= 0.5 is one >= 1)
+    min: float | None = None
+    max: float | None = None
 
     def accepts_value(self, value: Any) -> bool:
         return is_int(value) and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
@@ -113,28 +114,24 @@ class Text(Rule):
 
 @dataclass(frozen=True)
 class IntList(Rule):
-    min: int = 0
     length: int | None = None  # exactly this many, e.g. two latent axes
 
     def accepts_value(self, value: Any) -> bool:
         return (
             isinstance(value, list)
             and bool(value)
-            and all(is_int(v) and v >= self.min for v in value)
+            and all(is_int(v) and v >= 0 for v in value)
             and (self.length is None or len(set(value)) == len(value) == self.length)
         )
 
     def describe(self) -> str:
         if self.length is not None:
-            example = list(range(self.min, self.min + self.length))
-            return f"a list of {self.length} different integers >= {self.min} (e.g. {example})"
-        return f"a non-empty list of integers >= {self.min} (e.g. [3])"
+            return f"a list of {self.length} different integers >= 0 (e.g. {list(range(self.length))})"
+        return "a non-empty list of integers >= 0 (e.g. [3])"
 
 
 @dataclass(frozen=True)
 class ListOf(Rule):
-    """A list whose every item the ``item`` rule accepts (``length``: exactly that many)."""
-
     item: Rule = Number()
     length: int | None = None
 
@@ -214,7 +211,7 @@ class Metric(Rule):
 
 def message(key: str, value: Any, rule: Rule) -> str:
     if isinstance(rule, Unsupported):
-        return f"{key}={hydra_value(value)} is {rule.describe().format(key=key)}"
+        return f"{key}={hydra_value(value)} is {rule.describe()}"
     return f"{key}={hydra_value(value)} is invalid: it must be {rule.allowed}"
 
 
@@ -239,16 +236,13 @@ def type_hints(target: Any) -> dict[str, Any]:
 
 def annotation_rule(annotation: Any) -> Rule | None:
     """A type annotation as a rule: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
-    sequences and tuples of those, ``X | None``, and ``Annotated[..., AtLeast(n)]``."""
+    sequences and tuples of those, ``X | None``, and ``Annotated[..., Bounds(min=n)]``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
         rule = annotation_rule(args[0])
-        low = next((m.min for m in args[1:] if isinstance(m, AtLeast)), None)
-        high = next((m.max for m in args[1:] if isinstance(m, AtMost)), None)
-        if isinstance(rule, Int):
-            return Int(min=None if low is None else int(low), max=None if high is None else int(high))
-        if isinstance(rule, Number):
-            return Number(min=low, max=high)
+        bounds = next((m for m in args[1:] if isinstance(m, Bounds)), Bounds())
+        if isinstance(rule, (Int, Number)):
+            return replace(rule, min=bounds.min, max=bounds.max)
         return rule
     if origin in (typing.Union, types.UnionType):
         found = [annotation_rule(a) for a in args if a is not type(None)]
@@ -267,12 +261,3 @@ def annotation_rule(annotation: Any) -> Rule | None:
         fixed = origin is tuple and Ellipsis not in args
         return ListOf(item=item, length=len(args) if fixed else None)
     return {bool: Flag(), int: Int(), float: Number(), str: Text(empty=True)}.get(annotation)
-
-
-def check_arguments(cls: type, arguments: collections.abc.Mapping[str, Any], prefix: str) -> None:
-    """Check the arguments a class is about to be built with (``prefix``: the config key they sit
-    under, e.g. ``model.encoder``) by the rules its signature declares."""
-    for name, value in arguments.items():
-        rule = argument_rule(cls, name)
-        if rule is not None and not rule.accepts(value):
-            raise ConfigError(message(f"{prefix}.{name}", value, rule))
