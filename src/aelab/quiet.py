@@ -48,9 +48,8 @@ def quiet_known_warnings() -> None:
     # openTSNE announces at INFO that it was given an initialisation it was given
     logging.getLogger("openTSNE").setLevel(logging.WARNING)
     # advertisements for Lightning's cloud services, printed on every run
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _not_an_advert not in rank_zero_log.filters:
-        rank_zero_log.addFilter(_not_an_advert)
+    # (addFilter adds a filter once, however often a task calls this)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
