@@ -69,8 +69,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "error": "the job stopped before writing its summary (crash or kill)",
         }
         # the summary's own record first: .hydra/ is rewritten whenever the job is launched again
-        model_cfg = job_cfg.get("model") if isinstance(job_cfg, DictConfig) else None
-        latent_dim = summary.get("latent_dim", model_cfg.get("latent_dim") if model_cfg else None)
+        latent_dim = summary.get("latent_dim", OmegaConf.select(job_cfg, "model.latent_dim"))
         rows.append(
             {k: summary.get(k) for k in COPIED}
             | {
@@ -185,9 +184,8 @@ def _panel_title(row: dict[str, Any]) -> str:
     return title + (f"\nnormal: {row[NORMAL_CLASSES]}" if row.get(NORMAL_CLASSES) else "")
 
 
-def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None) -> list[dict[str, Any]]:
-    """Write summary.csv/.md, the figures (``figure_files``: PNG at 100 dpi unless given), and a
-    TensorBoard ``sweep`` run into ``sweep_dir``."""
+def write_report(sweep_dir: Path, figure_files: plots.FigureFiles) -> list[dict[str, Any]]:
+    """Write summary.csv/.md, the figures (``figure_files``), and a TensorBoard ``sweep`` run into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     opened = _open_runs(rows)
@@ -201,19 +199,16 @@ def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None)
         "split; PCA: the best linear code of the same size, fit on the same training data." + one_class_line(rows),
     )
     sized = [r for r in rows if r["status"] == "ok" and r["latent_size"]]
-    figures = {
-        # a sweep that does not vary the latent size (a search, one-class digits) would stack its points at one x
-        FIGURE_MSE: plots.mse_vs_latent_size(sized, data) if len({r["latent_size"] for r in sized}) > 1 else None,
-        **job_figures(rows, opened, data),
-    }
+    figures = job_figures(rows, opened, data)
+    # a sweep that does not vary the latent size (a search, one-class digits) would stack its points at one x
+    if len({r["latent_size"] for r in sized}) > 1:
+        figures[FIGURE_MSE] = plots.mse_vs_latent_size(sized, data)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(sweep_dir / "sweep"))
     for name, fig in figures.items():
-        if fig is None:
-            continue
-        (figure_files or plots.FigureFiles()).save(fig, sweep_dir / name)
-        writer.add_figure(f"{FIGURES}/sweep_{Path(name).stem}", fig)
+        figure_files.save(fig, sweep_dir / name)
+        writer.add_figure(f"{FIGURES}/sweep_{name}", fig)
     writer.add_text("sweep/summary", (sweep_dir / "summary.md").read_text())
     writer.close()
     return rows
