@@ -103,6 +103,9 @@ class HyperparameterSummary(L.Callback):
         from torch.utils.tensorboard.summary import hparams
 
         hyperparameters = run_hyperparameters(trainer, pl_module)
+        # for CUSTOM SCALARS: for each loss term the model logs, its train and val curves on one chart
+        terms = sorted({name.split("/", 1)[1] for name in pl_module.logged_metrics() if name.startswith("train/")})
+        charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(hyperparameters)
@@ -116,14 +119,7 @@ class HyperparameterSummary(L.Callback):
             _, session_start, session_end = hparams(hyperparameters, {})
             logger.experiment.file_writer.add_summary(session_start)
             logger.experiment.file_writer.add_summary(session_end)
-            logger.experiment.add_custom_scalars(loss_layout(pl_module.logged_metrics()))
-
-
-def loss_layout(logged: list[str]) -> dict[str, Any]:
-    """A custom-scalars layout: for each loss term the model logs, its train and val curves on one chart."""
-    terms = sorted({name.split("/", 1)[1] for name in logged if name.startswith("train/")})
-    charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
-    return {"train vs val (per epoch)": charts}
+            logger.experiment.add_custom_scalars({"train vs val (per epoch)": charts})
 
 
 class OneModelSummary(ModelSummary):
@@ -134,10 +130,9 @@ class OneModelSummary(ModelSummary):
     _printed = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if OneModelSummary._printed:
-            return
-        super().on_fit_start(trainer, pl_module)
-        OneModelSummary._printed = True
+        if not OneModelSummary._printed:
+            super().on_fit_start(trainer, pl_module)
+            OneModelSummary._printed = True
 
 
 @runtime_checkable
