@@ -135,10 +135,11 @@ def _image_table(layout: list[tuple[str, Any, Any]], n_cols: int, figsize: tuple
 def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, np.ndarray]], classes, title: str):
     """One row per query: the query, then for each ``(how, images (Q, k, ...), labels (Q, k))`` its k
     neighbours found that way, each captioned with its class, a gap between the ways."""
-    plt = _pyplot()
     k = max(images.shape[1] for _, images, _ in found)
     n_cols = 1 + len(found) * (k + 1)
-    fig, axes = plt.subplots(len(queries), n_cols, figsize=(n_cols * 0.8, len(queries) * 1.0 + 0.6), squeeze=False)
+    fig, axes = _pyplot().subplots(
+        len(queries), n_cols, figsize=(n_cols * 0.8, len(queries) * 1.0 + 0.6), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i, query in enumerate(queries):
@@ -233,9 +234,7 @@ def image_grid(images, nrow: int):
     import torch
     from torchvision.utils import make_grid
 
-    return make_grid(
-        torch.as_tensor(images).float().clamp(-1, 1), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
-    )
+    return make_grid(torch.as_tensor(images).float().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1))
 
 
 def save_image_grid(images, path, nrow: int) -> None:
