@@ -186,7 +186,6 @@ def _panel_title(row: dict[str, Any]) -> str:
 
 def write_report(sweep_dir: Path, figure_files: plots.FigureFiles) -> list[dict[str, Any]]:
     """Write summary.csv/.md, the figures (``figure_files``), and a TensorBoard ``sweep`` run into ``sweep_dir``."""
-    sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     opened = _open_runs(rows)
     add_pca_baseline(rows, opened)
@@ -239,19 +238,18 @@ def progress_line(sweep_dir: Path, job_dir: Path, number: int, total: int | None
     Hydra numbered ``number`` (from 1). The best so far is read from the summaries in the sweep
     folder, so that jobs of other processes (joblib) and of an earlier attempt count too."""
     statuses = {d.name: runs.read_status(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir()}
-    own = statuses.get(job_dir.name, {})
-    value = own.get(VAL_MSE_BEST)
-    if own.get("status") == "ok":
-        outcome = (
-            f"{VAL_MSE_BEST} {value:.4g}" if isinstance(value, float) else f"done (no {VAL_MSE_BEST}: no validation)"
-        )
-    else:
-        outcome = f"failed: {str(own.get('error') or 'it wrote no summary (see its train.log)').splitlines()[0]}"
     scored = {
         name: status[VAL_MSE_BEST]
         for name, status in statuses.items()
         if status.get("status") == "ok" and isinstance(status.get(VAL_MSE_BEST), float)
     }
+    own = statuses.get(job_dir.name, {})
+    if job_dir.name in scored:
+        outcome = f"{VAL_MSE_BEST} {scored[job_dir.name]:.4g}"
+    elif own.get("status") == "ok":
+        outcome = f"done (no {VAL_MSE_BEST}: no validation)"
+    else:
+        outcome = f"failed: {str(own.get('error') or 'it wrote no summary (see its train.log)').splitlines()[0]}"
     best = f"; best so far {min(scored.values()):.4g} ({min(scored, key=scored.__getitem__)})" if scored else ""
     of = f" of {total}" if total else ""
     return f"{'search: trial' if searched else 'sweep: job'} {number}{of} ({job_dir.name}): {outcome}{best}"
@@ -295,7 +293,7 @@ class SweepReport(Callback):
         print(f"{report.read_text().rstrip()}\n\n{'search' if search else 'sweep'} report: {report}")
         if failed and search and len(failed) < len(rows):
             # a search expects some trials to fail (a learning rate too high): trials.md records them
-            print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {sweep_dir / 'trials.md'}", file=sys.stderr)
+            print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {report}", file=sys.stderr)
             return
         if failed:
             for row in failed:
