@@ -85,8 +85,7 @@ def fixed_overrides(arguments: Sequence[str]) -> list[str]:
     search's to make."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(arguments))
-    for override in parsed:
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
         if override.is_sweep_override():
             raise ConfigError(
                 f"{override.input_line} is a sweep, and hparams_search chooses the values itself: give one value, "
@@ -127,10 +126,7 @@ class Search:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(
-            study_name=study_name,
-            storage=f"sqlite:///{sweep_dir / STORAGE}",
-            direction="minimize",
-            load_if_exists=True,
+            study_name=study_name, storage=f"sqlite:///{sweep_dir / STORAGE}", direction="minimize", load_if_exists=True
         )
         # seeded past the trials already stored, so a resumed search does not propose its first
         # trials again; constant_liar keeps trials asked together apart
@@ -139,10 +135,8 @@ class Search:
     def run(self, fixed: list[str]) -> None:
         from optuna.trial import TrialState
 
-        from aelab.runs import is_place_override
-
         # what the trials train with: where files go and how figures look may change on resume
-        training = [o for o in fixed if not is_place_override(o)]
+        training = [o for o in fixed if not runs.is_place_override(o)]
         stored = self.study.user_attrs.get("fixed_overrides")
         if stored is None:
             self.study.set_user_attr("fixed_overrides", training)
@@ -162,8 +156,7 @@ class Search:
         finished = len(done)
         while interrupted or finished < self.n_trials:
             if interrupted:
-                numbers = interrupted[: self.n_jobs]
-                interrupted = interrupted[len(numbers) :]
+                numbers, interrupted = interrupted[: self.n_jobs], interrupted[self.n_jobs :]
             else:
                 count = min(self.n_jobs, self.n_trials - finished)
                 numbers = [self.study.ask(self.space).number for _ in range(count)]
