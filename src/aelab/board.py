@@ -58,12 +58,8 @@ def experiment_of(run: str) -> str:
 
 
 def newest_experiment(runs: dict[str, float]) -> tuple[str, list[str]]:
-    """The experiment written to last, and its runs in TensorBoard's order."""
-    written: dict[str, float] = {}
-    for run, mtime in runs.items():
-        experiment = experiment_of(run)
-        written[experiment] = max(written.get(experiment, 0.0), mtime)
-    newest = max(written, key=written.__getitem__)
+    """The experiment written to last (the one of the run written to last), and its runs in TensorBoard's order."""
+    newest = experiment_of(max(runs, key=runs.__getitem__))
     return newest, sorted(run for run in runs if experiment_of(run) == newest)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from aelab.data.batches import normalize
@@ -22,16 +22,8 @@ from aelab.names import EPOCH_TIMES, EPOCHS, LOSS
 from aelab.paths import command_line
 from aelab.report.plots import image_grid
 
-
-def first_validation_images(trainer: L.Trainer, count: int) -> Tensor | None:
-    """The first ``count`` validation images, as the model takes them (the val loader is
-    unshuffled, so they are the first it gives), read from the split itself, whichever loader (or
-    chunks of batches, on the fast path) serves it; ``None`` without an aelab datamodule."""
-    datamodule: Any = getattr(trainer, "datamodule", None)
-    if not hasattr(datamodule, "split"):
-        return None
-    images, _ = datamodule.split("val")
-    return normalize(images[:count])
+# the loggers that show images (CSV does not)
+IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)
 
 
 class ReconstructionGrid(L.Callback):
@@ -49,9 +41,13 @@ class ReconstructionGrid(L.Callback):
         if not loggers:
             return
         if self._images is None:
-            self._images = first_validation_images(trainer, self.num_images)
-        if self._images is None:
-            return
+            datamodule: Any = getattr(trainer, "datamodule", None)
+            if not hasattr(datamodule, "split"):
+                return  # not an aelab datamodule
+            # the first validation images, as the model takes them (the val loader is unshuffled, so they
+            # are the first it gives), read from the split itself, whichever loader (or chunks of batches,
+            # on the fast path) serves it
+            self._images = normalize(datamodule.split("val")[0][: self.num_images])
         images = self._images.to(pl_module.device)
         with torch.no_grad():
             reconstructions = pl_module(images)
@@ -59,26 +55,17 @@ class ReconstructionGrid(L.Callback):
             return  # StopOnNonFiniteLoss stops the run with a clear message; no garbage image first
         # the inputs as one row over their reconstructions: (3, H, W) in [0, 1]
         grid = image_grid(torch.cat([images, reconstructions]), nrow=len(images)).cpu()
+        tag = "val/reconstructions"
         for logger in loggers:
             # in the x each logger plots its metrics against: aelab.loggers.TensorBoardLogger's is epochs
             # done (1 = after the first epoch), the others' Lightning's optimiser steps
-            step = trainer.current_epoch + 1 if isinstance(logger, TensorBoardLogger) else trainer.global_step
-            log_image(logger, "val/reconstructions", grid, step)
-
-
-# the loggers that show images (CSV does not)
-IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)
-
-
-def log_image(logger: Logger, tag: str, image: Tensor, step: int) -> None:
-    """``image``: (3, H, W) in [0, 1], as each logger of ``IMAGE_LOGGERS`` takes it."""
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_image(tag, image, step)
-    elif isinstance(logger, MLFlowLogger):
-        pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
-    elif isinstance(logger, WandbLogger):
-        logger.log_image(tag, images=[image], step=step)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, grid, trainer.current_epoch + 1)
+            elif isinstance(logger, MLFlowLogger):
+                pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                logger.experiment.log_image(logger.run_id, pixels, key=tag, step=trainer.global_step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(tag, images=[grid], step=trainer.global_step)
 
 
 def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
@@ -86,7 +73,6 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
     (``pl_module``: an ``aelab.models.AutoEncoder``)."""
     hp = pl_module.settings
     datamodule: Any = getattr(trainer, "datamodule", None)
-    latent_size = pl_module.latent_size
     return {
         # the data's name with the folder of a subset (``MNIST (mnist-10k)``) and its training
         # images, so that runs on a subset are told from runs on the official split
@@ -94,7 +80,7 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
         "train_images": len(datamodule.split("train")[0]) if datamodule is not None else -1,
         "backbone": pl_module.backbone,
         "objective": pl_module.objective.label,
-        "latent_size": latent_size,
+        "latent_size": pl_module.latent_size,
         "params": sum(p.numel() for p in pl_module.parameters()),
         "compression": round(pl_module.compression, 4),
         "lr": hp.optimizer.get("lr", float("nan")),
@@ -114,34 +100,26 @@ class HyperparameterSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
+        from torch.utils.tensorboard.summary import hparams
+
         hyperparameters = run_hyperparameters(trainer, pl_module)
+        # for CUSTOM SCALARS: for each loss term the model logs, its train and val curves on one chart
+        terms = sorted({name.split("/", 1)[1] for name in pl_module.logged_metrics() if name.startswith("train/")})
+        charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                write_tensorboard_hparams(logger.experiment, hyperparameters)
-                logger.experiment.add_custom_scalars(loss_layout(pl_module.logged_metrics()))
-            else:
+            if not isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(hyperparameters)
-
-
-def write_tensorboard_hparams(writer: Any, hyperparameters: dict[str, Any]) -> None:
-    """The run's hyperparameters for HPARAMS, as ``TensorBoardLogger.log_hyperparams`` would write
-    them minus two things: the placeholder value it logs for each metric at step 0 (a NaN at the
-    start of every ``val/mse_best`` chart), and the experiment summary. TensorBoard takes the first
-    experiment summary it finds as the whole experiment's, so each run writing its own made every
-    setting read "does not differ" (a sweep's latent size started hidden); without any, TensorBoard
-    compares the runs' settings itself and offers their scalars (``val/mse_best`` …) as metrics."""
-    from torch.utils.tensorboard.summary import hparams
-
-    _, session_start, session_end = hparams(hyperparameters, {})
-    writer.file_writer.add_summary(session_start)
-    writer.file_writer.add_summary(session_end)
-
-
-def loss_layout(logged: list[str]) -> dict[str, Any]:
-    """A custom-scalars layout: for each loss term the model logs, its train and val curves on one chart."""
-    terms = sorted({name.split("/", 1)[1] for name in logged if name.startswith("train/")})
-    charts = {term: ["Multiline", [f"train/{term}", f"val/{term}"]] for term in terms}
-    return {"train vs val (per epoch)": charts}
+                continue
+            # as TensorBoardLogger.log_hyperparams would write them minus two things: the placeholder
+            # value it logs for each metric at step 0 (a NaN at the start of every val/mse_best chart),
+            # and the experiment summary. TensorBoard takes the first experiment summary it finds as the
+            # whole experiment's, so each run writing its own made every setting read "does not differ"
+            # (a sweep's latent size started hidden); without any, TensorBoard compares the runs'
+            # settings itself and offers their scalars (val/mse_best …) as metrics
+            _, session_start, session_end = hparams(hyperparameters, {})
+            logger.experiment.file_writer.add_summary(session_start)
+            logger.experiment.file_writer.add_summary(session_end)
+            logger.experiment.add_custom_scalars({"train vs val (per epoch)": charts})
 
 
 class OneModelSummary(ModelSummary):
@@ -152,10 +130,9 @@ class OneModelSummary(ModelSummary):
     _printed = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if OneModelSummary._printed:
-            return
-        super().on_fit_start(trainer, pl_module)
-        OneModelSummary._printed = True
+        if not OneModelSummary._printed:
+            super().on_fit_start(trainer, pl_module)
+            OneModelSummary._printed = True
 
 
 @runtime_checkable
@@ -165,14 +142,6 @@ class CountsBatches(Protocol):
     def train_batches_per_epoch(self) -> int: ...
 
     def epoch_batches_done(self) -> int: ...
-
-
-def running_loss(model: AutoEncoder) -> float | None:
-    """The mean optimised loss over the current epoch's training batches so far (``None`` before
-    the first); this process's own, read only when the progress bar redraws."""
-    means = model.epoch_means("train")
-    mean = means[LOSS] if LOSS in means else means["mse"]
-    return float(mean.total / mean.count) if mean.count else None
 
 
 class ProgressBar(TQDMProgressBar):
@@ -196,8 +165,12 @@ class ProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
         shown = {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
-        running = running_loss(pl_module) if isinstance(pl_module, AutoEncoder) else None
-        return ({"loss": f"{running:.4f}"} if running is not None else {}) | shown
+        if not isinstance(pl_module, AutoEncoder):
+            return shown
+        # the mean optimised loss over the epoch's training batches so far: this process's own
+        means = pl_module.epoch_means("train")
+        mean = means[LOSS] if LOSS in means else means["mse"]
+        return ({"loss": f"{float(mean.total / mean.count):.4f}"} if mean.count else {}) | shown
 
     @property
     def total_train_batches(self) -> int | float:
@@ -298,10 +271,8 @@ class FirstStepTimer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._done and "AELAB_T0" in os.environ:
             self._done = True
-            print(
-                f"aelab: first training step {time.time() - float(os.environ['AELAB_T0']):.2f} s after launch",
-                flush=True,
-            )
+            seconds = time.time() - float(os.environ["AELAB_T0"])
+            print(f"aelab: first training step {seconds:.2f} s after launch", flush=True)
 
 
 class InterruptCheckpoint(L.Callback):
@@ -313,8 +284,8 @@ class InterruptCheckpoint(L.Callback):
     from "last" implicitly.)
     """
 
-    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
-        self.ckpt_path = os.path.join(dirpath, f"{filename}.ckpt")
+    def __init__(self, dirpath: str) -> None:
+        self.ckpt_path = os.path.join(dirpath, "interrupted.ckpt")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException

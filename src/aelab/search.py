@@ -85,8 +85,7 @@ def fixed_overrides(arguments: Sequence[str]) -> list[str]:
     search's to make."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(arguments))
-    for override in parsed:
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
         if override.is_sweep_override():
             raise ConfigError(
                 f"{override.input_line} is a sweep, and hparams_search chooses the values itself: give one value, "
@@ -108,7 +107,7 @@ class Search:
         n_jobs: int,
         seed: int,
         study_name: str,
-        figure_files: Any = None,
+        figure_files: Any,
     ) -> None:
         import optuna
 
@@ -127,10 +126,7 @@ class Search:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(
-            study_name=study_name,
-            storage=f"sqlite:///{sweep_dir / STORAGE}",
-            direction="minimize",
-            load_if_exists=True,
+            study_name=study_name, storage=f"sqlite:///{sweep_dir / STORAGE}", direction="minimize", load_if_exists=True
         )
         # seeded past the trials already stored, so a resumed search does not propose its first
         # trials again; constant_liar keeps trials asked together apart
@@ -139,10 +135,8 @@ class Search:
     def run(self, fixed: list[str]) -> None:
         from optuna.trial import TrialState
 
-        from aelab.runs import is_place_override
-
         # what the trials train with: where files go and how figures look may change on resume
-        training = [o for o in fixed if not is_place_override(o)]
+        training = [o for o in fixed if not runs.is_place_override(o)]
         stored = self.study.user_attrs.get("fixed_overrides")
         if stored is None:
             self.study.set_user_attr("fixed_overrides", training)
@@ -162,14 +156,13 @@ class Search:
         finished = len(done)
         while interrupted or finished < self.n_trials:
             if interrupted:
-                numbers = interrupted[: self.n_jobs]
-                interrupted = interrupted[len(numbers) :]
+                numbers, interrupted = interrupted[: self.n_jobs], interrupted[self.n_jobs :]
             else:
                 count = min(self.n_jobs, self.n_trials - finished)
                 numbers = [self.study.ask(self.space).number for _ in range(count)]
             self._launch(numbers, fixed)
             finished = sum(t.state.is_finished() for t in self.study.trials)
-        write_trials_report(self.study, self.sweep_dir, fixed, self.errors, self.figure_files)
+        self._write_report(fixed)
 
     def _launch(self, numbers: list[int], fixed: list[str]) -> None:
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
@@ -203,44 +196,40 @@ class Search:
         self.study.tell(number, state=TrialState.FAIL)
         log.warning("search: trial %d failed (%s); the search goes on", number, error)
 
+    def _write_report(self, fixed: Sequence[str]) -> None:
+        """``trials.csv``/``.md`` (every trial: its values, state and result; the command that trains
+        the best one, ``fixed`` overrides included) and the ``trials`` figure (the result by trial and
+        the best so far)."""
+        from aelab.report import plots
+        from aelab.report.tables import write_table
+
+        keys = sorted({k for t in self.study.trials for k in t.params})
+        rows = []
+        for trial in self.study.trials:
+            row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name.lower(), VAL_MSE_BEST: trial.value}
+            row.update({k: trial.params.get(k) for k in keys})
+            if trial.value is None:
+                saved = runs.read_summary(self.sweep_dir / f"{TRIAL_DIR}{trial.number}").get("error")
+                row["error"] = self.errors.get(trial.number) or str(saved or "").split("\n")[0]
+            row["folder"] = f"{TRIAL_DIR}{trial.number}"
+            rows.append(row)
+        complete = [r for r in rows if r[VAL_MSE_BEST] is not None]
+        best = min(complete, key=lambda r: r[VAL_MSE_BEST]) if complete else None
+        intro = f"# Search: {len(rows)} trials, {len(complete)} complete, minimising {VAL_MSE_BEST}\n"
+        if best is not None:
+            # as one run: without the search itself
+            kept = [o for o in fixed if not o.startswith(("hparams_search=", "hydra.sweeper.", "hydra/sweeper="))]
+            chosen = " ".join(shlex.quote(o) for o in [*kept, *(f"{k}={override_text(best[k])}" for k in keys)])
+            intro += (
+                f"\nBest: trial {best['trial']}, {VAL_MSE_BEST} {best[VAL_MSE_BEST]:.5f}: `{command_line()} {chosen}`\n"
+            )
+            log.info("search: best trial %d, %s %.5f: %s", best["trial"], VAL_MSE_BEST, best[VAL_MSE_BEST], chosen)
+        write_table(rows, ["trial", "state", VAL_MSE_BEST, *keys, "error", "folder"], self.sweep_dir / "trials", intro)
+        self.figure_files.save(plots.search_trials(rows, VAL_MSE_BEST), self.sweep_dir / "trials")
+        log.info("search report: %s", self.sweep_dir / "trials.md")
+
 
 def resume_command(sweep_dir: Path) -> str:
     """The sweep's own command (``-m`` and its overrides) into ``sweep_dir``: it goes on where it stopped."""
     given = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not a.startswith("hydra.sweep.dir=")]
     return " ".join([command_line(), "-m", *map(shlex.quote, given), f"\"hydra.sweep.dir='{sweep_dir}'\""])
-
-
-def write_trials_report(
-    study: Any, sweep_dir: Path, fixed: Sequence[str], errors: Mapping[int, str], figure_files: Any
-) -> list[dict[str, Any]]:
-    """``trials.csv``/``.md`` (every trial: its values, state and result; the command that trains
-    the best one, ``fixed`` overrides included) and the ``trials`` figure (the result by trial and
-    the best so far)."""
-    from aelab.report import plots
-    from aelab.report.tables import write_table
-
-    keys = sorted({k for t in study.trials for k in t.params})
-    rows = []
-    for trial in study.trials:
-        row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name.lower(), VAL_MSE_BEST: trial.value}
-        row.update({k: trial.params.get(k) for k in keys})
-        if trial.value is None:
-            saved = runs.read_summary(sweep_dir / f"{TRIAL_DIR}{trial.number}").get("error")
-            row["error"] = errors.get(trial.number) or str(saved or "").split("\n")[0]
-        row["folder"] = f"{TRIAL_DIR}{trial.number}"
-        rows.append(row)
-    complete = [r for r in rows if r[VAL_MSE_BEST] is not None]
-    best = min(complete, key=lambda r: r[VAL_MSE_BEST]) if complete else None
-    intro = f"# Search: {len(rows)} trials, {len(complete)} complete, minimising {VAL_MSE_BEST}\n"
-    if best is not None:
-        # as one run: without the search itself
-        kept = [o for o in fixed if not o.startswith(("hparams_search=", "hydra.sweeper.", "hydra/sweeper="))]
-        chosen = " ".join(shlex.quote(o) for o in [*kept, *(f"{k}={override_text(best[k])}" for k in keys)])
-        intro += (
-            f"\nBest: trial {best['trial']}, {VAL_MSE_BEST} {best[VAL_MSE_BEST]:.5f}: `{command_line()} {chosen}`\n"
-        )
-        log.info("search: best trial %d, %s %.5f: %s", best["trial"], VAL_MSE_BEST, best[VAL_MSE_BEST], chosen)
-    write_table(rows, ["trial", "state", VAL_MSE_BEST, *keys, "error", "folder"], sweep_dir / "trials", intro)
-    (figure_files or plots.FigureFiles()).save(plots.search_trials(rows, VAL_MSE_BEST), sweep_dir / "trials")
-    log.info("search report: %s", sweep_dir / "trials.md")
-    return rows

@@ -71,10 +71,9 @@ def probe_probabilities(codes: np.ndarray, labels: np.ndarray, n_classes: int, s
 
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    present = np.unique(labels)
     out_of_fold = cross_val_predict(classifier, codes, labels, cv=split, method="predict_proba")
     probabilities = np.zeros((len(codes), n_classes))
-    probabilities[:, present] = out_of_fold
+    probabilities[:, np.unique(labels)] = out_of_fold  # its columns: the classes present, in order
     return probabilities
 
 
@@ -99,8 +98,7 @@ def confident_errors(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarra
     # p > 0 too: a class whose members all get p = 0 (a lone image of it) has a threshold of 0,
     # which every image would reach
     confident = np.where((probabilities >= thresholds) & (probabilities > 0), probabilities, -np.inf)
-    assigned = confident.argmax(axis=1)
-    return np.isfinite(confident.max(axis=1)) & (assigned != labels)
+    return np.isfinite(confident.max(axis=1)) & (confident.argmax(axis=1) != labels)
 
 
 @dataclass

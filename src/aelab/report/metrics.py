@@ -29,8 +29,7 @@ def pca_reconstruction_mse(train: np.ndarray, test: np.ndarray, dims: Iterable[i
     result = {}
     for d in dims:
         basis = components[:, :d]
-        residual = test_centred - (test_centred @ basis) @ basis.T
-        result[d] = float(np.mean(residual**2))
+        result[d] = float(np.mean((test_centred - test_centred @ basis @ basis.T) ** 2))
     return result
 
 

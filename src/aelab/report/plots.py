@@ -37,14 +37,10 @@ def _titled(fig, title: str, ax=None):
 
 
 def _image(ax, image) -> None:
-    """An image (C, H, W) in [-1, 1] on ``ax``, grey for one channel, colour for three; no ticks."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    _show(ax, np.asarray(image))
-
-
-def _show(ax, image: np.ndarray) -> None:
-    """``image`` (C, H, W) in [-1, 1] as matplotlib draws it: grey (H, W), or colour (H, W, 3) in [0, 1]."""
+    """An image (C, H, W) in [-1, 1] on ``ax``, without ticks, as matplotlib draws it: grey (H, W) for
+    one channel, or colour (H, W, 3) in [0, 1] for three."""
+    image = np.asarray(image)
+    ax.set(xticks=[], yticks=[])
     if image.shape[0] == 1:
         ax.imshow(image[0], cmap="gray", vmin=-1, vmax=1)
     else:
@@ -65,13 +61,13 @@ class FigureFiles:
         sweep's report reads them after its jobs (which report a bad value as a job failure)."""
         from aelab.errors import ConfigError
 
-        chosen = cfg.get("figure_format", "png"), cfg.get("figure_dpi", 100)
-        if chosen[0] not in FIGURE_FORMATS or isinstance(chosen[1], bool) or not isinstance(chosen[1], int):
+        figure_format, dpi = cfg.get("figure_format", "png"), cfg.get("figure_dpi", 100)
+        if figure_format not in FIGURE_FORMATS or isinstance(dpi, bool) or not isinstance(dpi, int):
             raise ConfigError(
-                f"figure_format={chosen[0]}, figure_dpi={chosen[1]} is invalid: the format must be one of "
+                f"figure_format={figure_format}, figure_dpi={dpi} is invalid: the format must be one of "
                 f"{', '.join(FIGURE_FORMATS)} and the dpi an integer, e.g. figure_format=pdf figure_dpi=300"
             )
-        return cls(*chosen)
+        return cls(figure_format, dpi)
 
     def save(self, figure, path: Path) -> Path:
         """``figure`` at ``path`` with this format's suffix, never seen half-written; returns that path."""
@@ -90,8 +86,7 @@ def latent_map(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
         mask = labels == index
         ax.scatter(points[mask, 0], points[mask, 1], s=3, color=cmap(index), label=name, alpha=0.7)
     ax.legend(title="class", markerscale=4, loc="center left", bbox_to_anchor=(1, 0.5))
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     return _titled(fig, title, ax)
 
 
@@ -140,24 +135,21 @@ def _image_table(layout: list[tuple[str, Any, Any]], n_cols: int, figsize: tuple
 def neighbour_rows(queries: np.ndarray, found: Sequence[tuple[str, np.ndarray, np.ndarray]], classes, title: str):
     """One row per query: the query, then for each ``(how, images (Q, k, ...), labels (Q, k))`` its k
     neighbours found that way, each captioned with its class, a gap between the ways."""
-    plt = _pyplot()
     k = max(images.shape[1] for _, images, _ in found)
     n_cols = 1 + len(found) * (k + 1)
-    fig, axes = plt.subplots(len(queries), n_cols, figsize=(n_cols * 0.8, len(queries) * 1.0 + 0.6), squeeze=False)
+    fig, axes = _pyplot().subplots(
+        len(queries), n_cols, figsize=(n_cols * 0.8, len(queries) * 1.0 + 0.6), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i, query in enumerate(queries):
         cells = [(axes[i, 0], query, "query" if i == 0 else "")]
         for w, (how, images, labels) in enumerate(found):
-            first = 1 + w * (k + 1) + 1
-            cells += [
-                (
-                    axes[i, first + j],
-                    images[i, j],
-                    f"{how}: {classes[int(labels[i, j])]}" if i == 0 and j == 0 else classes[int(labels[i, j])],
-                )
-                for j in range(images.shape[1])
-            ]
+            for j in range(images.shape[1]):
+                name = classes[int(labels[i, j])]
+                # the query's column, then each way's k columns after an empty one
+                column = 1 + w * (k + 1) + 1 + j
+                cells.append((axes[i, column], images[i, j], f"{how}: {name}" if i == j == 0 else name))
         for ax, image, caption in cells:
             ax.axis("on")
             _image(ax, image)
@@ -174,7 +166,7 @@ def decoded_sweep(images: np.ndarray, across: np.ndarray, down: np.ndarray, axes
     # (rows, columns, C, H, W) -> one (C, rows * H, columns * W) image
     grid = images.reshape(steps_y, steps_x, channels, height, width).transpose(2, 0, 3, 1, 4)
     fig, ax = _pyplot().subplots(figsize=(1.5 + 0.5 * steps_x, 1.2 + 0.5 * steps_y))
-    _show(ax, grid.reshape(channels, steps_y * height, steps_x * width))
+    _image(ax, grid.reshape(channels, steps_y * height, steps_x * width))
     ax.set_xticks(width / 2 + width * np.arange(steps_x), [f"{v:.3g}" for v in across], rotation=90, fontsize=7)
     ax.set_yticks(height / 2 + height * np.arange(steps_y), [f"{v:.3g}" for v in down], fontsize=7)
     ax.set_xlabel(f"z{axes[0]}")
@@ -211,9 +203,8 @@ def mse_vs_latent_size(rows: list[dict], data: str):
     pca = sorted({(r["latent_size"], r[VAL_PCA_MSE]) for r in rows if r[VAL_PCA_MSE] is not None})
     if pca:
         ax.plot(*zip(*pca, strict=True), linestyle="--", color="gray", marker=".", label="PCA")
-    if rows:
-        _latent_size_axis(ax, [r["latent_size"] for r in rows])
-        ax.legend()
+    _latent_size_axis(ax, [r["latent_size"] for r in rows])
+    ax.legend()
     ax.set_ylabel(f"{VAL_MSE_BEST} ([-1, 1] scale)")
     return _titled(fig, f"Reconstruction error against bottleneck size ({data})", ax)
 
@@ -243,9 +234,7 @@ def image_grid(images, nrow: int):
     import torch
     from torchvision.utils import make_grid
 
-    return make_grid(
-        torch.as_tensor(images).float().clamp(-1, 1), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
-    )
+    return make_grid(torch.as_tensor(images).float().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1))
 
 
 def save_image_grid(images, path, nrow: int) -> None:

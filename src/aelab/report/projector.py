@@ -33,12 +33,7 @@ def _square(images: Tensor) -> Tensor:
 
 
 def add_embedding(
-    log_dir: Path,
-    tag: str,
-    name: str,
-    latents: Tensor,
-    images: Tensor,
-    columns: dict[str, Sequence[object]],
+    log_dir: Path, tag: str, name: str, latents: Tensor, images: Tensor, columns: dict[str, Sequence[object]]
 ) -> None:
     """``latents`` (N, D) shown as ``name``, each point with its image (uint8, (N, C, H, W), any H and W) and the
     metadata ``columns`` (a single column is written without a header, as TensorBoard expects).
@@ -67,8 +62,7 @@ def add_embedding(
         writer.add_embedding(
             latents, metadata=metadata, metadata_header=header, label_img=_square(images.float() / 255), tag=tag
         )
-    written = ProjectorConfig()
-    text_format.Parse(path.read_text(), written)
+    written = text_format.Parse(path.read_text(), ProjectorConfig())
     (embedding,) = written.embeddings
     embedding.tensor_name = name
     kept = [e for e in config.embeddings if e.tensor_name != name and e.tensor_path != embedding.tensor_path]

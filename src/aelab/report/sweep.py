@@ -69,8 +69,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "error": "the job stopped before writing its summary (crash or kill)",
         }
         # the summary's own record first: .hydra/ is rewritten whenever the job is launched again
-        model_cfg = job_cfg.get("model") if isinstance(job_cfg, DictConfig) else None
-        latent_dim = summary.get("latent_dim", model_cfg.get("latent_dim") if model_cfg else None)
+        latent_dim = summary.get("latent_dim", OmegaConf.select(job_cfg, "model.latent_dim"))
         rows.append(
             {k: summary.get(k) for k in COPIED}
             | {
@@ -185,10 +184,8 @@ def _panel_title(row: dict[str, Any]) -> str:
     return title + (f"\nnormal: {row[NORMAL_CLASSES]}" if row.get(NORMAL_CLASSES) else "")
 
 
-def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None) -> list[dict[str, Any]]:
-    """Write summary.csv/.md, the figures (``figure_files``: PNG at 100 dpi unless given), and a
-    TensorBoard ``sweep`` run into ``sweep_dir``."""
-    sweep_dir = Path(sweep_dir)
+def write_report(sweep_dir: Path, figure_files: plots.FigureFiles) -> list[dict[str, Any]]:
+    """Write summary.csv/.md, the figures (``figure_files``), and a TensorBoard ``sweep`` run into ``sweep_dir``."""
     rows = collect_rows(sweep_dir)
     opened = _open_runs(rows)
     add_pca_baseline(rows, opened)
@@ -201,19 +198,16 @@ def write_report(sweep_dir: Path, figure_files: plots.FigureFiles | None = None)
         "split; PCA: the best linear code of the same size, fit on the same training data." + one_class_line(rows),
     )
     sized = [r for r in rows if r["status"] == "ok" and r["latent_size"]]
-    figures = {
-        # a sweep that does not vary the latent size (a search, one-class digits) would stack its points at one x
-        FIGURE_MSE: plots.mse_vs_latent_size(sized, data) if len({r["latent_size"] for r in sized}) > 1 else None,
-        **job_figures(rows, opened, data),
-    }
+    figures = job_figures(rows, opened, data)
+    # a sweep that does not vary the latent size (a search, one-class digits) would stack its points at one x
+    if len({r["latent_size"] for r in sized}) > 1:
+        figures[FIGURE_MSE] = plots.mse_vs_latent_size(sized, data)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(sweep_dir / "sweep"))
     for name, fig in figures.items():
-        if fig is None:
-            continue
-        (figure_files or plots.FigureFiles()).save(fig, sweep_dir / name)
-        writer.add_figure(f"{FIGURES}/sweep_{Path(name).stem}", fig)
+        figure_files.save(fig, sweep_dir / name)
+        writer.add_figure(f"{FIGURES}/sweep_{name}", fig)
     writer.add_text("sweep/summary", (sweep_dir / "summary.md").read_text())
     writer.close()
     return rows
@@ -244,19 +238,18 @@ def progress_line(sweep_dir: Path, job_dir: Path, number: int, total: int | None
     Hydra numbered ``number`` (from 1). The best so far is read from the summaries in the sweep
     folder, so that jobs of other processes (joblib) and of an earlier attempt count too."""
     statuses = {d.name: runs.read_status(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir()}
-    own = statuses.get(job_dir.name, {})
-    value = own.get(VAL_MSE_BEST)
-    if own.get("status") == "ok":
-        outcome = (
-            f"{VAL_MSE_BEST} {value:.4g}" if isinstance(value, float) else f"done (no {VAL_MSE_BEST}: no validation)"
-        )
-    else:
-        outcome = f"failed: {str(own.get('error') or 'it wrote no summary (see its train.log)').splitlines()[0]}"
     scored = {
         name: status[VAL_MSE_BEST]
         for name, status in statuses.items()
         if status.get("status") == "ok" and isinstance(status.get(VAL_MSE_BEST), float)
     }
+    own = statuses.get(job_dir.name, {})
+    if job_dir.name in scored:
+        outcome = f"{VAL_MSE_BEST} {scored[job_dir.name]:.4g}"
+    elif own.get("status") == "ok":
+        outcome = f"done (no {VAL_MSE_BEST}: no validation)"
+    else:
+        outcome = f"failed: {str(own.get('error') or 'it wrote no summary (see its train.log)').splitlines()[0]}"
     best = f"; best so far {min(scored.values()):.4g} ({min(scored, key=scored.__getitem__)})" if scored else ""
     of = f" of {total}" if total else ""
     return f"{'search: trial' if searched else 'sweep: job'} {number}{of} ({job_dir.name}): {outcome}{best}"
@@ -300,7 +293,7 @@ class SweepReport(Callback):
         print(f"{report.read_text().rstrip()}\n\n{'search' if search else 'sweep'} report: {report}")
         if failed and search and len(failed) < len(rows):
             # a search expects some trials to fail (a learning rate too high): trials.md records them
-            print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {sweep_dir / 'trials.md'}", file=sys.stderr)
+            print(f"aelab: {len(failed)} of {len(rows)} trials failed; see {report}", file=sys.stderr)
             return
         if failed:
             for row in failed:

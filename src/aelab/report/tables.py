@@ -18,8 +18,7 @@ def write_table(rows: list[dict[str, Any]], columns: list[str], path_stem: Path,
     writer.writerows(rows)
     write_atomic(path_stem.with_suffix(".csv"), buffer.getvalue())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     write_atomic(path_stem.with_suffix(".md"), intro + "\n\n" + "\n".join(lines) + "\n")
 
 
