@@ -110,7 +110,7 @@ class HyperparameterSummary(L.Callback):
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(hyperparameters)
                 continue
-            # as TensorBoardLogger.log_hyperparams would write them minus two things: the placeholder
+            # HPARAMS: as TensorBoardLogger.log_hyperparams would write them minus two things: the placeholder
             # value it logs for each metric at step 0 (a NaN at the start of every val/mse_best chart),
             # and the experiment summary. TensorBoard takes the first experiment summary it finds as the
             # whole experiment's, so each run writing its own made every setting read "does not differ"
