@@ -101,7 +101,7 @@ class ImageDataModule(L.LightningDataModule):
         else:
             val = self._official["test"]
         if hp.keep_classes is not None:
-            train_images, train_labels = self._kept(train_images, train_labels, hp.keep_classes)
+            train_images, train_labels = self._kept(train_images, train_labels)
         self.splits = {"train": (train_images, train_labels), "val": val, "test": self._official["test"]}
 
     def check_keep_classes(self) -> None:
@@ -113,10 +113,9 @@ class ImageDataModule(L.LightningDataModule):
                 f"of {self.title}, e.g. data.keep_classes=[{min(3, n - 1)}]"
             )
 
-    def _kept(
-        self, images: torch.Tensor, labels: torch.Tensor, keep_classes: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_keep_classes()
+        keep_classes = self.settings.keep_classes
         keep = torch.isin(labels, torch.tensor([int(c) for c in keep_classes]))
         if not keep.any():
             held = sorted(set(labels.tolist()))

@@ -36,13 +36,11 @@ FLOAT_MODE = "F"
 class OwnImages(ImageDataModule):
     """What the folder and the array file share: the split into train and test, and the classes."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: tuple[str, ...] = ()
+    _classes: tuple[str, ...] = ()  # read with the images
 
     @property
     def classes(self) -> tuple[str, ...]:
-        if not self._classes:  # read with the images
+        if not self._classes:
             self.setup()
         return self._classes
 
@@ -101,7 +99,10 @@ class ImageFolderDataModule(OwnImages):
         from PIL import Image, ImageOps
 
         files, self._classes = self._files()
-        headers = [_header(path) for path, _ in files]  # modes and sizes, before any pixel is decoded
+        headers: list[tuple[str, tuple[int, int]]] = []  # modes and sizes, before any pixel is decoded
+        for path, _ in files:
+            with _reading(path), Image.open(path) as image:
+                headers.append((image.mode, image.size))
         hp = self.settings
         channels = hp.channels or (1 if all(mode in GREY_MODES for mode, _ in headers) else 3)
         if hp.size is not None:
@@ -193,14 +194,6 @@ def _reading(path: Path) -> Iterator[None]:
         raise DataError(
             f"{path} cannot be read as an image ({err}); replace it with a readable one, or remove it"
         ) from None
-
-
-def _header(path: Path) -> tuple[str, tuple[int, int]]:
-    """The mode and (width, height) of an image file, from its header."""
-    from PIL import Image
-
-    with _reading(path), Image.open(path) as image:
-        return image.mode, image.size
 
 
 @register
