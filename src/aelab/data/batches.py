@@ -64,16 +64,15 @@ class DeviceBatchLoader:
     skip_once: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        images, world_size = self.images, self.world_size
-        if len(images) < world_size:
+        if len(self.images) < self.world_size:
             raise ConfigError(
-                f"{len(images)} images cannot be shared by {world_size} processes: every process needs at "
+                f"{len(self.images)} images cannot be shared by {self.world_size} processes: every process needs at "
                 f"least one; use fewer trainer.devices"
             )
-        if self.batch_size == 1 and len(images) % world_size:
+        if self.batch_size == 1 and len(self.images) % self.world_size:
             # shards one image apart cannot make the same number of one-image batches
             raise ConfigError(
-                f"data.batch_size=1 cannot split {len(images)} images evenly over {world_size} processes; "
+                f"data.batch_size=1 cannot split {len(self.images)} images evenly over {self.world_size} processes; "
                 f"use data.batch_size=2 or more"
             )
 

@@ -40,6 +40,9 @@ class ImageDataModule(L.LightningDataModule):
 
     # what the summary and the run's tables call the dataset: its configs/data option
     dataset = ""
+    # the dataset's name in prose (``Fashion-MNIST``), and the folder or file it is read from
+    title: str
+    source: Path
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,16 +63,6 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def classes(self) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    @property
-    def title(self) -> str:
-        """The dataset's name in prose: ``Fashion-MNIST``."""
-        raise NotImplementedError
-
-    @property
-    def source(self) -> Path:
-        """The folder or file the data is read from."""
         raise NotImplementedError
 
     @property
@@ -108,7 +101,7 @@ class ImageDataModule(L.LightningDataModule):
         else:
             val = self._official["test"]
         if hp.keep_classes is not None:
-            train_images, train_labels = self._kept(train_images, train_labels, hp.keep_classes)
+            train_images, train_labels = self._kept(train_images, train_labels)
         self.splits = {"train": (train_images, train_labels), "val": val, "test": self._official["test"]}
 
     def check_keep_classes(self) -> None:
@@ -120,10 +113,9 @@ class ImageDataModule(L.LightningDataModule):
                 f"of {self.title}, e.g. data.keep_classes=[{min(3, n - 1)}]"
             )
 
-    def _kept(
-        self, images: torch.Tensor, labels: torch.Tensor, keep_classes: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_keep_classes()
+        keep_classes = self.settings.keep_classes
         keep = torch.isin(labels, torch.tensor([int(c) for c in keep_classes]))
         if not keep.any():
             held = sorted(set(labels.tolist()))
@@ -148,15 +140,12 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return self._official[name]
 
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
     def _loader(self, split: str, shuffle: bool):
         hp = self.settings
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if self.resident:
-            images, labels = self.split(split, self._device())
-            trainer = self.trainer
+            images, labels = self.split(split, device)
             rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
             loader = DeviceBatchLoader(
                 images, labels, hp.batch_size, shuffle=shuffle, seed=hp.seed, rank=rank, world_size=world_size
@@ -164,15 +153,14 @@ class ImageDataModule(L.LightningDataModule):
             if split == "train":
                 loader.skip_once, self._resume_batches = self._resume_batches, 0
             return loader
-        images, labels = self.splits[split]
         return DataLoader(
-            TensorDataset(images, labels),
+            TensorDataset(*self.splits[split]),
             batch_size=hp.batch_size,
             collate_fn=normalized_batch,
             shuffle=shuffle,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
-            pin_memory=self._device().type == "cuda",
+            pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
         )
 
@@ -223,10 +211,11 @@ class MNISTLikeDataModule(ImageDataModule):
         super().__init__()
         self.spec = dataset_spec(dataset)
         self.dataset = self.spec.name
+        self.title = self.spec.title
         # Absolute, so a checkpoint says where its data was whatever directory reads it later.
         data_dir = str(Path(data_dir).resolve())
         self.save_hyperparameters(logger=False)
-        self.data_dir = Path(data_dir)
+        self.source = Path(data_dir)
         self.check_keep_classes()
 
     @property
@@ -234,18 +223,10 @@ class MNISTLikeDataModule(ImageDataModule):
         return self.spec.classes
 
     @property
-    def title(self) -> str:
-        return self.spec.title
-
-    @property
-    def source(self) -> Path:
-        return self.data_dir
-
-    @property
     def name(self) -> str:  # type: ignore[override]  # Lightning's optional attribute, here always known
-        folder = self.data_dir.name
+        folder = self.source.name
         plain = {self.spec.name, self.spec.torchvision_class.lower(), self.spec.name.replace("_", "-"), "data"}
-        return self.spec.title if folder.lower() in plain else f"{self.spec.title} ({folder})"
+        return self.title if folder.lower() in plain else f"{self.title} ({folder})"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -253,17 +234,17 @@ class MNISTLikeDataModule(ImageDataModule):
 
     @property
     def raw_dir(self) -> Path:
-        return self.spec.raw_dir(self.data_dir)
+        return self.spec.raw_dir(self.source)
 
     def prepare_data(self) -> None:
-        missing = check_files(self.spec, self.data_dir)
+        missing = check_files(self.spec, self.source)
         if not missing:
             return
         if not self.settings.download:
             raise DataError(
-                missing_data_message(self.spec, self.data_dir, f"{missing[0]} is missing and data.download=false")
+                missing_data_message(self.spec, self.source, f"{missing[0]} is missing and data.download=false")
             )
-        download(self.spec, self.data_dir, self.settings.mirrors)
+        download(self.spec, self.source, self.settings.mirrors)
 
     def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         self.prepare_data()

@@ -36,19 +36,13 @@ FLOAT_MODE = "F"
 class OwnImages(ImageDataModule):
     """What the folder and the array file share: the split into train and test, and the classes."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: tuple[str, ...] = ()
+    _classes: tuple[str, ...] = ()  # read with the images
 
     @property
     def classes(self) -> tuple[str, ...]:
-        if not self._classes:  # read with the images
+        if not self._classes:
             self.setup()
         return self._classes
-
-    def check_keep_classes(self) -> None:
-        if self._classes:  # known once read
-            super().check_keep_classes()
 
     def split_off_test(self, images: np.ndarray, labels: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``train`` and ``test``: a seeded ``test_fraction`` of the images, the rest, each in the
@@ -98,32 +92,28 @@ class ImageFolderDataModule(OwnImages):
         # Absolute, so a checkpoint says where its data was whatever directory reads it later.
         root = str(Path(root).resolve())
         self.save_hyperparameters(logger=False)
-        self.root = Path(root)
-
-    @property
-    def source(self) -> Path:
-        return self.root
-
-    @property
-    def title(self) -> str:
-        return self.root.name
+        self.source = Path(root)
+        self.title = self.source.name
 
     def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         from PIL import Image, ImageOps
 
         files, self._classes = self._files()
-        headers = [_header(path) for path, _ in files]  # modes and sizes, before any pixel is decoded
+        headers: list[tuple[str, tuple[int, int]]] = []  # modes and sizes, before any pixel is decoded
+        for path, _ in files:
+            with _reading(path), Image.open(path) as image:
+                headers.append((image.mode, image.size))
         hp = self.settings
         channels = hp.channels or (1 if all(mode in GREY_MODES for mode, _ in headers) else 3)
         if hp.size is not None:
             height, width = hp.size
-        else:
+        else:  # PIL's sizes are (width, height); data.size, and so these messages, put the height first
             (first, _), (_, (width, height)) = files[0], headers[0]
-            for (path, _), (_, size) in zip(files, headers, strict=True):
-                if size != (width, height):
+            for (path, _), (_, (w, h)) in zip(files, headers, strict=True):
+                if (w, h) != (width, height):
                     raise DataError(
-                        f"{path} is {_hw(size)} but {first} is {_hw((width, height))}: images of one size are needed; "
-                        f"resize them as they are read, e.g. data.size=[{height},{width}]"
+                        f"{path} is {h}x{w} (height x width) but {first} is {height}x{width} (height x width): images "
+                        f"of one size are needed; resize them as they are read, e.g. data.size=[{height},{width}]"
                     )
         images = np.empty((len(files), channels, height, width), dtype=np.uint8)
         for i, (path, _) in enumerate(files):
@@ -140,7 +130,7 @@ class ImageFolderDataModule(OwnImages):
 
     def _files(self) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
         """Every image file with its class index, and the class names."""
-        root, fix = self.root, "point at a folder of class folders of images: data.root=/path/to/images"
+        root, fix = self.source, "point at a folder of class folders of images: data.root=/path/to/images"
         if not root.is_dir():
             found = "is not a folder" if root.exists() else "does not exist"
             raise DataError(f"data.root={root} {found}; {fix}")
@@ -191,11 +181,6 @@ def _eight_bits(pixels: np.ndarray, mode: str) -> np.ndarray:
     return (pixels * scale).round().clip(0, 255).astype(np.uint8)
 
 
-def _hw(size: tuple[int, int]) -> str:
-    """PIL's (width, height) as height x width, the order data.size takes."""
-    return f"{size[1]}x{size[0]} (height x width)"
-
-
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
     """What PIL raises on a file it cannot read, as one line naming the file."""
@@ -209,14 +194,6 @@ def _reading(path: Path) -> Iterator[None]:
         raise DataError(
             f"{path} cannot be read as an image ({err}); replace it with a readable one, or remove it"
         ) from None
-
-
-def _header(path: Path) -> tuple[str, tuple[int, int]]:
-    """The mode and (width, height) of an image file, from its header."""
-    from PIL import Image
-
-    with _reading(path), Image.open(path) as image:
-        return image.mode, image.size
 
 
 @register
@@ -243,18 +220,11 @@ class ArrayDataModule(OwnImages):
         super().__init__()
         path = str(Path(path).resolve())
         self.save_hyperparameters(logger=False)
-        self.path = Path(path)
-
-    @property
-    def source(self) -> Path:
-        return self.path
-
-    @property
-    def title(self) -> str:
-        return self.path.stem
+        self.source = Path(path)
+        self.title = self.source.stem
 
     def read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        path = self.path
+        path = self.source
         how = "numpy.savez(path, images=images, labels=labels) with uint8 images (N, H, W) or (N, H, W, C)"
         if fault := fault_of(path):
             raise DataError(fault.line(path, "point at an .npz file of images and labels: data.path=/path/to/data.npz"))

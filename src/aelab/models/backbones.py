@@ -68,8 +68,7 @@ class MLPEncoder(nn.Sequential):
         norm: Norm | None = None,
         activation: Activation = "relu",
     ) -> None:
-        sizes = [math.prod(image_shape), *hidden_dims, latent_dim]
-        super().__init__(nn.Flatten(), *_mlp(sizes, norm, activation))
+        super().__init__(nn.Flatten(), *_mlp([math.prod(image_shape), *hidden_dims, latent_dim], norm, activation))
 
 
 @register
