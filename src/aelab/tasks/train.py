@@ -12,6 +12,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -75,9 +78,6 @@ def check_optimizer_settings(model: Any) -> None:
 def check_search_is_a_multirun() -> None:
     """``hparams_search=`` sets Hydra's sweeper, which only a multirun (``-m``) calls: without it
     Hydra would quietly train the one run the base config describes."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     search = HydraConfig.get().runtime.choices.get("hparams_search") if HydraConfig.initialized() else None
     if search and HydraConfig.get().mode == RunMode.RUN:
         raise ConfigError(
@@ -167,7 +167,7 @@ def _fit(
     loggers = build_loggers(cfg.get("logger") or {}, datamodule)
     plugins = [runs.AtomicCheckpointIO(record), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-    path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
+    path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train") if ckpt_path is not None else None
     fast.speed_up(cfg.fast, model, datamodule, trainer, runs.load_checkpoint(path) if path else None)
     if path is not None:
         resumed_run = runs.run_dir_of(path)
@@ -290,10 +290,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     """``ckpt_path=`` resumes the run as it was started: the config is composed again from the
     overrides stored in the checkpoint, with this command's overrides on top. Returns the config
     and the overrides it was composed from (``None`` outside a Hydra command)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return cfg, None
     # as typed: an override holding "${...}" is text here, resolved only in the config it makes
@@ -302,7 +298,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     if not cfg.get("ckpt_path"):
         return cfg, current
     path = runs.resolve_ckpt_path(str(cfg.ckpt_path), Path(cfg.paths.log_dir) / "train")
-    assert path is not None  # ckpt_path was given
     # resolved once: the overrides restored and the weights resumed come from the same file, even
     # if a newer run writes a last.ckpt meanwhile (ckpt_path=last)
     cfg.ckpt_path = str(path)
@@ -326,8 +321,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
 
 def limit_threads_for_parallel_jobs() -> None:
     """Under ``hydra/launcher=joblib`` give each job its share of the cores, not all of them."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     launcher = HydraConfig.get().launcher
