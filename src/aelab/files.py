@@ -14,14 +14,11 @@ from typing import Any
 TEMPORARY_SUFFIX = ".aelab-tmp"
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 # mkstemp creates files readable by their owner only; a finished file gets the usual permissions
-FILE_MODE = 0o666 & ~_umask()
+# (os.umask sets the mask and returns the old one: the only way to read it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

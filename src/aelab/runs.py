@@ -191,7 +191,6 @@ def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) ->
         return
     hydra = HydraConfig.get()
     record = Path(run_dir) / RECORD_DIR
-    record.mkdir(parents=True, exist_ok=True)
     write_atomic(record / "config.yaml", OmegaConf.to_yaml(cfg))
     write_atomic(record / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra}))
     # as typed: an override holding "${...}" is text, resolved only in the config it makes
@@ -693,8 +692,7 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
     kept: list[str] = []
     refused: list[str] = []
     for override in stored:
-        key = override_key(override)
-        if key in given or is_place_override(override):
+        if override_key(override) in given or is_place_override(override):
             continue
         (kept if _is_plain_override(override, config_dir) else refused).append(override)
     if refused:

@@ -1,9 +1,4 @@
-"""Running a trained model over many images in batches: latents, reconstructions, per-image errors.
-
-Images may be given as the datasets hold them (uint8 pixels, (N, C, H, W), or (N, H, W) for one
-channel) or as the model takes them (float in [-1, 1], (N, C, H, W)); ``as_model_input`` turns
-either into the second.
-"""
+"""Running a trained model over many images in batches: latents, reconstructions, per-image errors."""
 
 from __future__ import annotations
 
