@@ -44,9 +44,8 @@ def encode_images(model, images: torch.Tensor, device: torch.device, batch_size:
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size].to(device))
         z = model.encode(x)
-        reconstruction = model.decode(z)
         latents.append(z.flatten(1).float().cpu())
-        errors.append((reconstruction.float() - x).pow(2).flatten(1).mean(1).cpu())
+        errors.append((model.decode(z).float() - x).pow(2).flatten(1).mean(1).cpu())
     return torch.cat(latents).numpy(), torch.cat(errors).numpy()
 
 

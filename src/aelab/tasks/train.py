@@ -6,9 +6,8 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -121,11 +120,7 @@ def _train(
         trained = (done is not None and wanted is not None and 0 <= wanted <= done) or (
             isinstance(steps, int) and isinstance(step_limit, int) and 0 <= step_limit <= steps
         )
-        if trained:
-            log.info(
-                "%s has trained all it was asked to; measuring %s for the summary it lacks", output_dir, unfinished
-            )
-        else:
+        if not trained:
             log.info("resuming the interrupted job from %s", unfinished)
     if writer:
         # checked: the folder holds no other run, so its record says what trains in it now
@@ -144,8 +139,7 @@ def _train(
     return summary
 
 
-@dataclass
-class RunEnd:
+class RunEnd(NamedTuple):
     """What a run's summary takes from how it ended: a fit, or its last checkpoint measured again."""
 
     metrics: dict[str, float]
@@ -199,6 +193,7 @@ def _measure_again(cfg: DictConfig, model, datamodule, checkpoint: dict, path: P
     its checkpoint ``path`` (checked to be this run's): the validation metrics measured again with the
     weights the fit ended with (a bare Trainer: nothing is logged or saved twice), the training means
     from the last epoch's sums the checkpoint kept (``AutoEncoder.on_save_checkpoint``)."""
+    log.info("%s has trained all it was asked to; measuring %s for the summary it lacks", output_dir, path)
     runs.load_weights(model, checkpoint, path)
     model.on_load_checkpoint(checkpoint)
     trainer = L.Trainer(
