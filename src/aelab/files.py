@@ -14,21 +14,17 @@ from typing import Any
 TEMPORARY_SUFFIX = ".aelab-tmp"
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 # mkstemp creates files readable by their owner only; a finished file gets the usual permissions
-FILE_MODE = 0o666 & ~_umask()
+# (os.umask sets the mask and returns the old one: the only way to read it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as out:
-            out.write(data.encode() if isinstance(data, str) else data)
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 @contextlib.contextmanager
@@ -57,13 +53,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if isinstance(err, OSError) and err.filename in (None, tmp):
             err.filename = str(path)  # "No space left on device" names the file, not its temporary
         raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
     # the rename itself reaches the disk only when the directory entry does
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "run_summary.json"
 # the latest attempt's error, when it failed in a directory that holds a finished run it must not erase
 FAILURE_FILE = "run_failure.json"
+RECORD_DIR = ".hydra"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 INTERRUPTED = "interrupted.ckpt"  # written by aelab.callbacks.InterruptCheckpoint
@@ -179,9 +180,6 @@ def require_same_run(run_dir: Path, what: str, stored: dict[str, Any] | None, wa
         )
 
 
-RECORD_DIR = ".hydra"
-
-
 def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) -> None:
     """``.hydra/`` as Hydra writes it (the composed config, Hydra's settings, the overrides; by
     default the command's own), inside a Hydra command. Hydra's own writing is off
@@ -193,7 +191,6 @@ def write_record(run_dir: Path, cfg: Any, overrides: list[str] | None = None) ->
         return
     hydra = HydraConfig.get()
     record = Path(run_dir) / RECORD_DIR
-    record.mkdir(parents=True, exist_ok=True)
     write_atomic(record / "config.yaml", OmegaConf.to_yaml(cfg))
     write_atomic(record / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra}))
     # as typed: an override holding "${...}" is text, resolved only in the config it makes
@@ -306,16 +303,14 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def is_debug_run(run_dir: Path) -> bool:
     """Started with ``debug=...`` (a wiring check, never the run to resume or measure)."""
     try:
-        lines = (Path(run_dir) / ".hydra" / "overrides.yaml").read_text().splitlines()
+        lines = (Path(run_dir) / RECORD_DIR / "overrides.yaml").read_text().splitlines()
     except OSError:
         return False
     return any(line.lstrip("- '\"").startswith(("debug=", "+debug=")) for line in lines)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, train_log_dir: Path) -> Path | None:
-    """``None``, an existing file, or ``last``: the newest ``last.ckpt`` under the training logs."""
-    if ckpt_path is None:
-        return None
+def resolve_ckpt_path(ckpt_path: str, train_log_dir: Path) -> Path:
+    """An existing file, or ``last``: the newest ``last.ckpt`` under the training logs."""
     if str(ckpt_path) == "last":
         candidates = sorted(
             (p for p in Path(train_log_dir).glob(f"*/*/**/{CHECKPOINT_DIR}/{LAST}") if not is_debug_run(run_dir_of(p))),
@@ -349,9 +344,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     It adds the run's ``record`` (``run_record``) to each checkpoint: every one passes through here,
     weights-only ones too, for which Lightning calls no callback's ``on_save_checkpoint``."""
 
-    def __init__(self, record: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, record: Mapping[str, Any]) -> None:
         super().__init__()
-        self.record = dict(record or {})
+        self.record = dict(record)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
@@ -549,7 +544,6 @@ def open_run(
             "give ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (or ckpt_path=last for the newest run)"
         )
     root = project_root()
-    path: Path | None
     if str(source) != "last" and Path(source).is_dir():
         path = checkpoint_dir(Path(source)) / LAST
         found = fault_of(path)
@@ -557,7 +551,6 @@ def open_run(
             raise CheckpointError(f"{source} holds no {CHECKPOINT_DIR}/{LAST}; pass a run directory or a .ckpt file")
     else:
         path = resolve_ckpt_path(str(source), Path(log_dir if log_dir is not None else root / "logs") / "train")
-    assert path is not None  # a source was given
     fallback = data_dir if data_dir is not None else os.environ.get("AELAB_DATA_DIR", root / "data")
     checkpoint = load_checkpoint(path, map_location)
     model_config = stored_config(checkpoint, "model", path)
@@ -699,8 +692,7 @@ def resume_overrides(path: Path, current: list[str], config_dir: Path) -> list[s
     kept: list[str] = []
     refused: list[str] = []
     for override in stored:
-        key = override_key(override)
-        if key in given or is_place_override(override):
+        if override_key(override) in given or is_place_override(override):
             continue
         (kept if _is_plain_override(override, config_dir) else refused).append(override)
     if refused:

@@ -1,9 +1,4 @@
-"""Running a trained model over many images in batches: latents, reconstructions, per-image errors.
-
-Images may be given as the datasets hold them (uint8 pixels, (N, C, H, W), or (N, H, W) for one
-channel) or as the model takes them (float in [-1, 1], (N, C, H, W)); ``as_model_input`` turns
-either into the second.
-"""
+"""Running a trained model over many images in batches: latents, reconstructions, per-image errors."""
 
 from __future__ import annotations
 
@@ -49,9 +44,8 @@ def encode_images(model, images: torch.Tensor, device: torch.device, batch_size:
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size].to(device))
         z = model.encode(x)
-        reconstruction = model.decode(z)
         latents.append(z.flatten(1).float().cpu())
-        errors.append((reconstruction.float() - x).pow(2).flatten(1).mean(1).cpu())
+        errors.append((model.decode(z).float() - x).pow(2).flatten(1).mean(1).cpu())
     return torch.cat(latents).numpy(), torch.cat(errors).numpy()
 
 

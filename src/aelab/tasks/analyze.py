@@ -179,18 +179,10 @@ def analyze_checkpoint(
         plots.FigureFiles.of(cfg).save(fig, out / name)
     with stage("TensorBoard: figures, scalars and projector"):
         rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in numbers(result).items())
-        write_tensorboard(
-            loaded.events,
-            figures,
-            (
-                "test_latents",
-                f"test latents, {title}",
-                test_z,
-                test_images,
-                {"class": [classes[int(y)] for y in test_y]},
-            ),
-            ("analysis/numbers", f"| measure | value |\n| --- | --- |\n{rows}"),
-        )
+        table = f"| measure | value |\n| --- | --- |\n{rows}"
+        columns = {"class": [classes[int(y)] for y in test_y]}
+        embedding = ("test_latents", f"test latents, {title}", test_z, test_images, columns)
+        write_tensorboard(loaded.events, figures, embedding, ("analysis/numbers", table))
     print(key_values(f"analysis of {loaded.path} ({title}):", numbers(result)))
     print(f"written to {out}")
     return result

@@ -57,8 +57,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     labels = torch.cat([files[name][1] for name in SPLITS]).numpy()
     split_of = np.repeat(np.array(SPLITS), [len(files[name][0]) for name in SPLITS])
     index = np.concatenate([np.arange(len(files[name][0])) for name in SPLITS])
-    n_train, n_test = (len(files[name][0]) for name in SPLITS)
-    queries = _queries(cfg.queries, labels[split_of == "test"], n_test, data.name)
+    n_train = len(files["train"][0])
+    queries = _queries(cfg.queries, files["test"][1].numpy(), data.name)
     if len(np.unique(labels)) < 2:
         raise ConfigError(
             f"{loaded.path}: every image of {data.name} is in class {classes[int(labels[0])]!r}, so no label can "
@@ -177,11 +177,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             "suggested": [classes[suspects.suggested[i]] for i in sampled],
             "suspect_score": [f"{suspects.score[i]:.4f}" for i in sampled],
         }
-        write_tensorboard(
-            loaded.events,
-            {f"audit_{name}": fig for name, fig in figures.items()},
-            ("audit_latents", f"audited latents, {title}", codes[sampled], images[sampled], metadata),
-        )
+        embedding = ("audit_latents", f"audited latents, {title}", codes[sampled], images[sampled], metadata)
+        write_tensorboard(loaded.events, {f"audit_{name}": fig for name, fig in figures.items()}, embedding)
     shown = {
         f"{split_of[i]} {index[i]}": f"given {classes[labels[i]]}, suggested {classes[suspects.suggested[i]]}, "
         f"score {suspects.score[i]:.3f}"
@@ -196,12 +193,13 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _queries(queries: Any, test_labels: np.ndarray, n_test: int, data: str) -> np.ndarray:
+def _queries(queries: Any, test_labels: np.ndarray, data: str) -> np.ndarray:
     """The test images the neighbours figure shows: ``queries`` (a list of ints: the schema checked it),
     or the first test image of each class."""
     if queries is None:
         return np.array([int(np.flatnonzero(test_labels == c)[0]) for c in np.unique(test_labels)])
     chosen = list(dict.fromkeys(int(q) for q in queries))  # each once, in the order given
+    n_test = len(test_labels)
     if len(chosen) > MAX_QUERIES:
         raise ConfigError(
             f"queries={hydra_value(list(queries))} is invalid: the neighbours figure shows at most {MAX_QUERIES} query "

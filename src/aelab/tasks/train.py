@@ -7,10 +7,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -74,9 +77,6 @@ def check_optimizer_settings(model: Any) -> None:
 def check_search_is_a_multirun() -> None:
     """``hparams_search=`` sets Hydra's sweeper, which only a multirun (``-m``) calls: without it
     Hydra would quietly train the one run the base config describes."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     search = HydraConfig.get().runtime.choices.get("hparams_search") if HydraConfig.initialized() else None
     if search and HydraConfig.get().mode == RunMode.RUN:
         raise ConfigError(
@@ -120,37 +120,57 @@ def _train(
         trained = (done is not None and wanted is not None and 0 <= wanted <= done) or (
             isinstance(steps, int) and isinstance(step_limit, int) and 0 <= step_limit <= steps
         )
-        if trained:
-            log.info(
-                "%s has trained all it was asked to; measuring %s for the summary it lacks", output_dir, unfinished
-            )
-        else:
+        if not trained:
             log.info("resuming the interrupted job from %s", unfinished)
     if writer:
         # checked: the folder holds no other run, so its record says what trains in it now
         runs.write_record(output_dir, cfg, overrides)
     if trained:
-        return _finish(
-            cfg, model, datamodule, identity, Path(ckpt_path), checkpoint, output_dir, started, writer=writer
-        )
+        ended = _measure_again(cfg, model, datamodule, checkpoint, Path(ckpt_path), output_dir)
+    else:
+        record = runs.run_record(model, datamodule, identity, overrides)
+        ended = _fit(cfg, model, datamodule, record, ckpt_path, output_dir, writer=writer)
+    summary = run_summary(model, datamodule, ended, output_dir, started, identity)
+    if writer:
+        if datamodule.settings.keep_classes is not None:
+            summary.update(one_class_scores(model, datamodule, ended.device))
+        runs.write_summary(output_dir, summary)
+        log.info(closing_line(summary))
+    return summary
+
+
+class RunEnd(NamedTuple):
+    """What a run's summary takes from how it ended: a fit, or its last checkpoint measured again."""
+
+    metrics: dict[str, float]
+    epochs: int
+    epoch_times: list[float] | None
+    best: str | Path | None
+    last: str | Path | None
+    device: torch.device  # where the model ran: a one-class run's scores are computed there too
+
+
+def _fit(
+    cfg: DictConfig, model, datamodule, record: dict[str, Any], ckpt_path: str | None, output_dir: Path, *, writer: bool
+) -> RunEnd:
+    """Lightning's fit, resumed from ``ckpt_path`` if given; its checkpoints carry ``record``."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # what every run needs, whatever the callbacks config holds: a diverged loss stops it before a
     # checkpoint holds the weights, and the summary gets the epochs done and their times
     callbacks += [StopOnNonFiniteLoss(), EpochTimer()]
     loggers = build_loggers(cfg.get("logger") or {}, datamodule)
-    record = runs.run_record(model, datamodule, identity, overrides)
     plugins = [runs.AtomicCheckpointIO(record), *cluster_plugins(cfg.trainer.get("strategy"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-    ckpt_path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train")
-    fast.speed_up(cfg.fast, model, datamodule, trainer, runs.load_checkpoint(ckpt_path) if ckpt_path else None)
-    if ckpt_path is not None:
-        resumed_run = runs.run_dir_of(ckpt_path)
-        if writer and ckpt_path.parent.name == runs.CHECKPOINT_DIR and resumed_run.resolve() != output_dir.resolve():
+    path = runs.resolve_ckpt_path(ckpt_path, Path(cfg.paths.log_dir) / "train") if ckpt_path is not None else None
+    fast.speed_up(cfg.fast, model, datamodule, trainer, runs.load_checkpoint(path) if path else None)
+    if path is not None:
+        resumed_run = runs.run_dir_of(path)
+        if writer and path.parent.name == runs.CHECKPOINT_DIR and resumed_run.resolve() != output_dir.resolve():
             runs.remove_leftovers(resumed_run)
         asked = cfg.trainer.max_epochs if cfg.get("ckpt_path") is not None else None
-        runs.check_resumable(ckpt_path, model, asked)
+        runs.check_resumable(path, model, asked)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=path, weights_only=True)
 
     # read from callback_metrics, which a spawned DDP fit sends back from its rank-zero process;
     # that fit leaves this process's trainer and model as they were before it, weights aside
@@ -158,38 +178,22 @@ def _train(
     metrics = {k: float(v) for k, v in reported.items() if v.numel() == 1}
     epoch_times = reported.get(EPOCH_TIMES)
     saved = trainer.checkpoint_callback
-    last = runs.last_checkpoint(output_dir)
-    summary = run_summary(
-        model,
-        datamodule,
+    return RunEnd(
         metrics,
         epochs=int(metrics.get(EPOCHS, trainer.current_epoch)),
         epoch_times=epoch_times.tolist() if epoch_times is not None else None,
-        best=getattr(saved, "best_model_path", None) or None,
-        last=getattr(saved, "last_model_path", None) or (str(last) if last is not None else None),
-        output_dir=output_dir,
-        started=started,
-        identity=identity,
+        best=getattr(saved, "best_model_path", None),
+        last=getattr(saved, "last_model_path", None) or runs.last_checkpoint(output_dir),
+        device=trainer.strategy.root_device,
     )
-    return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
 
 
-def _finish(
-    cfg: DictConfig,
-    model,
-    datamodule,
-    identity: dict[str, Any],
-    path: Path,
-    checkpoint: dict,
-    output_dir: Path,
-    started: float,
-    *,
-    writer: bool,
-):
-    """The summary of a run whose epochs are all trained but whose summary was never written, from
-    its checkpoint (checked to be this run's): the validation metrics measured again with the weights
-    the fit ended with (a bare Trainer: nothing is logged or saved twice), the training means from
-    the last epoch's sums the checkpoint kept (``AutoEncoder.on_save_checkpoint``)."""
+def _measure_again(cfg: DictConfig, model, datamodule, checkpoint: dict, path: Path, output_dir: Path) -> RunEnd:
+    """The end of a run whose epochs are all trained but whose summary was never written, from
+    its checkpoint ``path`` (checked to be this run's): the validation metrics measured again with the
+    weights the fit ended with (a bare Trainer: nothing is logged or saved twice), the training means
+    from the last epoch's sums the checkpoint kept (``AutoEncoder.on_save_checkpoint``)."""
+    log.info("%s has trained all it was asked to; measuring %s for the summary it lacks", output_dir, path)
     runs.load_weights(model, checkpoint, path)
     model.on_load_checkpoint(checkpoint)
     trainer = L.Trainer(
@@ -203,44 +207,18 @@ def _finish(
     )
     (measured,) = trainer.validate(model, datamodule=datamodule, verbose=False)
     train = {metric("train", t): float(mean.compute()) for t, mean in model.epoch_means("train").items() if mean.count}
-    best, last = runs.best_checkpoint(output_dir), runs.last_checkpoint(output_dir)
-    summary = run_summary(
-        model,
-        datamodule,
+    return RunEnd(
         {**measured, **train},
         epochs=runs.epochs_done(checkpoint) or 0,
         epoch_times=None,  # not kept in checkpoints
-        best=str(best) if best is not None else None,
-        last=str(last) if last is not None else None,
-        output_dir=output_dir,
-        started=started,
-        identity=identity,
+        best=runs.best_checkpoint(output_dir),
+        last=runs.last_checkpoint(output_dir),
+        device=trainer.strategy.root_device,
     )
-    return _written(summary, model, datamodule, trainer.strategy.root_device, writer=writer)
-
-
-def _written(summary: dict[str, Any], model, datamodule, device: torch.device, *, writer: bool) -> dict[str, Any]:
-    """``summary`` with a one-class run's scores, written by the ``writer`` process."""
-    if writer and datamodule.settings.keep_classes is not None:
-        summary.update(one_class_scores(model, datamodule, device))
-    if writer:
-        runs.write_summary(Path(summary["output_dir"]), summary)
-        log.info(closing_line(summary))
-    return summary
 
 
 def run_summary(
-    model,
-    datamodule,
-    metrics: dict[str, float],
-    *,
-    epochs: int,
-    epoch_times: list[float] | None,
-    best: str | None,
-    last: str | None,
-    output_dir: Path,
-    started: float,
-    identity: dict[str, Any],
+    model, datamodule, ended: RunEnd, output_dir: Path, started: float, identity: dict[str, Any]
 ) -> dict[str, Any]:
     """What ``run_summary.json`` says of a trained run (``aelab.names`` for the metrics' keys)."""
     return {
@@ -256,15 +234,15 @@ def run_summary(
         "latent_size": model.latent_size,
         "params": sum(p.numel() for p in model.parameters()),
         "compression": model.compression,
-        "epochs": epochs,
-        VAL_MSE_BEST: metrics.get(VAL_MSE_BEST, model.best_val_mse),
-        VAL_MSE: metrics.get(VAL_MSE),
-        TRAIN_MSE: metrics.get(TRAIN_MSE),
+        "epochs": ended.epochs,
+        VAL_MSE_BEST: ended.metrics.get(VAL_MSE_BEST, model.best_val_mse),
+        VAL_MSE: ended.metrics.get(VAL_MSE),
+        TRAIN_MSE: ended.metrics.get(TRAIN_MSE),
         "wall_time_s": time.perf_counter() - started,
-        "epoch_times_s": epoch_times,
+        "epoch_times_s": ended.epoch_times,
         "output_dir": str(output_dir),
-        "best_checkpoint": best,
-        "last_checkpoint": last,
+        "best_checkpoint": str(ended.best) if ended.best else None,
+        "last_checkpoint": str(ended.last) if ended.last else None,
         IDENTITY_KEY: identity,
     }
 
@@ -307,10 +285,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     """``ckpt_path=`` resumes the run as it was started: the config is composed again from the
     overrides stored in the checkpoint, with this command's overrides on top. Returns the config
     and the overrides it was composed from (``None`` outside a Hydra command)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return cfg, None
     # as typed: an override holding "${...}" is text here, resolved only in the config it makes
@@ -319,7 +293,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
     if not cfg.get("ckpt_path"):
         return cfg, current
     path = runs.resolve_ckpt_path(str(cfg.ckpt_path), Path(cfg.paths.log_dir) / "train")
-    assert path is not None  # ckpt_path was given
     # resolved once: the overrides restored and the weights resumed come from the same file, even
     # if a newer run writes a last.ckpt meanwhile (ckpt_path=last)
     cfg.ckpt_path = str(path)
@@ -343,8 +316,6 @@ def with_the_resumed_runs_overrides(cfg: DictConfig) -> tuple[DictConfig, list[s
 
 def limit_threads_for_parallel_jobs() -> None:
     """Under ``hydra/launcher=joblib`` give each job its share of the cores, not all of them."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     launcher = HydraConfig.get().launcher
