@@ -208,10 +208,8 @@ class FastSteps:
             if self._graphs is not None:
                 sums = self._graphs.run(chunk)
             else:
-                sums = graphs.chunk_sum(
-                    ((graphs.step(self, optimizer.optimizer, x), len(x)) for x, _ in batches_in(chunk)),
-                    as_floats=self.device.type == "cpu",
-                )
+                batches = (x for x, _ in batches_in(chunk))
+                sums = graphs.chunk_sum(self, optimizer.optimizer, batches, as_floats=self.device.type == "cpu")
             steps = steps_in(chunk)
             upstream.count_optimizer_steps(optimizer, steps)
             # Lightning counts this call as one batch for loggers; the chunk's others count too
