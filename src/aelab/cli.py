@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import importlib
 import logging
 import os
+import pkgutil
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -44,8 +44,7 @@ TASKS = {
 
 
 def task_function(name: str) -> Callable[[DictConfig], dict[str, Any]]:
-    module, _, function = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module), function)
+    return pkgutil.resolve_name(TASKS[name])
 
 
 def run_task(name: str, cfg: DictConfig) -> float | None:
@@ -138,9 +137,10 @@ def user_error(err: BaseException, output_dir: Path | None = None) -> AelabError
         if isinstance(cause, AelabError):
             return cause
     for cause in chain:
-        library_line = library_user_error(cause)
-        if library_line is not None:
-            return ConfigError(library_line)
+        package, name = type(cause).__module__.partition(".")[0], type(cause).__name__
+        for (their_package, their_name, start), line in LIBRARY_USER_ERRORS.items():
+            if (package, name) == (their_package, their_name) and str(cause).startswith(start):
+                return ConfigError(line)
         if isinstance(cause, OSError) and cause.errno in OS_ERROR_FIXES:
             return ConfigError(os_error_line(cause, output_dir))
         if isinstance(cause, MisconfigurationException):
@@ -157,14 +157,6 @@ LIBRARY_USER_ERRORS = {
         "WANDB_MODE=offline (upload later with: wandb sync <run dir>/wandb)"
     ),
 }
-
-
-def library_user_error(err: BaseException) -> str | None:
-    package, name, text = type(err).__module__.partition(".")[0], type(err).__name__, str(err)
-    for (their_package, their_name, start), line in LIBRARY_USER_ERRORS.items():
-        if (package, name) == (their_package, their_name) and text.startswith(start):
-            return line
-    return None
 
 
 # what a user can fix (full disks and quotas, permissions, read-only mounts, missing folders) -> how
@@ -189,8 +181,7 @@ def os_error_line(err: OSError, output_dir: Path | None) -> str:
         from aelab.callbacks import resume_sweep_command
         from aelab.runs import RECORD_DIR, finish_command, last_checkpoint
 
-        sweep = resume_sweep_command()
-        if sweep:
+        if sweep := resume_sweep_command():
             line += f", then resume the sweep with: {sweep}"
         elif last_checkpoint(output_dir) and (output_dir / RECORD_DIR / "overrides.yaml").is_file():
             line += f", then finish the run with: {finish_command(output_dir)}"

@@ -208,10 +208,8 @@ class FastSteps:
             if self._graphs is not None:
                 sums = self._graphs.run(chunk)
             else:
-                sums = graphs.chunk_sum(
-                    ((graphs.step(self, optimizer.optimizer, x), len(x)) for x, _ in batches_in(chunk)),
-                    as_floats=self.device.type == "cpu",
-                )
+                batches = (x for x, _ in batches_in(chunk))
+                sums = graphs.chunk_sum(self, optimizer.optimizer, batches, as_floats=self.device.type == "cpu")
             steps = steps_in(chunk)
             upstream.count_optimizer_steps(optimizer, steps)
             # Lightning counts this call as one batch for loggers; the chunk's others count too
@@ -247,13 +245,12 @@ class FastSteps:
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         # the mark of the fast path on a checkpoint (speed_up reads it on a mid-epoch resume)
         checkpoint[EPOCH_SUMS_KEY]["batches"] = self.epoch_batches_done
-        if self._graphs is not None:
-            # as the plain loop would have saved them, so any run resumes on either loop
-            if "optimizer_states" in checkpoint:
-                (state,) = checkpoint["optimizer_states"]
-                checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, self._graphs.was_capturable)]
-            if "lr_schedulers" in checkpoint:
-                checkpoint["lr_schedulers"] = [graphs.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
+        # as the plain loop would have saved them, so any run resumes on either loop (Lightning
+        # writes both or, in a weights-only checkpoint, neither)
+        if self._graphs is not None and "optimizer_states" in checkpoint:
+            (state,) = checkpoint["optimizer_states"]
+            checkpoint["optimizer_states"] = [graphs.plain_optimizer_state(state, self._graphs.was_capturable)]
+            checkpoint["lr_schedulers"] = [graphs.plain_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
 
 
 @contextlib.contextmanager

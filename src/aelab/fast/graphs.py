@@ -158,8 +158,7 @@ class StepGraphs:
 
     def run(self, chunk: dict[str, Any]) -> dict[str, Tensor]:
         """Optimise on the chunk's batches; returns their terms summed over the chunk's images."""
-        settings = self._optimizer_settings()
-        if settings != self._captured_settings:
+        if self._optimizer_settings() != self._captured_settings:
             # a graph keeps every setting it was captured with but the lr tensor's value: a
             # scheduler that sets betas (OneCycleLR's cycle_momentum), a callback that swaps the
             # lr for a float or freezes a layer, gets new graphs (and the first run, a prepared optimiser)
@@ -189,17 +188,10 @@ class StepGraphs:
         sums: dict[str, Tensor] = {}
 
         def body() -> None:
-            chunk_sums = chunk_sum(
-                (
-                    (step(self.module, self.optimizer, normalize(gather(images, index[first:end]))), end - first)
-                    for first, end in itertools.pairwise(bounds)
-                ),
-                as_floats=False,
-            )
+            batches = (normalize(gather(images, index[first:end])) for first, end in itertools.pairwise(bounds))
+            sums.update(chunk_sum(self.module, self.optimizer, batches, as_floats=False))
             # no gradient outlives the graph: its memory is the graph's, reused by the next replay
             self.optimizer.zero_grad(set_to_none=True)
-            sums.clear()
-            sums.update(chunk_sums)
 
         graph = new_graph()
         graph.capture(body)
@@ -238,9 +230,11 @@ class StepGraphs:
         optimizer.zero_grad(set_to_none=True)
 
 
-def chunk_sum(steps: Iterable[tuple[dict[str, Tensor], int]], *, as_floats: bool) -> dict[str, Tensor]:
-    """The terms of a chunk's steps (``step``'s), each given with its batch size, summed over the
-    chunk's images in float64: what ``EpochMean.update`` takes.
+def chunk_sum(
+    module: AutoEncoder, optimizer: torch.optim.Optimizer, batches: Iterable[Tensor], *, as_floats: bool
+) -> dict[str, Tensor]:
+    """A ``step`` on each batch of a chunk in turn; returns their terms summed over the chunk's
+    images in float64: what ``EpochMean.update`` takes.
 
     A float32 batch mean times its batch size is exact in float64, and so is a sum of such
     products while it needs at most 53 bits: while the largest batch mean (in magnitude) over the
@@ -257,14 +251,15 @@ def chunk_sum(steps: Iterable[tuple[dict[str, Tensor], int]], *, as_floats: bool
     rather than three per step."""
     if as_floats:
         totals: dict[str, float] = {}
-        for terms, count in steps:
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() * count
+        for x in batches:
+            for name, value in step(module, optimizer, x).items():
+                totals[name] = totals.get(name, 0.0) + value.item() * len(x)
         return {name: torch.tensor(total, dtype=torch.float64) for name, total in totals.items()}
     by_size: dict[int, list[dict[str, Tensor]]] = {}
-    for terms, count in steps:
+    for x in batches:
+        terms = step(module, optimizer, x)
         # detached at once, so that no step's autograd graph outlives its step
-        by_size.setdefault(count, []).append({name: value.detach() for name, value in terms.items()})
+        by_size.setdefault(len(x), []).append({name: value.detach() for name, value in terms.items()})
     sums: dict[str, Tensor] = {}
     for count, group in by_size.items():
         for name in group[0]:

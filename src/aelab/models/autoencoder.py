@@ -98,7 +98,7 @@ class AutoEncoder(L.LightningModule):
                 image_size,
             )
         self.best_val_mse = math.inf
-        # the splits whose metric objects Lightning holds this epoch (log_metric_objects)
+        # the splits whose metric objects were handed to self.log this epoch (log_metric_objects)
         self._logged_splits: set[str] = set()
 
     @property
@@ -238,11 +238,7 @@ class AutoEncoder(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # (a restore into the middle of an epoch skips this hook, and keeps the sums it restored)
-        for mean in self.epoch_means("train").values():
-            mean.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._logged_splits.discard("train")
+        self._reset("train")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
@@ -258,25 +254,23 @@ class AutoEncoder(L.LightningModule):
         self.add_to_epoch_means(split, terms, len(x))
 
     def on_validation_epoch_start(self) -> None:
+        # the sanity check's batches are no epoch's
         self._reset("val")
 
     def on_test_epoch_start(self) -> None:
         self._reset("test")
 
     def _reset(self, split: str) -> None:
-        # the sanity check's batches are no epoch's
+        """Empty the split's metric objects, to be handed to ``self.log`` again at its first batch."""
         for metric_object in [*self.epoch_means(split).values(), *self.watched_in(split).values()]:
             metric_object.reset()
+        self._logged_splits.discard(split)
 
     def on_validation_epoch_end(self) -> None:
-        self._logged_splits.discard("val")
         if self.trainer.sanity_checking or not self.epoch_means("val")["mse"].count:
             return
         self.best_val_mse = min(self.best_val_mse, float(self.epoch_means("val")["mse"].compute()))
         self.log(VAL_MSE_BEST, self.best_val_mse)
-
-    def on_test_epoch_end(self) -> None:
-        self._logged_splits.discard("test")
 
     def configure_optimizers(self):
         optimizer = build(self.settings.optimizer, "model.optimizer")(self.parameters())
