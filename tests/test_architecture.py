@@ -102,7 +102,6 @@ def test_the_fast_path_is_one_component_beside_the_core():
         and node.attr.startswith("_")
         and not node.attr.startswith("__")
         # the model's own excepted
-        and node.attr
-        not in {"_run_encoder", "_run_decoder", "_evaluate", "_reset", "_non_finite_message", "_logged_splits"}
+        and node.attr not in {"_run_encoder", "_run_decoder", "_evaluate", "_reset", "_logged_splits"}
     ]
     assert private_reads == []

@@ -102,7 +102,7 @@ def test_chunks_hold_the_same_batches_in_the_same_order_and_resume_counts_batche
 
     def batches(steps_per_call, skip=0):
         loader = Chunks(DeviceBatchLoader(images, labels, 8, shuffle=True, seed=5), steps_per_call)
-        loader.set_epoch(2)
+        loader.sampler.set_epoch(2)  # as Lightning sets the epoch
         loader.loader.skip_once = skip
         chunks = list(loader)
         assert skip or len(chunks) == len(loader)

@@ -34,19 +34,16 @@ def steps_in(chunk: dict[str, Any]) -> int:
 @dataclass(eq=False)
 class Chunks:
     """A loader of the fast path (training and validation): the batches ``loader`` would give,
-    ``steps`` of them per item (the last chunk of an epoch shorter). It is its own sampler, as
-    ``DeviceBatchLoader`` is, so Lightning's ``set_epoch`` reaches the shuffle."""
+    ``steps`` of them per item (the last chunk of an epoch shorter). Its sampler is ``loader``'s,
+    so Lightning's ``set_epoch`` reaches the shuffle."""
 
     loader: DeviceBatchLoader
     steps: int
     batch_sampler = None  # Lightning inspects ``batch_sampler`` on anything that has a ``sampler``
 
     @property
-    def sampler(self) -> Chunks:
-        return self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
+    def sampler(self) -> DeviceBatchLoader:
+        return self.loader
 
     def __len__(self) -> int:
         return math.ceil(len(self.loader) / self.steps)
