@@ -93,7 +93,7 @@ def benchmark_copy(data: str, data_dir: Path, tile_to: int | None, workdir: Path
     from aelab.data.idx import write_idx
 
     datamodule = datamodule_for(data, data_dir)
-    raw = workdir / "data" / datamodule.raw_dir.relative_to(datamodule.data_dir)
+    raw = workdir / "data" / datamodule.raw_dir.relative_to(datamodule.source)
     for split, (images_file, labels_file) in SPLIT_FILES.items():
         images, labels = (t.numpy() for t in datamodule.split(split))
         images = images[:, 0]  # the datamodule holds (N, 1, H, W); an IDX file of MNIST's kind (N, H, W)
