@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -130,18 +131,26 @@ def fashion_mnist() -> Path:
 
 
 @pytest.fixture
-def new_repo_runs():
+def new_repo_runs(tmp_path_factory):
     """For tests of what a user types without paths.log_dir (runs land in the repository's
-    logs/train/runs): a function listing the runs made since the test began, all removed after it."""
-    runs = REPO / "logs" / "train" / "runs"
-    before = set(runs.iterdir()) if runs.is_dir() else set()
+    logs/train/runs): a function listing the runs made since the test began, all removed after it.
 
-    def made() -> set[Path]:
-        return set(runs.iterdir()) - before if runs.is_dir() else set()
+    Such tests run one at a time, whichever pytest-xdist worker runs them, by holding one lock in
+    the session's temporary folder: otherwise one would count the other's run as its own, or load
+    it as the newest. A lock, not an ``xdist_group``: under pytest 9.2 the groups were silently
+    ignored (pytest-xdist#1386), and two such tests ran side by side."""
+    lock = tmp_path_factory.getbasetemp().parent / "repository-logs.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, after the clean-up
+        runs = REPO / "logs" / "train" / "runs"
+        before = set(runs.iterdir()) if runs.is_dir() else set()
 
-    yield made
-    for run in made():
-        shutil.rmtree(run, ignore_errors=True)
+        def made() -> set[Path]:
+            return set(runs.iterdir()) - before if runs.is_dir() else set()
+
+        yield made
+        for run in made():
+            shutil.rmtree(run, ignore_errors=True)
 
 
 def compose_config(name: str, tmp_path: Path, overrides: list[str] = ()) -> DictConfig:

@@ -25,8 +25,6 @@ RUN_LINE = re.compile(
 
 
 @pytest.mark.slow
-# one worker for the tests that train into the repository's logs/: each removes the runs made while it ran
-@pytest.mark.xdist_group("repository_logs")
 def test_aelab_train_outside_the_repository_trains_into_the_repositorys_logs_and_says_where(
     tmp_path, tiny_mnist, new_repo_runs
 ):

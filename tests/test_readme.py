@@ -29,8 +29,6 @@ def test_the_instantiate_snippet_builds_the_model_and_datamodule(tmp_path, tiny_
 
 
 @pytest.mark.slow
-# one worker for the tests that train into the repository's logs/: each removes the runs made while it ran
-@pytest.mark.xdist_group("repository_logs")
 def test_the_load_snippet_encodes_the_newest_runs_test_images(tmp_path, tiny_mnist, new_repo_runs):
     # the snippet reads the repository's newest run (ckpt_path=last), so one is trained there
     trained = run_cli("train.py", "trainer.max_epochs=1", f"data.data_dir={tiny_mnist}", QUIET)
