@@ -40,7 +40,8 @@ class ImageDataModule(L.LightningDataModule):
 
     # what the summary and the run's tables call the dataset: its configs/data option
     dataset = ""
-    # the dataset's name in prose (``Fashion-MNIST``), and the folder or file it is read from
+    # the dataset's name in prose (``Fashion-MNIST``), and the folder or file it is read from: a
+    # subclass's constructor sets both (``name``, the summary and the data checks read them)
     title: str
     source: Path
 
